@@ -1,0 +1,1 @@
+"""trialscreen: FHIR-integrated clinical-trial eligibility screening."""

@@ -1,0 +1,144 @@
+"""The FHIR REST surface: ``$screen`` and the published resources."""
+
+import uuid
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import Response
+
+from app import publication
+from app.bundle_reader import read_bundle
+from app.catalog import Catalog
+from app.engine import LoadedTrial, evaluate
+from app.errors import InvalidInput, NotFound, PayloadTooLarge, UnsupportedMediaType
+from app.report import guidance_response
+from app.screen_request import parse_screen_request
+from app.settings import Settings, get_settings, zone_of
+
+FHIR_JSON = "application/fhir+json"
+_ACCEPTED_TYPES = {"application/fhir+json", "application/json"}
+
+router = APIRouter(prefix="/fhir")
+
+
+def get_catalog(request: Request) -> Catalog:
+    catalog: Catalog = request.app.state.catalog
+    return catalog
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+CatalogDep = Annotated[Catalog, Depends(get_catalog)]
+
+
+class FhirResponse(Response):
+    media_type = FHIR_JSON
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refusing anything over ``limit`` bytes before it is all read."""
+    content_type = request.headers.get("content-type", FHIR_JSON).split(";")[0].strip().lower()
+    if content_type not in _ACCEPTED_TYPES:
+        raise UnsupportedMediaType(
+            f"Send the Parameters as application/fhir+json (got {content_type!r})."
+        )
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"The request body exceeds the limit of {limit} bytes.")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"The request body exceeds the limit of {limit} bytes.")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _trial(catalog: Catalog, study_id: str) -> LoadedTrial:
+    trial = catalog.get(study_id)
+    if trial is None:
+        known = ", ".join(sorted(catalog.trials))
+        raise NotFound(f"No trial {study_id!r} is screened here (known: {known}).")
+    return trial
+
+
+@router.post("/ResearchStudy/{study_id}/$screen", response_class=FhirResponse)
+async def screen(
+    study_id: str, request: Request, settings: SettingsDep, catalog: CatalogDep
+) -> FhirResponse:
+    """Screen one patient's record (a Bundle in a Parameters) against one trial; answer with a
+    GuidanceResponse."""
+    trial = _trial(catalog, study_id)
+    parsed = parse_screen_request(await read_body(request, settings.max_body_bytes))
+    if parsed.studies:
+        raise InvalidInput("'study' belongs to the all-trials $screen, not to one study's.")
+    record = read_bundle(parsed.bundle)
+    now = datetime.now(UTC)
+    as_of = parsed.as_of or now.astimezone(zone_of(settings)).date()
+    screening = evaluate(trial, record, as_of)
+    body = guidance_response(
+        screening,
+        response_id=str(uuid.uuid4()),
+        canonical_base=settings.canonical_base,
+        issued=now,
+    )
+    return FhirResponse(body)
+
+
+@router.get("/ResearchStudy", response_class=FhirResponse)
+async def list_studies(settings: SettingsDep, catalog: CatalogDep) -> FhirResponse:
+    studies = [
+        publication.research_study(t, settings.canonical_base) for t in catalog.trials.values()
+    ]
+    return FhirResponse(
+        {
+            "resourceType": "Bundle",
+            "type": "searchset",
+            "total": len(studies),
+            "entry": [
+                {"fullUrl": f"ResearchStudy/{s['id']}", "resource": s, "search": {"mode": "match"}}
+                for s in studies
+            ],
+        }
+    )
+
+
+@router.get("/ResearchStudy/{study_id}", response_class=FhirResponse)
+async def read_study(study_id: str, settings: SettingsDep, catalog: CatalogDep) -> FhirResponse:
+    return FhirResponse(
+        publication.research_study(_trial(catalog, study_id), settings.canonical_base)
+    )
+
+
+@router.get("/PlanDefinition/{plan_id}", response_class=FhirResponse)
+async def read_plan(plan_id: str, settings: SettingsDep, catalog: CatalogDep) -> FhirResponse:
+    return FhirResponse(
+        publication.plan_definition(_trial(catalog, plan_id), settings.canonical_base)
+    )
+
+
+@router.get("/ValueSet/{name}", response_class=FhirResponse)
+async def read_value_set(name: str, settings: SettingsDep, catalog: CatalogDep) -> FhirResponse:
+    code_set = catalog.mappings.code_sets.get(name.replace("-", "_"))
+    if code_set is None:
+        raise NotFound(f"No value set {name!r}.")
+    return FhirResponse(publication.value_set(code_set, catalog.mappings, settings.canonical_base))
+
+
+@router.get("/CodeSystem/sle-activity", response_class=FhirResponse)
+async def read_sle_activity(settings: SettingsDep) -> FhirResponse:
+    return FhirResponse(publication.sle_activity_code_system(settings.canonical_base))
+
+
+@router.get("/metadata", response_class=FhirResponse)
+async def metadata(request: Request, settings: SettingsDep) -> FhirResponse:
+    return FhirResponse(
+        publication.capability_statement(
+            settings.canonical_base, request.app.version, request.app.state.started
+        )
+    )

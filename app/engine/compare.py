@@ -1,0 +1,42 @@
+"""Comparisons that keep the protocol's strictness, including results reported as "<x" or ">x"."""
+
+import math
+
+from app.criteria_model import Comparator
+
+_SYMBOL = {"<": "<", "<=": "≤", ">": ">", ">=": "≥"}
+
+
+def symbol(comparator: Comparator) -> str:
+    return _SYMBOL[comparator]
+
+
+def satisfies(value: float, comparator: Comparator, threshold: float) -> bool:
+    """``value comparator threshold``; values within 1e-9 relative of the threshold count as equal,
+    so unit conversion rounding cannot move a result across a boundary."""
+    if math.isclose(value, threshold, rel_tol=1e-9, abs_tol=1e-12):
+        return comparator in {"<=", ">="}
+    return {
+        "<": value < threshold,
+        "<=": value < threshold,
+        ">": value > threshold,
+        ">=": value > threshold,
+    }[comparator]
+
+
+def satisfies_censored(
+    value: float, censor: str | None, comparator: Comparator, threshold: float
+) -> bool | None:
+    """As :func:`satisfies` for a result that may be censored (``valueQuantity.comparator``):
+    "<0.2" only says the true value is below 0.2. None when the answer cannot be told."""
+    if censor is None:
+        return satisfies(value, comparator, threshold)
+    below = censor in {"<", "<="}
+    # The true value lies in an open interval bounded by `value` on one side.
+    if below:
+        if comparator in {"<", "<="}:
+            return True if satisfies(value, "<=", threshold) else None
+        return False if satisfies(value, "<=", threshold) else None
+    if comparator in {">", ">="}:
+        return True if satisfies(value, ">=", threshold) else None
+    return False if satisfies(value, ">=", threshold) else None

@@ -1,0 +1,214 @@
+"""``evaluate(trial, record, as_of)``: the pure screening function.
+
+No I/O, no clock: everything it needs is passed in. Data dated after the as-of date is dropped
+before any check runs.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import date
+from enum import StrEnum
+from typing import Any
+
+from app.criteria_model import (
+    AgeCheck,
+    AllergyCheck,
+    Check,
+    ConditionCheck,
+    CreatinineClearanceCheck,
+    Criterion,
+    DistinctDrugsCheck,
+    GroupCheck,
+    ImmunizationCheck,
+    JudgementCheck,
+    LabFindingCheck,
+    MeasurementCheck,
+    MedicationCheck,
+    PrednisoneDoseCheck,
+    ProcedureCheck,
+)
+from app.engine import history, measurements, medications
+from app.engine.context import Context, LoadedTrial
+from app.engine.results import DataRequest, Result, Status, Value, kleene_all, kleene_any
+from app.record import PatientRecord
+
+
+class Eligibility(StrEnum):
+    ELIGIBLE = "eligible"
+    INELIGIBLE = "ineligible"
+    NEEDS_DATA = "needs-data"
+    NEEDS_REVIEW = "needs-review"
+
+
+@dataclass(frozen=True, slots=True)
+class CriterionResult:
+    criterion: Criterion
+    result: Result
+
+
+@dataclass(frozen=True, slots=True)
+class Screening:
+    trial: LoadedTrial
+    patient_ref: str
+    as_of: date
+    criteria: tuple[CriterionResult, ...]
+    eligibility: Eligibility
+
+    @property
+    def data_requests(self) -> tuple[DataRequest, ...]:
+        """What to collect, once each, in criterion order."""
+        seen: dict[tuple[str, tuple[Any, ...]], DataRequest] = {}
+        for c in self.criteria:
+            for r in c.result.walk():
+                for req in r.data_requests:
+                    seen.setdefault((req.resource_type, req.codes), req)
+        return tuple(seen.values())
+
+
+def evaluate(trial: LoadedTrial, record: PatientRecord, as_of: date) -> Screening:
+    ctx = Context(trial, record.as_of(as_of), as_of)
+    results = tuple(CriterionResult(c, _criterion(c, ctx)) for c in trial.spec.criteria)
+    return Screening(trial, record.patient.ref, as_of, results, _overall(results))
+
+
+def _overall(results: tuple[CriterionResult, ...]) -> Eligibility:
+    def decisive(c: CriterionResult) -> bool:
+        wanted = Status.NOT_MET if c.criterion.kind == "inclusion" else Status.MET
+        return c.result.status is wanted
+
+    if any(decisive(c) for c in results):
+        return Eligibility.INELIGIBLE
+    if any(c.result.lacks_data for c in results):
+        return Eligibility.NEEDS_DATA
+    if any(
+        c.result.status is Status.UNKNOWN or any(r.review for r in c.result.walk()) for c in results
+    ):
+        return Eligibility.NEEDS_REVIEW
+    return Eligibility.ELIGIBLE
+
+
+def _criterion(criterion: Criterion, ctx: Context) -> Result:
+    children = tuple(_check(c, ctx) for c in criterion.checks)
+    combined = _combine(criterion.match, children)
+    return Result(
+        criterion.id,
+        criterion.text,
+        combined,
+        _group_reason(criterion.match, combined, children),
+        review=criterion.review,
+        children=children,
+    )
+
+
+def _check(check: Check, ctx: Context) -> Result:
+    sex = ctx.record.patient.gender
+    if check.applies_to is not None and sex in {"female", "male"} and sex != check.applies_to:
+        return Result(
+            check.id,
+            check.label,
+            Status.NOT_APPLICABLE,
+            f"Applies to {check.applies_to} patients only; the patient is recorded as {sex}.",
+            evidence=(ctx.record.patient.ref,),
+        )
+    if isinstance(check, GroupCheck):
+        children = tuple(_check(c, ctx) for c in check.checks)
+        status = _combine(check.check, children)
+        result = Result(
+            check.id,
+            check.label,
+            status,
+            _group_reason(check.check, status, children),
+            children=children,
+        )
+    else:
+        result = _LEAVES[type(check)](check, ctx)
+    if check.expect == "absent":
+        result = _negated(result)
+    review = check.review
+    if check.applies_to is not None and sex not in {"female", "male"}:
+        review += (f"Applies to {check.applies_to} patients only; sex is not recorded.",)
+    if review:
+        result = _add_review(result, review)
+    return result
+
+
+_NEGATION = {Status.MET: Status.NOT_MET, Status.NOT_MET: Status.MET}
+
+
+def _negated(result: Result) -> Result:
+    return replace(result, status=_NEGATION.get(result.status, result.status))
+
+
+def _add_review(result: Result, review: tuple[str, ...]) -> Result:
+    return replace(result, review=result.review + review)
+
+
+def _combine(match: str, children: tuple[Result, ...]) -> Status:
+    statuses = [c.status for c in children]
+    if match == "any":
+        return kleene_any(statuses)
+    if match == "all_available":
+        known = [c.status for c in children if not c.lacks_data]
+        if known:
+            return kleene_all(known)
+    return kleene_all(statuses)
+
+
+def _group_reason(match: str, status: Status, children: tuple[Result, ...]) -> str:
+    decisive = [c for c in children if c.status is status]
+    if status is Status.NOT_APPLICABLE:
+        return "Not applicable to this patient."
+    summary = " ".join(c.reason if c.children else f"[{c.id}] {c.reason}" for c in decisive)
+    if status is Status.MET and match == "all":
+        return f"All sub-checks met. {summary}"
+    return summary
+
+
+def _age(check: AgeCheck, ctx: Context) -> Result:
+    patient = ctx.record.patient
+    age = patient.age_on(ctx.as_of)
+    low = check.min if check.min is not None else 0
+    bounds = f"{low}-{check.max if check.max is not None else '∞'} years"
+    if age is None:
+        return Result(
+            check.id,
+            check.label,
+            Status.UNKNOWN,
+            "The record has no birth date.",
+            evidence=(patient.ref,),
+            data_requests=(DataRequest("Patient", (), "birth date"),),
+            threshold=bounds,
+        )
+    ok = (check.min is None or age >= check.min) and (check.max is None or age <= check.max)
+    return Result(
+        check.id,
+        check.label,
+        Status.MET if ok else Status.NOT_MET,
+        f"Age {age} on {ctx.as_of} (born {patient.birth_date}) is "
+        f"{'within' if ok else 'outside'} {bounds} inclusive.",
+        evidence=(patient.ref,),
+        values=(Value("age", age, "a"),),
+        threshold=f"{bounds} inclusive",
+    )
+
+
+def _judgement(check: JudgementCheck, ctx: Context) -> Result:
+    return Result(
+        check.id, check.label, Status.UNKNOWN, "Only a clinician can judge this criterion."
+    )
+
+
+_LEAVES: dict[type[Any], Callable[[Any, Context], Result]] = {
+    AgeCheck: _age,
+    JudgementCheck: _judgement,
+    ConditionCheck: history.condition,
+    ProcedureCheck: history.procedure,
+    ImmunizationCheck: history.immunization,
+    AllergyCheck: history.allergy,
+    MedicationCheck: medications.medication,
+    DistinctDrugsCheck: medications.distinct_drugs,
+    PrednisoneDoseCheck: medications.prednisone_dose,
+    MeasurementCheck: measurements.measurement,
+    LabFindingCheck: measurements.lab_finding,
+    CreatinineClearanceCheck: measurements.creatinine_clearance,
+}

@@ -1,0 +1,322 @@
+"""Checks on measured values: thresholds in a unit or as a multiple of the upper limit of normal,
+qualitative findings (positive / low / coded), and Cockcroft-Gault creatinine clearance."""
+
+from dataclasses import replace
+from datetime import date
+
+from app.criteria_model import (
+    CreatinineClearanceCheck,
+    LabFindingCheck,
+    MeasurementCheck,
+)
+from app.engine.compare import satisfies, satisfies_censored, symbol
+from app.engine.context import Context
+from app.engine.results import DataRequest, Result, Status, Value
+from app.mappings import Analyte
+from app.record import Observation
+
+_POSITIVE, _NEGATIVE, _INDETERMINATE = "positive", "negative", "indeterminate"
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.4g}"
+
+
+def _missing(
+    check_id: str, label: str, ctx: Context, analytes: list[Analyte], since: date
+) -> Result:
+    """Unknown for lack of data: no result in the window (saying how old the latest one is)."""
+    older = [o for a in analytes for o in ctx.results_for(a) if o.when < since]
+    names = " or ".join(a.display for a in analytes)
+    if older:
+        latest = max(older, key=lambda o: o.when)
+        reason = (
+            f"The latest {names} result ({latest.when.isoformat()}) is older than the window "
+            f"starting {since.isoformat()}; a current result is needed."
+        )
+        evidence: tuple[str, ...] = (latest.ref,)
+    else:
+        reason = f"No {names} result since {since.isoformat()}; one is needed."
+        evidence = ()
+    return Result(
+        check_id,
+        label,
+        Status.UNKNOWN,
+        reason,
+        evidence=evidence,
+        data_requests=(ctx.request_for(analytes, since),),
+    )
+
+
+def measurement(check: MeasurementCheck, ctx: Context) -> Result:
+    analyte = ctx.mappings.analytes[check.analyte]
+    since = ctx.since(check.within)
+    unusable: list[str] = []
+    for obs in ctx.results_for(analyte):
+        if obs.when < since:
+            break
+        if obs.quantity is None:
+            unusable.append(f"{obs.ref} has no numeric value")
+            continue
+        if check.uln_multiple:
+            observed = _uln_ratio(analyte, obs)
+            unit = "× ULN"
+            if observed is None:
+                unusable.append(f"{obs.ref} reports no upper limit of normal")
+                continue
+        else:
+            assert check.unit is not None  # schema: unit is given unless uln_multiple
+            canonical = analyte.to_canonical(obs.quantity.value, obs.quantity.unit)
+            if canonical is None:
+                unusable.append(f"{obs.ref} is in unit {obs.quantity.unit!r}, not convertible")
+                continue
+            observed = canonical / analyte.factors[check.unit]
+            unit = check.unit
+        threshold = f"{symbol(check.comparator)} {_fmt(check.value)} {unit}"
+        verdict = satisfies_censored(
+            observed, obs.quantity.comparator, check.comparator, check.value
+        )
+        shown = f"{obs.quantity.comparator or ''}{_fmt(observed)} {unit}"
+        base = Result(
+            check.id,
+            check.label,
+            Status.UNKNOWN,
+            "",
+            evidence=(obs.ref,),
+            values=(Value(analyte.display, observed, unit),),
+            threshold=threshold,
+        )
+        if verdict is None:
+            return _with(
+                base,
+                Status.UNKNOWN,
+                f"{analyte.display} was reported as {shown} on {obs.when}, which cannot be "
+                f"compared with {threshold}.",
+                review=(f"{analyte.display} {shown}: compare with {threshold}",),
+            )
+        status = Status.MET if verdict else Status.NOT_MET
+        word = "meets" if verdict else "does not meet"
+        return _with(base, status, f"{analyte.display} {shown} on {obs.when} {word} {threshold}.")
+    if unusable:
+        return Result(
+            check.id,
+            check.label,
+            Status.UNKNOWN,
+            f"{analyte.display} results in the window cannot be used: {'; '.join(unusable)}.",
+            review=tuple(unusable),
+            data_requests=(ctx.request_for([analyte], since),),
+        )
+    return _missing(check.id, check.label, ctx, [analyte], since)
+
+
+def _with(base: Result, status: Status, reason: str, review: tuple[str, ...] = ()) -> Result:
+    return replace(base, status=status, reason=reason, review=review)
+
+
+def _uln_ratio(analyte: Analyte, obs: Observation) -> float | None:
+    high = obs.ref_high
+    if obs.quantity is None or high is None or high.value <= 0:
+        return None
+    if high.unit == obs.quantity.unit:
+        return obs.quantity.value / high.value
+    value = analyte.to_canonical(obs.quantity.value, obs.quantity.unit)
+    limit = analyte.to_canonical(high.value, high.unit)
+    return None if value is None or not limit else value / limit
+
+
+def lab_finding(check: LabFindingCheck, ctx: Context) -> Result:
+    """The latest result of each listed analyte (alternative tests for one finding) in the window:
+    met if any reads as the finding, unknown if any cannot be read, not-met if all read as not."""
+    analytes = [ctx.mappings.analytes[name] for name in check.analytes]
+    since = ctx.since(check.within)
+    latest = [next((o for o in ctx.results_for(a) if o.when >= since), None) for a in analytes]
+    read = [(o, *_classify(check, ctx, o)) for o in latest if o is not None]
+    if not read:
+        return _missing(check.id, check.label, ctx, analytes, since)
+    described = "; ".join(f"{o.text or 'result'} {shown} on {o.when}" for o, _, shown in read)
+    evidence = tuple(o.ref for o, _, _ in read)
+    hits = [r for r in read if r[1] == _POSITIVE]
+    unclear = [r for r in read if r[1] == _INDETERMINATE]
+    finding = {
+        "positive": "positive",
+        "low": "below the lower reference limit",
+        "coded": f"in {check.result_codes}",
+    }[check.finding]
+    if hits:
+        return Result(
+            check.id,
+            check.label,
+            Status.MET,
+            f"Latest result reads as {finding}: {described}.",
+            evidence=evidence,
+        )
+    if unclear:
+        listed = "; ".join(f"{o.text or 'result'} {shown} on {o.when}" for o, _, shown in unclear)
+        return Result(
+            check.id,
+            check.label,
+            Status.UNKNOWN,
+            f"Cannot tell whether the latest result is {finding}: {described}.",
+            evidence=evidence,
+            review=(f"Interpret {listed}",),
+        )
+    return Result(
+        check.id,
+        check.label,
+        Status.NOT_MET,
+        f"Latest result is not {finding}: {described}.",
+        evidence=evidence,
+    )
+
+
+def _classify(check: LabFindingCheck, ctx: Context, obs: Observation) -> tuple[str, str]:
+    """(positive | negative | indeterminate, how the value reads) for the check's finding."""
+    sets = ctx.mappings.code_sets
+    shown = _shown(obs)
+    if check.finding == "coded":
+        assert check.result_codes is not None  # schema: coded findings name their code set
+        if not obs.value_codes:
+            return _INDETERMINATE, shown
+        hit = sets[check.result_codes].matcher.matches_any(obs.value_codes)
+        return (_POSITIVE if hit else _NEGATIVE), shown
+    if check.finding == "low":
+        if sets["low_interpretation"].matcher.matches_any(obs.interpretation):
+            return _POSITIVE, shown
+        low = obs.ref_low
+        if obs.quantity is not None and low is not None and low.unit == obs.quantity.unit:
+            return (_POSITIVE if obs.quantity.value < low.value else _NEGATIVE), shown
+        return _INDETERMINATE, shown
+    for verdict in (_POSITIVE, _NEGATIVE, _INDETERMINATE):
+        vocabulary = sets[verdict]
+        if vocabulary.matcher.matches_any(obs.value_codes) or obs.value_text in vocabulary.strings:
+            return verdict, shown
+    if obs.value_bool is not None:
+        return (_POSITIVE if obs.value_bool else _NEGATIVE), shown
+    if obs.value_text and ":" in obs.value_text and check.titer_cutoff is not None:
+        titer = _titer(obs.value_text)
+        if titer is not None:
+            return (_POSITIVE if titer >= check.titer_cutoff else _NEGATIVE), shown
+    if obs.quantity is not None:
+        q = obs.quantity
+        if check.numeric == "detected":
+            # A viral load below the assay's limit comes back as "<20"; a number is a detection.
+            below = q.comparator in {"<", "<="} or q.value <= 0
+            return (_NEGATIVE if below else _POSITIVE), shown
+        if obs.ref_high is not None and obs.ref_high.unit == q.unit:
+            verdict_high = satisfies(q.value, ">", obs.ref_high.value)
+            return (_POSITIVE if verdict_high else _NEGATIVE), shown
+    if sets["abnormal_high_interpretation"].matcher.matches_any(obs.interpretation):
+        return _POSITIVE, shown
+    if sets["positive"].matcher.matches_any(obs.interpretation):
+        return _POSITIVE, shown
+    if sets["negative"].matcher.matches_any(obs.interpretation):
+        return _NEGATIVE, shown
+    return _INDETERMINATE, shown
+
+
+def _titer(text: str) -> float | None:
+    left, _, right = text.partition(":")
+    try:
+        return float(right) / float(left)
+    except (ValueError, ZeroDivisionError):
+        return None
+
+
+def _shown(obs: Observation) -> str:
+    if obs.quantity is not None:
+        q = obs.quantity
+        return f"{q.comparator or ''}{_fmt(q.value)} {q.unit}".strip()
+    if obs.value_text:
+        return obs.value_text
+    if obs.value_codes:
+        return obs.value_codes[0][1]
+    if obs.value_bool is not None:
+        return str(obs.value_bool).lower()
+    return "no value"
+
+
+def creatinine_clearance(check: CreatinineClearanceCheck, ctx: Context) -> Result:
+    analytes = ctx.mappings.analytes
+    since = ctx.since(check.within)
+    threshold = f"{symbol(check.comparator)} {_fmt(check.value)} mL/min"
+
+    def decide(
+        value: float, how: str, evidence: tuple[str, ...], values: tuple[Value, ...]
+    ) -> Result:
+        ok = satisfies(value, check.comparator, check.value)
+        return Result(
+            check.id,
+            check.label,
+            Status.MET if ok else Status.NOT_MET,
+            f"Creatinine clearance {_fmt(value)} mL/min ({how}) "
+            f"{'meets' if ok else 'does not meet'} {threshold}.",
+            evidence=evidence,
+            values=(Value("creatinine clearance", value, "mL/min"), *values),
+            threshold=threshold,
+        )
+
+    reported = analytes["creatinine_clearance_cg"]
+    for obs in ctx.results_for(reported):
+        if obs.when < since or obs.quantity is None:
+            break
+        value = reported.to_canonical(obs.quantity.value, obs.quantity.unit)
+        if value is not None and obs.quantity.comparator is None:
+            return decide(value, f"reported by the lab on {obs.when}", (obs.ref,), ())
+
+    creatinine = _latest_in(ctx, analytes["creatinine"], since)
+    weight = _latest_in(ctx, analytes["body_weight"], since)
+    patient = ctx.record.patient
+    requests: list[DataRequest] = []
+    if creatinine is None:
+        requests.append(ctx.request_for([analytes["creatinine"]], since))
+    if weight is None:
+        requests.append(ctx.request_for([analytes["body_weight"]], since))
+    if requests or patient.birth_date is None:
+        missing = [r.label for r in requests] + (
+            ["birth date"] if patient.birth_date is None else []
+        )
+        return Result(
+            check.id,
+            check.label,
+            Status.UNKNOWN,
+            f"Cockcroft-Gault needs {', '.join(missing)} (within the window from {since}).",
+            data_requests=tuple(requests),
+            threshold=threshold,
+        )
+    assert creatinine is not None and weight is not None and patient.birth_date is not None
+    if patient.gender not in {"female", "male"}:
+        return Result(
+            check.id,
+            check.label,
+            Status.UNKNOWN,
+            "Cockcroft-Gault needs the patient's sex (female or male); the record does not say.",
+            review=("Sex for the Cockcroft-Gault formula",),
+            threshold=threshold,
+        )
+    (scr_obs, scr), (wt_obs, kg) = creatinine, weight
+    if scr <= 0:
+        return Result(check.id, check.label, Status.UNKNOWN, f"{scr_obs.ref} has creatinine 0.")
+    age = patient.age_on(scr_obs.when)
+    assert age is not None  # birth date checked above
+    clearance = (140 - age) * kg / (72 * scr) * (0.85 if patient.gender == "female" else 1.0)
+    return decide(
+        clearance,
+        f"Cockcroft-Gault from creatinine {_fmt(scr)} mg/dL on {scr_obs.when}, weight "
+        f"{_fmt(kg)} kg, age {age}, {patient.gender}",
+        (scr_obs.ref, wt_obs.ref, patient.ref),
+        (Value("creatinine", scr, "mg/dL"), Value("body weight", kg, "kg"), Value("age", age, "a")),
+    )
+
+
+def _latest_in(ctx: Context, analyte: Analyte, since: date) -> tuple[Observation, float] | None:
+    """The newest result in the window with an uncensored value in a convertible unit."""
+    for obs in ctx.results_for(analyte):
+        if obs.when < since:
+            return None
+        q = obs.quantity
+        if q is None or q.comparator is not None:
+            continue
+        value = analyte.to_canonical(q.value, q.unit)
+        if value is not None:
+            return obs, value
+    return None

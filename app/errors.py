@@ -1,0 +1,56 @@
+"""The service's named errors. Each is rendered once, as a FHIR OperationOutcome (see ``api``)."""
+
+from typing import Any
+
+
+class TrialscreenError(Exception):
+    """An error the caller can act on: it carries the HTTP status and an OperationOutcome code."""
+
+    status_code = 400
+    issue_code = "invalid"
+
+    def __init__(self, message: str, *, expression: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.expression = expression
+
+    def outcome(self) -> dict[str, Any]:
+        issue: dict[str, Any] = {
+            "severity": "error",
+            "code": self.issue_code,
+            "diagnostics": self.message,
+        }
+        if self.expression:
+            issue["expression"] = [self.expression]
+        return {"resourceType": "OperationOutcome", "issue": [issue]}
+
+
+class InvalidInput(TrialscreenError):
+    """The request body or a parameter is malformed."""
+
+
+class UnprocessableInput(TrialscreenError):
+    """Well-formed, but not something the operation can screen (e.g. no Patient in the Bundle)."""
+
+    status_code = 422
+    issue_code = "processing"
+
+
+class NotFound(TrialscreenError):
+    status_code = 404
+    issue_code = "not-found"
+
+
+class PayloadTooLarge(TrialscreenError):
+    status_code = 413
+    issue_code = "too-costly"
+
+
+class UnsupportedMediaType(TrialscreenError):
+    status_code = 415
+    issue_code = "not-supported"
+
+
+class CatalogError(Exception):
+    """A criteria or mapping file is inconsistent. Raised at load time and by the lint, never
+    in a request."""

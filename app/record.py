@@ -1,0 +1,178 @@
+"""The patient record as the engine sees it: lean, typed, and only the fields the criteria use.
+
+Every input path (a posted Bundle, later an EHR fetch or CDS Hooks prefetch) converges on
+:class:`PatientRecord`, so there is one evaluation path. Resources whose status says they do not
+count (entered-in-error, cancelled, refuted, not-done) never get here.
+"""
+
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import date
+
+Coding = tuple[str, str]
+"""(system URI, code)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Quantity:
+    value: float
+    unit: str
+    """The UCUM code when the quantity carries one, else its human-readable unit ("" if none)."""
+    comparator: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    ref: str
+    codes: tuple[Coding, ...]
+    text: str
+    when: date
+    quantity: Quantity | None = None
+    value_codes: tuple[Coding, ...] = ()
+    value_text: str | None = None
+    """valueString, valueCodeableConcept.text or a titer written as "1:160", lower-cased."""
+    value_bool: bool | None = None
+    interpretation: tuple[Coding, ...] = ()
+    ref_low: Quantity | None = None
+    ref_high: Quantity | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Condition:
+    ref: str
+    codes: tuple[Coding, ...]
+    text: str
+    onset: date | None
+    recorded: date | None
+    abated: date | None
+    clinical_status: str | None
+
+    @property
+    def when(self) -> date | None:
+        return self.onset or self.recorded
+
+    @property
+    def is_active(self) -> bool:
+        return self.clinical_status in {"active", "recurrence", "relapse"} and self.abated is None
+
+
+@dataclass(frozen=True, slots=True)
+class Dose:
+    value: float
+    unit: str
+    frequency: int = 1
+    period: float = 1.0
+    period_unit: str = "d"
+
+
+@dataclass(frozen=True, slots=True)
+class MedicationUse:
+    """A MedicationRequest, MedicationStatement or MedicationAdministration."""
+
+    ref: str
+    codes: tuple[Coding, ...]
+    text: str
+    status: str
+    start: date | None
+    end: date | None
+    routes: tuple[Coding, ...] = ()
+    dose: Dose | None = None
+    strengths_mg: tuple[float, ...] = ()
+    """Per-unit strength from a Medication resource's ingredients (mg), when the record has it."""
+
+    def is_current(self, as_of: date) -> bool:
+        """In use at the as-of date: started by then and not known to have ended before it."""
+        if self.start is None or self.start > as_of:
+            return False
+        if self.end is not None:
+            return self.end >= as_of
+        return self.status in {"active", "on-hold", "intended", "in-progress"}
+
+
+@dataclass(frozen=True, slots=True)
+class Immunization:
+    ref: str
+    codes: tuple[Coding, ...]
+    text: str
+    when: date
+
+
+@dataclass(frozen=True, slots=True)
+class Procedure:
+    ref: str
+    codes: tuple[Coding, ...]
+    text: str
+    when: date | None
+
+
+@dataclass(frozen=True, slots=True)
+class Allergy:
+    ref: str
+    codes: tuple[Coding, ...]
+    text: str
+    when: date | None
+    criticality: str | None
+    severe_reaction: bool
+    manifestations: tuple[Coding, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Patient:
+    ref: str
+    birth_date: date | None
+    gender: str | None
+
+    def age_on(self, day: date) -> int | None:
+        """Completed years on ``day``: the birthday itself counts (a Feb 29 birthday falls on
+        Mar 1 in other years)."""
+        if self.birth_date is None:
+            return None
+        born = self.birth_date
+        return day.year - born.year - ((day.month, day.day) < (born.month, born.day))
+
+
+@dataclass(frozen=True, slots=True)
+class PatientRecord:
+    patient: Patient
+    observations: tuple[Observation, ...] = ()
+    conditions: tuple[Condition, ...] = ()
+    medications: tuple[MedicationUse, ...] = ()
+    immunizations: tuple[Immunization, ...] = ()
+    procedures: tuple[Procedure, ...] = ()
+    allergies: tuple[Allergy, ...] = ()
+    _by_code: Mapping[Coding, tuple[Observation, ...]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
+
+    def observations_with(self, codes: Iterable[Coding]) -> list[Observation]:
+        """Observations carrying any of the codes, newest first."""
+        if not self._by_code:
+            object.__setattr__(self, "_by_code", _index(self.observations))
+        found = {id(o): o for c in codes for o in self._by_code.get(c, ())}
+        return sorted(found.values(), key=lambda o: o.when, reverse=True)
+
+    def as_of(self, day: date) -> "PatientRecord":
+        """The record as it stood on ``day``: anything dated after it is dropped."""
+
+        def kept(d: date | None) -> bool:
+            return d is None or d <= day
+
+        return replace(
+            self,
+            observations=tuple(o for o in self.observations if o.when <= day),
+            conditions=tuple(c for c in self.conditions if kept(c.when)),
+            medications=tuple(m for m in self.medications if kept(m.start)),
+            immunizations=tuple(i for i in self.immunizations if i.when <= day),
+            procedures=tuple(p for p in self.procedures if kept(p.when)),
+            allergies=tuple(a for a in self.allergies if kept(a.when)),
+            _by_code={},
+        )
+
+
+def _index(observations: Iterable[Observation]) -> dict[Coding, tuple[Observation, ...]]:
+    index: defaultdict[Coding, list[Observation]] = defaultdict(list)
+    for obs in observations:
+        for coding in obs.codes:
+            index[coding].append(obs)
+    return {k: tuple(v) for k, v in index.items()}
