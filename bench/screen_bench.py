@@ -1,0 +1,122 @@
+"""Benchmark: screen a large synthetic record from request bytes to response bytes.
+
+Prints the time of the whole screen as a ratio to ``orjson.loads`` of the same bytes (the parse
+floor), measured in the same run, and the peak memory the screen allocates. Target: ratio <= 3.
+
+    .venv/bin/python -m bench.screen_bench [--repeat 15] [--record PATH.json.gz]
+
+The ASGI figure adds FastAPI and the HTTP framing, called in-process (no socket).
+"""
+
+import argparse
+import asyncio
+import gc
+import gzip
+import statistics
+import time
+import tracemalloc
+from collections.abc import Callable
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+import httpx
+import orjson
+
+from app.bundle_reader import read_bundle
+from app.catalog import load_catalog
+from app.engine import LoadedTrial, evaluate
+from app.main import create_app
+from app.report import guidance_response
+from app.screen_request import parse_screen_request
+from app.settings import Settings
+
+_DEFAULT_RECORD = Path(__file__).resolve().parent / "data" / "synthea-sle-large.json.gz"
+
+
+def request_bytes(record: Path, as_of: date) -> bytes:
+    bundle = orjson.loads(gzip.decompress(record.read_bytes()))
+    return orjson.dumps(
+        {
+            "resourceType": "Parameters",
+            "parameter": [
+                {"name": "bundle", "resource": bundle},
+                {"name": "asOf", "valueDate": as_of.isoformat()},
+            ],
+        }
+    )
+
+
+def screen(body: bytes, trial: LoadedTrial, settings: Settings) -> bytes:
+    """The same steps the $screen endpoint takes, without the HTTP layer."""
+    parsed = parse_screen_request(body)
+    assert parsed.as_of is not None
+    screening = evaluate(trial, read_bundle(parsed.bundle), parsed.as_of)
+    response = guidance_response(
+        screening,
+        response_id="bench",
+        canonical_base=settings.canonical_base,
+        issued=datetime.now(UTC),
+    )
+    return orjson.dumps(response)
+
+
+def best_of(fn: Callable[[], object], repeat: int) -> tuple[float, float]:
+    """(median, min) wall time in seconds, garbage collected between runs."""
+    times = []
+    for _ in range(repeat):
+        gc.collect()
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), min(times)
+
+
+async def _asgi_times(body: bytes, trial_id: str, settings: Settings, repeat: int) -> list[float]:
+    app = create_app(settings)
+    times = []
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://bench") as client:
+            url = f"/fhir/ResearchStudy/{trial_id}/$screen"
+            headers = {"content-type": "application/fhir+json"}
+            for _ in range(repeat):
+                gc.collect()
+                start = time.perf_counter()
+                response = await client.post(url, content=body, headers=headers)
+                times.append(time.perf_counter() - start)
+                assert response.status_code == 200, response.text[:300]
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--record", type=Path, default=_DEFAULT_RECORD)
+    parser.add_argument("--repeat", type=int, default=15)
+    parser.add_argument("--as-of", type=date.fromisoformat, default=date(2025, 11, 1))
+    args = parser.parse_args()
+
+    settings = Settings()
+    catalog = load_catalog(settings)
+    body = request_bytes(args.record, args.as_of)
+    resources = len(orjson.loads(body)["parameter"][0]["resource"].get("entry", []))
+    print(f"record: {args.record.name}, {len(body) / 1e6:.1f} MB, {resources} resources")
+
+    floor, floor_min = best_of(lambda: orjson.loads(body), args.repeat)
+    print(f"parse floor (orjson.loads): median {floor * 1e3:.1f} ms (min {floor_min * 1e3:.1f} ms)")
+    for trial_id, trial in catalog.trials.items():
+        total, total_min = best_of(lambda t=trial: screen(body, t, settings), args.repeat)  # type: ignore[misc]
+        asgi = statistics.median(asyncio.run(_asgi_times(body, trial_id, settings, args.repeat)))
+        tracemalloc.start()
+        screen(body, trial, settings)
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        print(
+            f"{trial_id}: screen median {total * 1e3:.1f} ms = {total / floor:.2f}x parse floor "
+            f"(min {total_min / floor_min:.2f}x); via ASGI {asgi * 1e3:.1f} ms = "
+            f"{asgi / floor:.2f}x; peak allocated {peak / 1e6:.0f} MB "
+            f"(request {len(body) / 1e6:.1f} MB)"
+        )
+
+
+if __name__ == "__main__":
+    main()
