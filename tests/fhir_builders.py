@@ -2,7 +2,8 @@
 
 Shorthand (each list item has exactly one key):
   lab:          {code, system=loinc, date, value?, unit?, comparator?, value_code?,
-                 value_system=snomed, value_string?, value_bool?, interpretation?, ref_low?, ref_high?, status=final,
+                 value_system=snomed, value_string?, value_bool?, interpretation?, ref_low?,
+                 ref_high?, ref_unit?, status=final,
                  components?: [{code, system=loinc, value, unit}], id?}
   condition:    {code, system=snomed, onset?, recorded?, abated?, status=active,
                  verification=confirmed, id?}
