@@ -67,7 +67,37 @@ def _trial(catalog: Catalog, study_id: str) -> LoadedTrial:
     return trial
 
 
-@router.post("/ResearchStudy/{study_id}/$screen", response_class=FhirResponse)
+_FHIR_OBJECT = {"type": "object", "additionalProperties": True}
+_OUTCOME = {"description": "OperationOutcome saying what is wrong", "content": {FHIR_JSON: {}}}
+SCREEN_OPENAPI: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "description": "FHIR Parameters: 'bundle' (resource: the patient's record as a Bundle, "
+        "exactly one Patient), optional 'asOf' (valueDate, default today).",
+        "content": {
+            FHIR_JSON: {"schema": _FHIR_OBJECT},
+            "application/json": {"schema": _FHIR_OBJECT},
+        },
+    },
+    "responses": {
+        "200": {
+            "description": "GuidanceResponse; per-criterion results in the contained Parameters",
+            "content": {FHIR_JSON: {"schema": _FHIR_OBJECT}},
+        },
+        "400": _OUTCOME,
+        "404": _OUTCOME,
+        "413": _OUTCOME,
+        "415": _OUTCOME,
+        "422": _OUTCOME,
+    },
+}
+
+
+@router.post(
+    "/ResearchStudy/{study_id}/$screen",
+    response_class=FhirResponse,
+    openapi_extra=SCREEN_OPENAPI,
+)
 async def screen(
     study_id: str, request: Request, settings: SettingsDep, catalog: CatalogDep
 ) -> FhirResponse:

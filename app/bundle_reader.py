@@ -41,6 +41,9 @@ class _Reader:
     def __init__(self, where: str) -> None:
         self.where = where
 
+    def at(self, key: str) -> "_Reader":
+        return _Reader(f"{self.where}.{key}")
+
     def fail(self, field: str, expected: str) -> InvalidInput:
         return InvalidInput(
             f"{self.where}.{field} must be {expected}.", expression=f"{self.where}.{field}"
@@ -85,33 +88,35 @@ class _Reader:
 
     def period_start(self, data: Json, key: str) -> date | None:
         period = self.obj(data, key)
-        return None if period is None else self.day(period, "start")
+        return None if period is None else self.at(key).day(period, "start")
 
     def period_end(self, data: Json, key: str) -> date | None:
         period = self.obj(data, key)
-        return None if period is None else self.day(period, "end")
+        return None if period is None else self.at(key).day(period, "end")
 
     def concept(self, data: Json, key: str) -> tuple[tuple[Coding, ...], str]:
         cc = self.obj(data, key)
         if cc is None:
             return (), ""
+        inner = self.at(key)
         codings = tuple(
             (c.get("system") or "", c["code"])
-            for c in self.objs(cc, "coding")
+            for c in inner.objs(cc, "coding")
             if isinstance(c.get("code"), str)
         )
-        label = self.text(cc, "text") or next(
-            (c["display"] for c in self.objs(cc, "coding") if isinstance(c.get("display"), str)),
+        label = inner.text(cc, "text") or next(
+            (c["display"] for c in inner.objs(cc, "coding") if isinstance(c.get("display"), str)),
             "",
         )
         return codings, label
 
     def concepts(self, data: Json, key: str) -> tuple[Coding, ...]:
         out: list[Coding] = []
+        inner = self.at(key)
         for cc in self.objs(data, key):
             out.extend(
                 (c.get("system") or "", c["code"])
-                for c in self.objs(cc, "coding")
+                for c in inner.objs(cc, "coding")
                 if isinstance(c.get("code"), str)
             )
         return tuple(out)
@@ -120,14 +125,14 @@ class _Reader:
         q = self.obj(data, key)
         if q is None:
             return None
-        value = self.number(q, "value")
+        inner = self.at(key)
+        value = inner.number(q, "value")
         if value is None:
             return None
-        code = self.text(q, "code")
-        unit = (
-            code if code is not None and q.get("system", _UCUM) == _UCUM else self.text(q, "unit")
-        )
-        return Quantity(value, unit or "", self.text(q, "comparator"))
+        code = inner.text(q, "code")
+        ucum = code is not None and q.get("system", _UCUM) == _UCUM
+        unit = code if ucum else inner.text(q, "unit")
+        return Quantity(value, unit or "", inner.text(q, "comparator"))
 
     def status_code(self, data: Json, key: str) -> str | None:
         codings, _ = self.concept(data, key)

@@ -59,9 +59,8 @@ class Screening:
         """What to collect, once each, in criterion order."""
         seen: dict[tuple[str, tuple[Any, ...]], DataRequest] = {}
         for c in self.criteria:
-            for r in c.result.walk():
-                for req in r.data_requests:
-                    seen.setdefault((req.resource_type, req.codes), req)
+            for req in c.result.open_requests():
+                seen.setdefault((req.resource_type, req.codes), req)
         return tuple(seen.values())
 
 

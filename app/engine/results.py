@@ -57,10 +57,18 @@ class Result:
         for child in self.children:
             yield from child.walk()
 
+    def open_requests(self) -> Iterator[DataRequest]:
+        """Data that would settle this result: requests of unknown results only, since a child
+        whose parent is already decided (an ``any`` met by a sibling) needs nothing more."""
+        if self.status is Status.UNKNOWN:
+            yield from self.data_requests
+            for child in self.children:
+                yield from child.open_requests()
+
     @property
     def lacks_data(self) -> bool:
         """Unknown because data is missing (not merely because a clinician must judge)."""
-        return self.status is Status.UNKNOWN and any(r.data_requests for r in self.walk())
+        return next(self.open_requests(), None) is not None
 
 
 def kleene_all(statuses: Iterable[Status]) -> Status:

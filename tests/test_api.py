@@ -1,0 +1,278 @@
+"""The REST surface over real HTTP semantics (ASGI test client): $screen and the published
+resources, every answer validated as FHIR R4 (R4B models), bad input answered with a 4xx
+OperationOutcome."""
+
+import json
+from collections.abc import Iterator
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from fhir.resources.R4B import get_fhir_model_class
+
+from app.main import create_app
+from app.settings import Settings
+from tests import fhir_builders
+
+SCREEN = "/fhir/ResearchStudy/NCT06801119/$screen"
+FIXTURES = Path(__file__).resolve().parent.parent / "app" / "demo_patients"
+FHIR_JSON = {"content-type": "application/fhir+json"}
+
+
+def validate_r4(resource: dict[str, Any]) -> Any:
+    """Parse with the R4B model of the resource's type (raises on anything invalid)."""
+    return get_fhir_model_class(resource["resourceType"]).model_validate(resource)
+
+
+def parameters(bundle: dict[str, Any], as_of: str | None = "2026-06-01") -> dict[str, Any]:
+    params: list[dict[str, Any]] = [{"name": "bundle", "resource": bundle}]
+    if as_of is not None:
+        params.append({"name": "asOf", "valueDate": as_of})
+    return {"resourceType": "Parameters", "parameter": params}
+
+
+def small_bundle() -> dict[str, Any]:
+    return fhir_builders.bundle(
+        {"gender": "female", "birthDate": "1985-06-15"},
+        [
+            {"condition": {"code": "55464009", "onset": "2019-01-01"}},
+            {"lab": {"code": "718-7", "date": "2026-05-20", "value": 11.0, "unit": "g/dL"}},
+        ],
+    )
+
+
+def result_parameters(response: dict[str, Any]) -> dict[str, Any]:
+    contained: list[dict[str, Any]] = response["contained"]
+    (result,) = [c for c in contained if c["id"] == "result"]
+    return result
+
+
+def criteria(params: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    out = {}
+    for p in params["parameter"]:
+        if p["name"] == "criterion":
+            parts = {q["name"]: q for q in p["part"]}
+            out[parts["id"]["valueString"]] = p
+    return out
+
+
+def test_screen_returns_a_valid_guidance_response(client: TestClient) -> None:
+    response = client.post(SCREEN, json=parameters(small_bundle()))
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/fhir+json"
+    body = response.json()
+    model = validate_r4(body)
+    assert model.subject.reference == "Patient/p"
+    assert (
+        body["moduleCanonical"] == "https://trialscreen.org/fhir/PlanDefinition/NCT06801119|1.0.0"
+    )
+    params = result_parameters(body)
+    validate_r4(params)
+    assert params["parameter"][0] == {"name": "eligibility", "valueCode": "ineligible"}
+    found = criteria(params)
+    assert list(found) == [f"I{i}" for i in range(1, 9)] + [f"E{i}" for i in range(1, 10)]
+    i7 = {q["name"]: q for q in found["I7"]["part"] if q["name"] != "criterion"}
+    assert i7["kind"]["valueCode"] == "inclusion"
+    assert i7["text"]["valueString"].startswith("Appropriate bone marrow")
+    sub = [q for q in found["I7"]["part"] if q["name"] == "criterion"]
+    sub_ids = [next(x["valueString"] for x in s["part"] if x["name"] == "id") for s in sub]
+    assert "I7.anc" in sub_ids and "I7.hb" in sub_ids
+
+
+def test_missing_data_sets_data_required_with_requirements(client: TestClient) -> None:
+    golden = _baseline_bundle(drop={"anc", "hb"})
+    body = client.post(SCREEN, json=parameters(golden)).json()
+    validate_r4(body)
+    assert body["status"] == "data-required"
+    assert result_parameters(body)["parameter"][0]["valueCode"] == "needs-data"
+    codes = {c["code"] for r in body["dataRequirement"] for f in r["codeFilter"] for c in f["code"]}
+    assert {"751-8", "718-7"} <= codes
+    assert all(
+        r["dateFilter"][0]["valuePeriod"]["start"] == "2026-05-04"
+        for r in body["dataRequirement"]
+        if r["type"] == "Observation"
+    )
+
+
+def _baseline_bundle(drop: set[str]) -> dict[str, Any]:
+    import yaml
+
+    base = yaml.safe_load(
+        (Path(__file__).parent / "golden" / "NCT06801119" / "baseline.yaml").read_text()
+    )
+    items = [i for i in base["resources"] if next(iter(i.values())).get("id") not in drop]
+    return fhir_builders.bundle(base["patient"], items)
+
+
+def test_default_as_of_is_today(client: TestClient) -> None:
+    body = client.post(SCREEN, json=parameters(small_bundle(), as_of=None)).json()
+    as_of = next(p for p in result_parameters(body)["parameter"] if p["name"] == "asOf")
+    assert as_of["valueDate"] == date.today().isoformat()
+
+
+@pytest.mark.parametrize("path", sorted(FIXTURES.glob("*.json")), ids=lambda p: p.stem[:8])
+def test_synthea_patients_screen_to_valid_r4(client: TestClient, path: Path) -> None:
+    bundle = json.loads(path.read_text())
+    response = client.post(SCREEN, json=parameters(bundle, "2025-11-01"))
+    assert response.status_code == 200, response.text
+    body = response.json()
+    validate_r4(body)
+    # Synthea records carry no ANA, complement or SLEDAI: never "eligible" on such data.
+    assert result_parameters(body)["parameter"][0]["valueCode"] in {"ineligible", "needs-data"}
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/fhir/metadata",
+        "/fhir/ResearchStudy",
+        "/fhir/ResearchStudy/NCT06801119",
+        "/fhir/PlanDefinition/NCT06801119",
+        "/fhir/ValueSet/sle",
+        "/fhir/ValueSet/malignancy",
+        "/fhir/CodeSystem/sle-activity",
+    ],
+)
+def test_published_resources_are_valid_r4(client: TestClient, path: str) -> None:
+    response = client.get(path)
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/fhir+json"
+    validate_r4(response.json())
+
+
+def test_plan_definition_has_one_action_per_criterion(client: TestClient) -> None:
+    plan = client.get("/fhir/PlanDefinition/NCT06801119").json()
+    assert [a["prefix"] for a in plan["action"]] == [f"I{i}" for i in range(1, 9)] + [
+        f"E{i}" for i in range(1, 10)
+    ]
+    i7 = plan["action"][6]
+    assert i7["description"].startswith("Appropriate bone marrow")
+    assert any(
+        c["code"] == "751-8"
+        for r in i7["input"]
+        for f in r.get("codeFilter", [])
+        for c in f.get("code", [])
+    )
+
+
+def _bundle_with(*resources: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "resourceType": "Bundle",
+        "type": "collection",
+        "entry": [{"resource": r} for r in resources],
+    }
+
+
+PATIENT = {"resourceType": "Patient", "id": "p", "birthDate": "1980-01-01"}
+BAD_REQUESTS: list[tuple[str, bytes | dict[str, Any], int, str]] = [
+    ("invalid JSON", b'{"resourceType": "Parameters",', 400, "not valid JSON"),
+    ("empty body", b"", 400, "not valid JSON"),
+    ("a JSON array", b"[]", 400, "Parameters"),
+    ("not a Parameters", {"resourceType": "Patient"}, 400, "not Patient"),
+    ("no bundle", {"resourceType": "Parameters", "parameter": []}, 400, "'bundle'"),
+    (
+        "bundle holds a Patient",
+        {"resourceType": "Parameters", "parameter": [{"name": "bundle", "resource": PATIENT}]},
+        400,
+        "Bundle",
+    ),
+    ("no Patient", parameters(_bundle_with()), 422, "no Patient"),
+    ("two Patients", parameters(_bundle_with(PATIENT, {**PATIENT, "id": "q"})), 422, "2 Patients"),
+    ("impossible asOf", parameters(_bundle_with(PATIENT), "2026-02-30"), 400, "asOf"),
+    ("asOf not a date", parameters(_bundle_with(PATIENT), "yesterday"), 400, "asOf"),
+    ("asOf as dateTime", parameters(_bundle_with(PATIENT), "2026-02-03T10:00:00Z"), 400, "asOf"),
+    (
+        "unknown parameter",
+        {"resourceType": "Parameters", "parameter": [{"name": "patientId", "valueString": "x"}]},
+        400,
+        "patientId",
+    ),
+    (
+        "entry without resourceType",
+        parameters({"resourceType": "Bundle", "entry": [{"resource": {"id": "x"}}]}),
+        400,
+        "entry[0]",
+    ),
+    (
+        "birthDate not a date",
+        parameters(_bundle_with({**PATIENT, "birthDate": "01/02/1980"})),
+        400,
+        "birthDate",
+    ),
+    (
+        "value of the wrong type",
+        parameters(
+            _bundle_with(
+                PATIENT,
+                {
+                    "resourceType": "Observation",
+                    "status": "final",
+                    "code": {"coding": [{"system": "http://loinc.org", "code": "718-7"}]},
+                    "effectiveDateTime": "2026-01-01",
+                    "valueQuantity": {"value": "eleven", "unit": "g/dL"},
+                },
+            )
+        ),
+        400,
+        "valueQuantity.value",
+    ),
+    ("entries not an array", parameters({"resourceType": "Bundle", "entry": {}}), 400, "entry"),
+]
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "message"),
+    [(b, s, m) for _, b, s, m in BAD_REQUESTS],
+    ids=[n for n, *_ in BAD_REQUESTS],
+)
+def test_bad_input_gets_a_4xx_operation_outcome(
+    client: TestClient, body: bytes | dict[str, Any], status: int, message: str
+) -> None:
+    content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    response = client.post(SCREEN, content=content, headers=FHIR_JSON)
+    assert response.status_code == status, response.text
+    outcome = response.json()
+    validate_r4(outcome)
+    assert message in outcome["issue"][0]["diagnostics"]
+
+
+def test_unknown_trial_is_404(client: TestClient) -> None:
+    response = client.post(
+        "/fhir/ResearchStudy/NCT00000000/$screen", json=parameters(small_bundle())
+    )
+    assert response.status_code == 404
+    assert "NCT06801119" in validate_r4(response.json()).issue[0].diagnostics
+
+
+def test_wrong_media_type_is_415(client: TestClient) -> None:
+    response = client.post(
+        SCREEN, content=b"<Parameters/>", headers={"content-type": "application/xml"}
+    )
+    assert response.status_code == 415
+    validate_r4(response.json())
+
+
+def test_unknown_route_and_method_get_operation_outcomes(client: TestClient) -> None:
+    for response, status in ((client.get("/fhir/Nope"), 404), (client.get(SCREEN), 405)):
+        assert response.status_code == status
+        validate_r4(response.json())
+
+
+@pytest.fixture
+def small_limit_client() -> Iterator[TestClient]:
+    with TestClient(create_app(Settings(max_body_bytes=2048))) as test_client:
+        yield test_client
+
+
+def test_body_over_the_limit_is_413(small_limit_client: TestClient) -> None:
+    big = parameters(small_bundle())
+    big["parameter"][0]["resource"]["entry"][0]["resource"]["text"] = {"div": "x" * 4096}
+    response = small_limit_client.post(SCREEN, content=json.dumps(big).encode(), headers=FHIR_JSON)
+    assert response.status_code == 413
+    assert "2048" in validate_r4(response.json()).issue[0].diagnostics
+    # Without a Content-Length (chunked upload) the limit still holds.
+    chunks = iter([json.dumps(big).encode()])
+    response = small_limit_client.post(SCREEN, content=chunks, headers=FHIR_JSON)
+    assert response.status_code == 413
