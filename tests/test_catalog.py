@@ -1,4 +1,4 @@
-"""The criteria and mapping files: verbatim texts, and the strict schema failing on broken copies."""
+"""Criteria and mapping files: verbatim texts, and the strict schema failing on broken copies."""
 
 import re
 import shutil
