@@ -38,11 +38,13 @@ Json = dict[str, Any]
 class _Reader:
     """Field access with the path of the resource being read, for error messages."""
 
-    def __init__(self, where: str) -> None:
+    def __init__(self, where: str, ref: str = "") -> None:
         self.where = where
+        self.ref = ref
+        """How the results cite the resource: ``Type/id``, else the entry's fullUrl."""
 
     def at(self, key: str) -> "_Reader":
-        return _Reader(f"{self.where}.{key}")
+        return _Reader(f"{self.where}.{key}", self.ref)
 
     def fail(self, field: str, expected: str) -> InvalidInput:
         return InvalidInput(
@@ -143,7 +145,7 @@ def read_bundle(bundle: Any) -> PatientRecord:
     """The record of the one patient the Bundle is about."""
     if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
         raise InvalidInput("The 'bundle' parameter must hold a FHIR Bundle resource.")
-    resources: list[tuple[str, Json]] = []
+    resources: list[tuple[_Reader, Json]] = []
     medications: dict[str, Json] = {}
     for i, entry in enumerate(_Reader("Bundle").objs(bundle, "entry")):
         where = f"Bundle.entry[{i}].resource"
@@ -154,11 +156,15 @@ def read_bundle(bundle: Any) -> PatientRecord:
             raise InvalidInput(
                 f"{where} is not a FHIR resource (no resourceType).", expression=where
             )
-        resources.append((where, resource))
+        full_url = entry.get("fullUrl") if isinstance(entry.get("fullUrl"), str) else None
+        rid = resource.get("id")
+        ref = f"{resource['resourceType']}/{rid}" if isinstance(rid, str) else full_url
+        # A resource with neither id nor fullUrl cannot be cited; its results carry no reference.
+        resources.append((_Reader(where, ref or ""), resource))
         if resource["resourceType"] == "Medication":
-            medications[_ref(resource)] = resource
-            if isinstance(entry.get("fullUrl"), str):
-                medications[entry["fullUrl"]] = resource
+            for key in (ref, full_url):
+                if key:
+                    medications[key] = resource
 
     patients = [(w, r) for w, r in resources if r["resourceType"] == "Patient"]
     if len(patients) != 1:
@@ -168,12 +174,12 @@ def read_bundle(bundle: Any) -> PatientRecord:
             expression="Bundle.entry",
         )
     by_kind: dict[str, list[Any]] = {kind: [] for kind in (*_READERS, "Medication*")}
-    for where, resource in resources:
+    for read, resource in resources:
         kind = resource["resourceType"]
         if kind in _MEDICATION_USES:
-            by_kind["Medication*"].extend(_medication(where, resource, medications))
+            by_kind["Medication*"].extend(_medication(read, resource, medications))
         elif (reader := _READERS.get(kind)) is not None:
-            by_kind[kind].extend(reader(where, resource))
+            by_kind[kind].extend(reader(read, resource))
     return PatientRecord(
         patient=_patient(*patients[0]),
         observations=tuple(by_kind["Observation"]),
@@ -185,25 +191,18 @@ def read_bundle(bundle: Any) -> PatientRecord:
     )
 
 
-def _ref(resource: Json) -> str:
-    rid = resource.get("id")
-    return f"{resource['resourceType']}/{rid}" if isinstance(rid, str) else resource["resourceType"]
+def _patient(read: _Reader, r: Json) -> Patient:
+    return Patient(read.ref, read.day(r, "birthDate"), read.text(r, "gender"))
 
 
-def _patient(where: str, r: Json) -> Patient:
-    read = _Reader(where)
-    return Patient(_ref(r), read.day(r, "birthDate"), read.text(r, "gender"))
-
-
-def _observations(where: str, r: Json) -> list[Observation]:
-    read = _Reader(where)
+def _observations(read: _Reader, r: Json) -> list[Observation]:
     if read.text(r, "status") not in _OBSERVATION_COUNTS:
         return []
     when = read.day(r, "effectiveDateTime") or read.period_start(r, "effectivePeriod")
     when = when or read.day(r, "effectiveInstant") or read.day(r, "issued")
     if when is None:
         return []
-    ref = _ref(r)
+    ref = read.ref
     ranges = read.objs(r, "referenceRange")
     low = read.quantity(ranges[0], "low") if ranges else None
     high = read.quantity(ranges[0], "high") if ranges else None
@@ -211,7 +210,7 @@ def _observations(where: str, r: Json) -> list[Observation]:
     codes, text = read.concept(r, "code")
     out = [_observation(read, r, ref, codes, text, when, interpretation, low, high)]
     for i, component in enumerate(read.objs(r, "component")):
-        sub = _Reader(f"{where}.component[{i}]")
+        sub = read.at(f"component[{i}]")
         c_codes, c_text = sub.concept(component, "code")
         c_ranges = sub.objs(component, "referenceRange")
         out.append(
@@ -271,8 +270,7 @@ def _observation(
     )
 
 
-def _conditions(where: str, r: Json) -> list[Condition]:
-    read = _Reader(where)
+def _conditions(read: _Reader, r: Json) -> list[Condition]:
     if read.status_code(r, "verificationStatus") in _CONDITION_VOID:
         return []
     codes, text = read.concept(r, "code")
@@ -280,7 +278,7 @@ def _conditions(where: str, r: Json) -> list[Condition]:
     abated = read.day(r, "abatementDateTime") or read.period_end(r, "abatementPeriod")
     return [
         Condition(
-            ref=_ref(r),
+            ref=read.ref,
             codes=codes,
             text=text,
             onset=onset,
@@ -291,8 +289,7 @@ def _conditions(where: str, r: Json) -> list[Condition]:
     ]
 
 
-def _medication(where: str, r: Json, medications: dict[str, Json]) -> list[MedicationUse]:
-    read = _Reader(where)
+def _medication(read: _Reader, r: Json, medications: dict[str, Json]) -> list[MedicationUse]:
     status = read.text(r, "status") or "unknown"
     if status in _MEDICATION_VOID:
         return []
@@ -302,7 +299,7 @@ def _medication(where: str, r: Json, medications: dict[str, Json]) -> list[Medic
     if reference is not None and isinstance(reference.get("reference"), str):
         target = _resolve(reference["reference"], r, medications)
         if target is not None:
-            m_read = _Reader(f"{where}.medicationReference")
+            m_read = read.at("medicationReference")
             codes, text = m_read.concept(target, "code")
             strengths = _strengths(m_read, target)
     start = (
@@ -319,10 +316,10 @@ def _medication(where: str, r: Json, medications: dict[str, Json]) -> list[Medic
     routes: tuple[Coding, ...] = ()
     dose = None
     if dosages:
-        routes, dose = _dosage(_Reader(f"{where}.dosage[0]"), dosages[0])
+        routes, dose = _dosage(read.at("dosage[0]"), dosages[0])
     elif (adm := read.obj(r, "dosage")) is not None:
-        routes, dose = _dosage(_Reader(f"{where}.dosage"), adm)
-    return [MedicationUse(_ref(r), codes, text, status, start, end, routes, dose, strengths)]
+        routes, dose = _dosage(read.at("dosage"), adm)
+    return [MedicationUse(read.ref, codes, text, status, start, end, routes, dose, strengths)]
 
 
 def _resolve(reference: str, owner: Json, medications: dict[str, Json]) -> Json | None:
@@ -371,39 +368,36 @@ def _dosage(read: _Reader, dosage: Json) -> tuple[tuple[Coding, ...], Dose | Non
     return routes, Dose(quantity.value, quantity.unit, int(frequency), period, unit)
 
 
-def _immunizations(where: str, r: Json) -> list[Immunization]:
-    read = _Reader(where)
+def _immunizations(read: _Reader, r: Json) -> list[Immunization]:
     if read.text(r, "status") in _EVENT_VOID:
         return []
     when = read.day(r, "occurrenceDateTime") or read.day(r, "recorded")
     if when is None:
         return []
     codes, text = read.concept(r, "vaccineCode")
-    return [Immunization(_ref(r), codes, text, when)]
+    return [Immunization(read.ref, codes, text, when)]
 
 
-def _procedures(where: str, r: Json) -> list[Procedure]:
-    read = _Reader(where)
+def _procedures(read: _Reader, r: Json) -> list[Procedure]:
     if read.text(r, "status") in _EVENT_VOID:
         return []
     when = read.day(r, "performedDateTime") or read.period_start(r, "performedPeriod")
     codes, text = read.concept(r, "code")
-    return [Procedure(_ref(r), codes, text, when)]
+    return [Procedure(read.ref, codes, text, when)]
 
 
-def _allergies(where: str, r: Json) -> list[Allergy]:
-    read = _Reader(where)
+def _allergies(read: _Reader, r: Json) -> list[Allergy]:
     if read.status_code(r, "verificationStatus") in _CONDITION_VOID:
         return []
     codes, text = read.concept(r, "code")
     reactions = read.objs(r, "reaction")
     manifestations = tuple(
-        m for x in reactions for m in _Reader(where).concepts(x, "manifestation")
+        m for x in reactions for m in read.at("reaction").concepts(x, "manifestation")
     )
     substances = tuple(c for x in reactions for c in read.concept(x, "substance")[0])
     return [
         Allergy(
-            ref=_ref(r),
+            ref=read.ref,
             codes=codes + substances,
             text=text,
             when=read.day(r, "onsetDateTime") or read.day(r, "recordedDate"),
@@ -414,7 +408,7 @@ def _allergies(where: str, r: Json) -> list[Allergy]:
     ]
 
 
-_READERS: dict[str, Callable[[str, Json], list[Any]]] = {
+_READERS: dict[str, Callable[[_Reader, Json], list[Any]]] = {
     "Observation": _observations,
     "Condition": _conditions,
     "Immunization": _immunizations,

@@ -45,7 +45,11 @@ def guidance_response(
         "identifier": [{"system": "urn:ietf:rfc:3986", "value": f"urn:uuid:{response_id}"}],
         "moduleCanonical": plan_definition_canonical(canonical_base, screening),
         "status": "data-required" if needs_data else "success",
-        "subject": {"reference": screening.patient_ref},
+        "subject": (
+            {"reference": screening.patient_ref}
+            if screening.patient_ref
+            else {"display": "the Patient of the posted Bundle (it has no id)"}
+        ),
         "occurrenceDateTime": issued.isoformat(timespec="seconds"),
         "outputParameters": {"reference": "#result"},
     }
@@ -74,7 +78,9 @@ def _criterion(result: Result, kind: str) -> Json:
         {"name": "text", "valueString": result.label},
         {"name": "reason", "valueString": result.reason or result.status.value},
     ]
-    parts += [{"name": "evidence", "valueReference": {"reference": ref}} for ref in result.evidence]
+    parts += [
+        {"name": "evidence", "valueReference": {"reference": ref}} for ref in result.evidence if ref
+    ]
     parts += [_value(v) for v in result.values]
     if result.threshold:
         parts.append({"name": "threshold", "valueString": result.threshold})

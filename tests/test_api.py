@@ -276,3 +276,34 @@ def test_body_over_the_limit_is_413(small_limit_client: TestClient) -> None:
     chunks = iter([json.dumps(big).encode()])
     response = small_limit_client.post(SCREEN, content=chunks, headers=FHIR_JSON)
     assert response.status_code == 413
+
+
+def test_resources_without_an_id_are_cited_by_their_full_url(client: TestClient) -> None:
+    hemoglobin = fhir_builders.lab(
+        {"code": "718-7", "date": "2026-05-20", "value": 9.0, "unit": "g/dL"}
+    )
+    del hemoglobin["id"]
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "collection",
+        "entry": [
+            {
+                "fullUrl": "urn:uuid:0b1d5d6e-0000-4000-8000-000000000001",
+                "resource": {"resourceType": "Patient", "birthDate": "1980-01-01"},
+            },
+            {
+                "fullUrl": "urn:uuid:0b1d5d6e-0000-4000-8000-000000000002",
+                "resource": hemoglobin,
+            },
+        ],
+    }
+    body = client.post(SCREEN, json=parameters(bundle)).json()
+    validate_r4(body)
+    assert body["subject"]["reference"] == "urn:uuid:0b1d5d6e-0000-4000-8000-000000000001"
+    hb = next(
+        p
+        for p in criteria(result_parameters(body))["I7"]["part"]
+        if p["name"] == "criterion" and {"name": "id", "valueString": "I7.hb"} in p["part"]
+    )
+    refs = [x["valueReference"]["reference"] for x in hb["part"] if x["name"] == "evidence"]
+    assert refs == ["urn:uuid:0b1d5d6e-0000-4000-8000-000000000002"]
