@@ -133,7 +133,8 @@ def _check_problems(check: Check, criterion_id: str, seen: set[str], m: Mappings
             if not child.id.startswith(f"{check.id}."):
                 yield f"{child.id}: nested ids start with their group id ({check.id}.)"
     if isinstance(check, ConditionCheck | ProcedureCheck | ImmunizationCheck):
-        for name in check.codes:
+        excepted = check.except_codes if isinstance(check, ConditionCheck) else ()
+        for name in (*check.codes, *excepted):
             if name not in m.code_sets:
                 yield f"{where}: unknown code set {name!r}"
     if isinstance(check, MedicationCheck | DistinctDrugsCheck):
@@ -155,6 +156,13 @@ def _check_problems(check: Check, criterion_id: str, seen: set[str], m: Mappings
                 f"{where}: unit {check.unit!r} does not convert to {analyte.name} "
                 f"(accepted: {sorted(analyte.factors)})"
             )
+        if check.percent_of is not None and analyte is not None:
+            percent = m.analytes.get(check.percent_of.percent)
+            total = m.analytes.get(check.percent_of.total)
+            if percent is None or percent.unit != "%":
+                yield f"{where}: percent_of.percent names an analyte reported in %"
+            if total is None or total.unit not in analyte.factors:
+                yield f"{where}: percent_of.total must convert to {analyte.name}'s units"
     if isinstance(check, LabFindingCheck):
         for name in check.analytes:
             if name not in m.analytes:

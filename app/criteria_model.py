@@ -81,6 +81,8 @@ class AgeCheck(_Check):
 class ConditionCheck(_Matching):
     check: Literal["condition"]
     codes: tuple[str, ...] = Field(min_length=1)
+    except_codes: tuple[str, ...] = ()
+    """Code sets that do not count even when ``codes`` match (the protocol's listed exceptions)."""
     within: Duration | None = None
     """Onset (or recorded date) inside the window; None: any time before the as-of date."""
     or_active: bool = False
@@ -112,6 +114,8 @@ class MedicationCheck(_Matching):
     """Only medications in use at the as-of date."""
     started_at_least: Duration | None = None
     """The earliest use of the matching ingredient is at least this long before the as-of date."""
+    route: Literal["oral", "intravenous"] | None = None
+    """Only uses by this route (from the dosage, else from the product)."""
 
 
 class AllergyCheck(_Matching):
@@ -120,6 +124,15 @@ class AllergyCheck(_Matching):
     """Drug classes whose ingredients count as the allergen; empty: any substance."""
     severe: bool = False
     """Only high-criticality allergies, severe reactions or anaphylaxis count."""
+
+
+class PercentOf(_Strict):
+    """``value = percent / 100 x total``, both results of the same draw (same calendar day)."""
+
+    percent: str
+    """Analyte reported in %."""
+    total: str
+    """Analyte the percentage is of (e.g. absolute lymphocytes)."""
 
 
 class MeasurementCheck(_Check):
@@ -133,6 +146,8 @@ class MeasurementCheck(_Check):
     """``value`` is a multiple of the upper limit of normal from the result's referenceRange."""
     within: Duration | None = None
     """None: the trial's screening window."""
+    percent_of: "PercentOf | None" = None
+    """Also derive the value from a percentage and a total of the same draw (same day)."""
 
     @model_validator(mode="after")
     def _unit_or_uln(self) -> "MeasurementCheck":

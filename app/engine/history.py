@@ -101,7 +101,13 @@ def condition(check: ConditionCheck, ctx: Context) -> Result:
     matchers = _matcher(ctx, check.codes)
     since = ctx.history_since(check.within)
     what = _what(check.codes)
-    pool = [c for c in ctx.record.conditions if not check.active_only or c.is_active]
+    excepted = _matcher(ctx, check.except_codes)
+    pool = [
+        c
+        for c in ctx.record.conditions
+        if (c.is_active or not check.active_only)
+        and not any(m.matches_any(c.codes) for m in excepted)
+    ]
     inside, undated = _select_dated(
         pool, matchers, since, lambda c: check.or_active and c.is_active
     )

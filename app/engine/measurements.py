@@ -1,7 +1,7 @@
 """Checks on measured values: thresholds in a unit or as a multiple of the upper limit of normal,
 qualitative findings (positive / low / coded), and Cockcroft-Gault creatinine clearance."""
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import date
 
 from app.criteria_model import (
@@ -48,10 +48,23 @@ def _missing(
     )
 
 
-def measurement(check: MeasurementCheck, ctx: Context) -> Result:
+@dataclass(frozen=True, slots=True)
+class _Reading:
+    """A value ready to compare: in the check's unit (or x ULN), with what it came from."""
+
+    when: date
+    value: float
+    censor: str | None
+    evidence: tuple[str, ...]
+    how: str = ""
+
+
+def _readings(
+    check: MeasurementCheck, ctx: Context, since: date, unusable: list[str]
+) -> list[_Reading]:
+    """Usable readings in the window, newest first; what cannot be used goes to ``unusable``."""
     analyte = ctx.mappings.analytes[check.analyte]
-    since = ctx.since(check.within)
-    unusable: list[str] = []
+    readings: list[_Reading] = []
     for obs in ctx.results_for(analyte):
         if obs.when < since:
             break
@@ -60,7 +73,6 @@ def measurement(check: MeasurementCheck, ctx: Context) -> Result:
             continue
         if check.uln_multiple:
             observed = _uln_ratio(analyte, obs)
-            unit = "× ULN"
             if observed is None:
                 unusable.append(f"{obs.ref} reports no upper limit of normal")
                 continue
@@ -71,42 +83,87 @@ def measurement(check: MeasurementCheck, ctx: Context) -> Result:
                 unusable.append(f"{obs.ref} is in unit {obs.quantity.unit!r}, not convertible")
                 continue
             observed = canonical / analyte.factors[check.unit]
-            unit = check.unit
-        threshold = f"{symbol(check.comparator)} {_fmt(check.value)} {unit}"
-        verdict = satisfies_censored(
-            observed, obs.quantity.comparator, check.comparator, check.value
-        )
-        shown = f"{obs.quantity.comparator or ''}{_fmt(observed)} {unit}"
-        base = Result(
-            check.id,
-            check.label,
-            Status.UNKNOWN,
-            "",
-            evidence=(obs.ref,),
-            values=(Value(analyte.display, observed, unit),),
-            threshold=threshold,
-        )
-        if verdict is None:
-            return _with(
-                base,
+        readings.append(_Reading(obs.when, observed, obs.quantity.comparator, (obs.ref,)))
+    if check.percent_of is not None and check.unit is not None:
+        readings += _derived(check, ctx, since)
+    return sorted(readings, key=lambda r: r.when, reverse=True)
+
+
+def _derived(check: MeasurementCheck, ctx: Context, since: date) -> list[_Reading]:
+    """Values computed as percent x total from results of the same day (the same draw)."""
+    assert check.percent_of is not None and check.unit is not None
+    analytes = ctx.mappings.analytes
+    target, percent, total = (
+        analytes[check.analyte],
+        analytes[check.percent_of.percent],
+        analytes[check.percent_of.total],
+    )
+    totals: dict[date, tuple[Observation, float]] = {}
+    for obs in ctx.results_for(total):
+        q = obs.quantity
+        value = total.to_canonical(q.value, q.unit) if q and q.comparator is None else None
+        if value is not None and obs.when >= since:
+            totals.setdefault(obs.when, (obs, value))
+    out = []
+    for obs in ctx.results_for(percent):
+        q = obs.quantity
+        pct = percent.to_canonical(q.value, q.unit) if q and q.comparator is None else None
+        if pct is None or obs.when < since or obs.when not in totals:
+            continue
+        total_obs, total_value = totals[obs.when]
+        assert total.unit is not None  # analytes with units have a canonical unit
+        canonical = target.to_canonical(pct / 100 * total_value, total.unit)
+        if canonical is None:
+            continue
+        value = canonical / target.factors[check.unit]
+        how = f"{_fmt(pct)}% of {total.display} {_fmt(total_value)} {total.unit}"
+        out.append(_Reading(obs.when, value, None, (obs.ref, total_obs.ref), how))
+    return out
+
+
+def measurement(check: MeasurementCheck, ctx: Context) -> Result:
+    analyte = ctx.mappings.analytes[check.analyte]
+    since = ctx.since(check.within)
+    unusable: list[str] = []
+    readings = _readings(check, ctx, since, unusable)
+    if not readings:
+        if unusable:
+            return Result(
+                check.id,
+                check.label,
                 Status.UNKNOWN,
-                f"{analyte.display} was reported as {shown} on {obs.when}, which cannot be "
-                f"compared with {threshold}.",
-                review=(f"{analyte.display} {shown}: compare with {threshold}",),
+                f"{analyte.display} results in the window cannot be used: {'; '.join(unusable)}.",
+                review=tuple(unusable),
+                data_requests=(ctx.request_for([analyte], since),),
             )
-        status = Status.MET if verdict else Status.NOT_MET
-        word = "meets" if verdict else "does not meet"
-        return _with(base, status, f"{analyte.display} {shown} on {obs.when} {word} {threshold}.")
-    if unusable:
-        return Result(
-            check.id,
-            check.label,
+        return _missing(check.id, check.label, ctx, [analyte], since)
+    latest = readings[0]
+    unit = "× ULN" if check.uln_multiple else str(check.unit)
+    threshold = f"{symbol(check.comparator)} {_fmt(check.value)} {unit}"
+    shown = f"{latest.censor or ''}{_fmt(latest.value)} {unit}"
+    if latest.how:
+        shown += f" ({latest.how})"
+    base = Result(
+        check.id,
+        check.label,
+        Status.UNKNOWN,
+        "",
+        evidence=latest.evidence,
+        values=(Value(analyte.display, latest.value, unit),),
+        threshold=threshold,
+    )
+    verdict = satisfies_censored(latest.value, latest.censor, check.comparator, check.value)
+    if verdict is None:
+        return _with(
+            base,
             Status.UNKNOWN,
-            f"{analyte.display} results in the window cannot be used: {'; '.join(unusable)}.",
-            review=tuple(unusable),
-            data_requests=(ctx.request_for([analyte], since),),
+            f"{analyte.display} was reported as {shown} on {latest.when}, which cannot be "
+            f"compared with {threshold}.",
+            review=(f"{analyte.display} {shown}: compare with {threshold}",),
         )
-    return _missing(check.id, check.label, ctx, [analyte], since)
+    status = Status.MET if verdict else Status.NOT_MET
+    word = "meets" if verdict else "does not meet"
+    return _with(base, status, f"{analyte.display} {shown} on {latest.when} {word} {threshold}.")
 
 
 def _with(base: Result, status: Status, reason: str, review: tuple[str, ...] = ()) -> Result:

@@ -10,7 +10,11 @@ from app.engine.context import Context
 from app.engine.results import DataRequest, Result, Status, Value
 from app.record import MedicationUse
 
-_ORAL_ROUTE = ("http://snomed.info/sct", "26643006")
+_ROUTES = {
+    ("http://snomed.info/sct", "26643006"): "oral",
+    ("http://snomed.info/sct", "47625008"): "intravenous",
+}
+"""SNOMED CT route codes (codes.md 4-I: 26643006 Oral use, 47625008 Intravenous route)."""
 _PER_DAY = {
     "s": 86400.0,
     "min": 1440.0,
@@ -64,6 +68,9 @@ def medication(check: MedicationCheck, ctx: Context) -> Result:
     since = ctx.history_since(check.within)
     if check.current:
         uses = [u for u in uses if u.use.is_current(ctx.as_of)]
+    if check.route is not None:
+        # A use whose route is not recorded may be by this route: kept, and said so.
+        uses = [u for u in uses if _route(ctx, u) in {check.route, None}]
     if since is not None:
         uses = [u for u in uses if _used_since(u.use, since, ctx.as_of)]
     if not uses:
@@ -135,7 +142,7 @@ def prednisone_dose(check: PrednisoneDoseCheck, ctx: Context) -> Result:
     total, parts, unclear, non_oral = 0.0, [], [], []
     for u in newest.values():
         route = _route(ctx, u)
-        if route == "other":
+        if route is not None and route != "oral":
             non_oral.append(u)
             continue
         daily = _daily_mg(ctx, u)
@@ -168,6 +175,8 @@ def prednisone_dose(check: PrednisoneDoseCheck, ctx: Context) -> Result:
     waived = [u for u in waived_by if u.use.is_current(ctx.as_of)]
     values = (Value("prednisone-equivalent dose", round(total, 3), "mg/d"),)
     detail = "; ".join(parts) if parts else "no current oral glucocorticoid"
+    if non_oral:
+        detail += f"; not counted, not oral: {_describe(non_oral)}"
     review: tuple[str, ...] = ()
     if total > check.max:
         status, why = Status.NOT_MET, f"above {check.max:g} mg/d"
@@ -196,13 +205,15 @@ def prednisone_dose(check: PrednisoneDoseCheck, ctx: Context) -> Result:
 
 
 def _route(ctx: Context, u: _Use) -> str | None:
-    """'oral', 'other', or None when neither the order nor the product says."""
+    """The route from the dosage, else from the product ('oral', 'intravenous', ... or 'other');
+    None when neither says."""
+    for coding in u.use.routes:
+        if coding in _ROUTES:
+            return _ROUTES[coding]
     if u.use.routes:
-        return "oral" if _ORAL_ROUTE in u.use.routes else "other"
+        return "other"
     product = _product(ctx, u)
-    if product is None or product.route is None:
-        return None
-    return "oral" if product.route == "oral" else "other"
+    return None if product is None else product.route
 
 
 def _product(ctx: Context, u: _Use):  # type: ignore[no-untyped-def]
