@@ -14,7 +14,7 @@ from app.catalog import Catalog
 from app.engine import LoadedTrial, evaluate
 from app.errors import InvalidInput, NotFound, PayloadTooLarge, UnsupportedMediaType
 from app.report import guidance_response
-from app.screen_request import parse_screen_request
+from app.screen_request import ScreenRequest, parse_screen_request
 from app.settings import Settings, get_settings, zone_of
 
 FHIR_JSON = "application/fhir+json"
@@ -69,11 +69,14 @@ def _trial(catalog: Catalog, study_id: str) -> LoadedTrial:
 
 _FHIR_OBJECT = {"type": "object", "additionalProperties": True}
 _OUTCOME = {"description": "OperationOutcome saying what is wrong", "content": {FHIR_JSON: {}}}
+_SCREEN_BODY = (
+    "FHIR Parameters: 'bundle' (resource: the patient's record as a Bundle, exactly one "
+    "Patient), optional 'asOf' (valueDate, default today)"
+)
 SCREEN_OPENAPI: dict[str, Any] = {
     "requestBody": {
         "required": True,
-        "description": "FHIR Parameters: 'bundle' (resource: the patient's record as a Bundle, "
-        "exactly one Patient), optional 'asOf' (valueDate, default today).",
+        "description": _SCREEN_BODY + ".",
         "content": {
             FHIR_JSON: {"schema": _FHIR_OBJECT},
             "application/json": {"schema": _FHIR_OBJECT},
@@ -93,6 +96,38 @@ SCREEN_OPENAPI: dict[str, Any] = {
 }
 
 
+def _screen(trials: list[LoadedTrial], parsed: ScreenRequest, settings: Settings) -> list[Any]:
+    """One GuidanceResponse per trial, from one reading of the record."""
+    record = read_bundle(parsed.bundle)
+    now = datetime.now(UTC)
+    as_of = parsed.as_of or now.astimezone(zone_of(settings)).date()
+    return [
+        guidance_response(
+            evaluate(trial, record, as_of),
+            response_id=str(uuid.uuid4()),
+            canonical_base=settings.canonical_base,
+            issued=now,
+        )
+        for trial in trials
+    ]
+
+
+SCREEN_ALL_OPENAPI: dict[str, Any] = {
+    "requestBody": {
+        **SCREEN_OPENAPI["requestBody"],
+        "description": _SCREEN_BODY + ", and 'study' (valueString, repeating) to restrict the "
+        "trials.",
+    },
+    "responses": {
+        **SCREEN_OPENAPI["responses"],
+        "200": {
+            "description": "collection Bundle: one GuidanceResponse per trial",
+            "content": {FHIR_JSON: {"schema": _FHIR_OBJECT}},
+        },
+    },
+}
+
+
 @router.post(
     "/ResearchStudy/{study_id}/$screen",
     response_class=FhirResponse,
@@ -107,17 +142,29 @@ async def screen(
     parsed = parse_screen_request(await read_body(request, settings.max_body_bytes))
     if parsed.studies:
         raise InvalidInput("'study' belongs to the all-trials $screen, not to one study's.")
-    record = read_bundle(parsed.bundle)
-    now = datetime.now(UTC)
-    as_of = parsed.as_of or now.astimezone(zone_of(settings)).date()
-    screening = evaluate(trial, record, as_of)
-    body = guidance_response(
-        screening,
-        response_id=str(uuid.uuid4()),
-        canonical_base=settings.canonical_base,
-        issued=now,
+    (response,) = _screen([trial], parsed, settings)
+    return FhirResponse(response)
+
+
+@router.post(
+    "/ResearchStudy/$screen",
+    response_class=FhirResponse,
+    openapi_extra=SCREEN_ALL_OPENAPI,
+)
+async def screen_all(request: Request, settings: SettingsDep, catalog: CatalogDep) -> FhirResponse:
+    """Screen one patient's record against every trial (or those named by 'study' parameters);
+    answer with a collection Bundle of GuidanceResponses, one per trial."""
+    parsed = parse_screen_request(await read_body(request, settings.max_body_bytes))
+    names = parsed.studies or tuple(catalog.trials)
+    trials = [_trial(catalog, name) for name in dict.fromkeys(names)]
+    responses = _screen(trials, parsed, settings)
+    return FhirResponse(
+        {
+            "resourceType": "Bundle",
+            "type": "collection",
+            "entry": [{"fullUrl": f"urn:uuid:{r['id']}", "resource": r} for r in responses],
+        }
     )
-    return FhirResponse(body)
 
 
 @router.get("/ResearchStudy", response_class=FhirResponse)

@@ -256,7 +256,10 @@ class Trial(_Strict):
     acronym: str
     title: str
     sponsor: str
-    status: Literal["active", "completed", "closed-to-accrual", "in-review", "withdrawn"]
+    status: Literal[
+        "active", "approved", "completed", "closed-to-accrual", "in-review", "withdrawn"
+    ]
+    """ResearchStudy.status (R4): recruiting is ``active``, not yet recruiting ``approved``."""
     conditions: tuple[str, ...]
     source: str
     """Where the verbatim texts come from."""

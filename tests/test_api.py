@@ -130,6 +130,8 @@ def test_synthea_patients_screen_to_valid_r4(client: TestClient, path: Path) -> 
         "/fhir/ResearchStudy",
         "/fhir/ResearchStudy/NCT06801119",
         "/fhir/PlanDefinition/NCT06801119",
+        "/fhir/ResearchStudy/NCT07358988",
+        "/fhir/PlanDefinition/NCT07358988",
         "/fhir/ValueSet/sle",
         "/fhir/ValueSet/malignancy",
         "/fhir/CodeSystem/sle-activity",
@@ -307,3 +309,49 @@ def test_resources_without_an_id_are_cited_by_their_full_url(client: TestClient)
     )
     refs = [x["valueReference"]["reference"] for x in hb["part"] if x["name"] == "evidence"]
     assert refs == ["urn:uuid:0b1d5d6e-0000-4000-8000-000000000002"]
+
+
+SCREEN_ALL = "/fhir/ResearchStudy/$screen"
+_PER_CALL = ("id", "identifier", "occurrenceDateTime")
+
+
+def _same_answer(response: dict[str, Any]) -> dict[str, Any]:
+    """A GuidanceResponse without what differs per call (its id and time)."""
+    return {k: v for k, v in response.items() if k not in _PER_CALL}
+
+
+def test_all_trials_in_one_call_equal_the_single_trial_calls(client: TestClient) -> None:
+    params = parameters(_baseline_bundle(drop={"hb"}))
+    response = client.post(SCREEN_ALL, json=params)
+    assert response.status_code == 200
+    bundle = response.json()
+    validate_r4(bundle)
+    assert bundle["type"] == "collection"
+    answers = {
+        e["resource"]["moduleCanonical"].split("/")[-1]: e["resource"] for e in bundle["entry"]
+    }
+    assert set(answers) == {"NCT06801119|1.0.0", "NCT07358988|1.0.0"}
+    for key, answer in answers.items():
+        single = client.post(f"/fhir/ResearchStudy/{key.split('|')[0]}/$screen", json=params).json()
+        assert _same_answer(answer) == _same_answer(single)
+
+
+def test_study_parameters_restrict_the_trials(client: TestClient) -> None:
+    params = parameters(small_bundle())
+    params["parameter"].append({"name": "study", "valueString": "NCT07358988"})
+    entries = client.post(SCREEN_ALL, json=params).json()["entry"]
+    assert [e["resource"]["moduleCanonical"] for e in entries] == [
+        "https://trialscreen.org/fhir/PlanDefinition/NCT07358988|1.0.0"
+    ]
+    params["parameter"].append({"name": "study", "valueString": "NCT00000001"})
+    response = client.post(SCREEN_ALL, json=params)
+    assert response.status_code == 404
+    assert "NCT00000001" in validate_r4(response.json()).issue[0].diagnostics
+
+
+def test_study_parameter_is_refused_by_the_single_trial_call(client: TestClient) -> None:
+    params = parameters(small_bundle())
+    params["parameter"].append({"name": "study", "valueString": "NCT07358988"})
+    response = client.post(SCREEN, json=params)
+    assert response.status_code == 400
+    validate_r4(response.json())

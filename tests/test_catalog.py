@@ -18,14 +18,20 @@ CRITERIA = ROOT / "criteria"
 
 
 def _registry_items(trial_id: str) -> list[str]:
+    """The numbered criteria of a registry record, inclusions then exclusions, as written."""
     text = (CRITERIA / "registry" / f"{trial_id}.txt").read_text(encoding="utf-8")
-    inclusion, exclusion = text.split("Inclusion Criteria\n", 1)[1].split("Exclusion Criteria\n")
-    exclusion = exclusion.split("\n\nStudy & Design", 1)[0]
-    return [
-        m.group(1).strip()
-        for block in (inclusion, exclusion)
-        for m in re.finditer(r"^\s*\d+\.\s+(.*)$", block, re.M)
-    ]
+    after_inclusion = re.split(r"^Inclusion criteria$", text, flags=re.M | re.I)[1]
+    inclusion, exclusion = re.split(r"^Exclusion criteria$", after_inclusion, flags=re.M | re.I)
+    item = re.compile(r"^\s*(?:•\s*)?\d+\.\s+(.*)$")
+    found = []
+    for block in (inclusion, exclusion.lstrip("\n")):
+        for line in block.split("\n"):
+            match = item.match(line)
+            if match:
+                found.append(match.group(1).strip())
+            elif found and not line.strip():
+                break
+    return found
 
 
 def test_every_criterion_is_the_verbatim_registry_text_in_order(catalog: Catalog) -> None:

@@ -187,11 +187,15 @@ def lab_finding(check: LabFindingCheck, ctx: Context) -> Result:
     analytes = [ctx.mappings.analytes[name] for name in check.analytes]
     since = ctx.since(check.within)
     latest = [next((o for o in ctx.results_for(a) if o.when >= since), None) for a in analytes]
-    read = [(o, *_classify(check, ctx, o)) for o in latest if o is not None]
+    read = [
+        (o, *_classify(check, ctx, o), a.display)
+        for o, a in zip(latest, analytes, strict=True)
+        if o is not None
+    ]
     if not read:
         return _missing(check.id, check.label, ctx, analytes, since)
-    described = "; ".join(f"{o.text or 'result'} {shown} on {o.when}" for o, _, shown in read)
-    evidence = tuple(o.ref for o, _, _ in read)
+    described = "; ".join(f"{name} {shown} on {o.when}" for o, _, shown, name in read)
+    evidence = tuple(o.ref for o, *_ in read)
     hits = [r for r in read if r[1] == _POSITIVE]
     unclear = [r for r in read if r[1] == _INDETERMINATE]
     finding = {
@@ -208,7 +212,7 @@ def lab_finding(check: LabFindingCheck, ctx: Context) -> Result:
             evidence=evidence,
         )
     if unclear:
-        listed = "; ".join(f"{o.text or 'result'} {shown} on {o.when}" for o, _, shown in unclear)
+        listed = "; ".join(f"{name} {shown} on {o.when}" for o, _, shown, name in unclear)
         return Result(
             check.id,
             check.label,
@@ -286,7 +290,8 @@ def _shown(obs: Observation) -> str:
     if obs.value_text:
         return obs.value_text
     if obs.value_codes:
-        return obs.value_codes[0][1]
+        system, code = obs.value_codes[0]
+        return f"{code} ({system.rsplit('/', 1)[-1]})"
     if obs.value_bool is not None:
         return str(obs.value_bool).lower()
     return "no value"
