@@ -52,9 +52,12 @@ class Condition:
     def when(self) -> date | None:
         return self.onset or self.recorded
 
-    @property
-    def is_active(self) -> bool:
-        return self.clinical_status in {"active", "recurrence", "relapse"} and self.abated is None
+    def active_on(self, day: date) -> bool:
+        """Active on ``day``: a recorded abatement decides (an illness that abated later was
+        still active then); otherwise the clinical status as recorded."""
+        if self.abated is not None:
+            return self.abated > day
+        return self.clinical_status in {"active", "recurrence", "relapse"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,7 +164,7 @@ class PatientRecord:
         return replace(
             self,
             observations=tuple(o for o in self.observations if o.when <= day),
-            conditions=tuple(c for c in self.conditions if kept(c.when)),
+            conditions=tuple(c for c in self.conditions if kept(c.when) and kept(c.recorded)),
             medications=tuple(m for m in self.medications if kept(m.start)),
             immunizations=tuple(i for i in self.immunizations if i.when <= day),
             procedures=tuple(p for p in self.procedures if kept(p.when)),

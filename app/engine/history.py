@@ -105,11 +105,11 @@ def condition(check: ConditionCheck, ctx: Context) -> Result:
     pool = [
         c
         for c in ctx.record.conditions
-        if (c.is_active or not check.active_only)
+        if (c.active_on(ctx.as_of) or not check.active_only)
         and not any(m.matches_any(c.codes) for m in excepted)
     ]
     inside, undated = _select_dated(
-        pool, matchers, since, lambda c: check.or_active and c.is_active
+        pool, matchers, since, lambda c: check.or_active and c.active_on(ctx.as_of)
     )
     if check.onset_at_least is not None and inside:
         latest_onset = check.onset_at_least.before(ctx.as_of)

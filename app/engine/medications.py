@@ -87,7 +87,16 @@ def medication(check: MedicationCheck, ctx: Context) -> Result:
             for m in ctx.record.medications
             if m.start is not None and ctx.mappings.ingredient_of(m.codes) in ingredients
         ]
-        first = min(starts)
+        first = min(starts, default=None)
+        if first is None:
+            return Result(
+                check.id,
+                check.label,
+                Status.UNKNOWN,
+                f"{_describe(uses)}: no start date recorded, so the time on treatment is unknown.",
+                evidence=refs,
+                review=(f"{check.label}: start date of {_describe(uses)}",),
+            )
         if first > cutoff:
             return Result(
                 check.id,
