@@ -86,7 +86,8 @@ class ConditionCheck(_Matching):
     within: Duration | None = None
     """Onset (or recorded date) inside the window; None: any time before the as-of date."""
     or_active: bool = False
-    """Also count a condition still active at the as-of date whatever its onset."""
+    """Also count a condition present during the window whatever its onset: still active at the
+    as-of date, or abated inside the window."""
     active_only: bool = False
     """Only conditions whose clinical status is active / recurrence / relapse count."""
     onset_at_least: Duration | None = None

@@ -16,7 +16,7 @@ from app.criteria_model import (
 from app.engine.context import Context
 from app.engine.results import Result, Status
 from app.mappings import CodeMatcher
-from app.record import Allergy, Coding
+from app.record import Allergy, Coding, Condition
 
 
 class _Dated(Protocol):
@@ -108,9 +108,13 @@ def condition(check: ConditionCheck, ctx: Context) -> Result:
         if (c.active_on(ctx.as_of) or not check.active_only)
         and not any(m.matches_any(c.codes) for m in excepted)
     ]
-    inside, undated = _select_dated(
-        pool, matchers, since, lambda c: check.or_active and c.active_on(ctx.as_of)
-    )
+
+    def present_in_window(c: Condition) -> bool:
+        # Still active, or abated inside the window: the condition was present during it.
+        ended = c.abated is not None and since is not None and c.abated >= since
+        return check.or_active and (c.active_on(ctx.as_of) or ended)
+
+    inside, undated = _select_dated(pool, matchers, since, present_in_window)
     if check.onset_at_least is not None and inside:
         latest_onset = check.onset_at_least.before(ctx.as_of)
         dated = [c for c in inside if c.when is not None]

@@ -188,7 +188,7 @@ def lab_finding(check: LabFindingCheck, ctx: Context) -> Result:
     since = ctx.since(check.within)
     latest = [next((o for o in ctx.results_for(a) if o.when >= since), None) for a in analytes]
     read = [
-        (o, *_classify(check, ctx, o), a.display)
+        (o, *_classify(check, ctx, o, a), a.display)
         for o, a in zip(latest, analytes, strict=True)
         if o is not None
     ]
@@ -230,7 +230,9 @@ def lab_finding(check: LabFindingCheck, ctx: Context) -> Result:
     )
 
 
-def _classify(check: LabFindingCheck, ctx: Context, obs: Observation) -> tuple[str, str]:
+def _classify(
+    check: LabFindingCheck, ctx: Context, obs: Observation, analyte: Analyte
+) -> tuple[str, str]:
     """(positive | negative | indeterminate, how the value reads) for the check's finding."""
     sets = ctx.mappings.code_sets
     shown = _shown(obs)
@@ -243,10 +245,15 @@ def _classify(check: LabFindingCheck, ctx: Context, obs: Observation) -> tuple[s
     if check.finding == "low":
         if sets["low_interpretation"].matcher.matches_any(obs.interpretation):
             return _POSITIVE, shown
-        low = obs.ref_low
-        if obs.quantity is not None and low is not None and low.unit == obs.quantity.unit:
-            return (_POSITIVE if obs.quantity.value < low.value else _NEGATIVE), shown
-        return _INDETERMINATE, shown
+        q, low = obs.quantity, obs.ref_low
+        if q is None or low is None:
+            return _INDETERMINATE, shown
+        same_unit = low.unit == q.unit  # else e.g. C3 in mg/dL against a range in g/L
+        value = q.value if same_unit else analyte.to_canonical(q.value, q.unit)
+        limit = low.value if same_unit else analyte.to_canonical(low.value, low.unit)
+        if value is None or limit is None:
+            return _INDETERMINATE, shown
+        return (_POSITIVE if satisfies(value, "<", limit) else _NEGATIVE), shown
     for verdict in (_POSITIVE, _NEGATIVE, _INDETERMINATE):
         vocabulary = sets[verdict]
         if vocabulary.matcher.matches_any(obs.value_codes) or obs.value_text in vocabulary.strings:
@@ -257,6 +264,12 @@ def _classify(check: LabFindingCheck, ctx: Context, obs: Observation) -> tuple[s
         titer = _titer(obs.value_text)
         if titer is not None:
             return (_POSITIVE if titer >= check.titer_cutoff else _NEGATIVE), shown
+    # The lab's own reading (DET / NEG) wins over our reading of the number: a viral load of
+    # "<20 IU/mL" flagged DET is detected but below the limit of quantification.
+    if sets["positive"].matcher.matches_any(obs.interpretation):
+        return _POSITIVE, shown
+    if sets["negative"].matcher.matches_any(obs.interpretation):
+        return _NEGATIVE, shown
     if obs.quantity is not None:
         q = obs.quantity
         if check.numeric == "detected":
@@ -268,10 +281,6 @@ def _classify(check: LabFindingCheck, ctx: Context, obs: Observation) -> tuple[s
             return (_POSITIVE if verdict_high else _NEGATIVE), shown
     if sets["abnormal_high_interpretation"].matcher.matches_any(obs.interpretation):
         return _POSITIVE, shown
-    if sets["positive"].matcher.matches_any(obs.interpretation):
-        return _POSITIVE, shown
-    if sets["negative"].matcher.matches_any(obs.interpretation):
-        return _NEGATIVE, shown
     return _INDETERMINATE, shown
 
 
@@ -317,15 +326,12 @@ def creatinine_clearance(check: CreatinineClearanceCheck, ctx: Context) -> Resul
             threshold=threshold,
         )
 
-    reported = analytes["creatinine_clearance_cg"]
-    for obs in ctx.results_for(reported):
-        if obs.when < since or obs.quantity is None:
-            break
-        value = reported.to_canonical(obs.quantity.value, obs.quantity.unit)
-        if value is not None and obs.quantity.comparator is None:
-            return decide(value, f"reported by the lab on {obs.when}", (obs.ref,), ())
-
+    reported = _latest_in(ctx, analytes["creatinine_clearance_cg"], since)
     creatinine = _latest_in(ctx, analytes["creatinine"], since)
+    if reported is not None and (creatinine is None or reported[0].when >= creatinine[0].when):
+        # The lab's own Cockcroft-Gault value, unless a newer creatinine supersedes it.
+        obs, value = reported
+        return decide(value, f"reported by the lab on {obs.when}", (obs.ref,), ())
     weight = _latest_in(ctx, analytes["body_weight"], since)
     patient = ctx.record.patient
     requests: list[DataRequest] = []
