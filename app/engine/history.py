@@ -138,11 +138,7 @@ def condition(check: ConditionCheck, ctx: Context) -> Result:
             f"{check.onset_at_least} before the as-of date.",
             evidence=(first.ref,),
         )
-    if inside:
-        return _found(check, inside, what)
-    if undated:
-        return _undated(check.id, check.label, what, undated)
-    return _none_found(check.id, check.label, since)
+    return _verdict(check, what, inside, undated, since)
 
 
 def procedure(check: ProcedureCheck, ctx: Context) -> Result:
@@ -159,6 +155,17 @@ def _events(
     since = ctx.history_since(check.within)
     what = _what(check.codes)
     inside, undated = _select_dated(items, _matcher(ctx, check.codes), since)
+    return _verdict(check, what, inside, undated, since)
+
+
+def _verdict(
+    check: ConditionCheck | ProcedureCheck | ImmunizationCheck,
+    what: str,
+    inside: Sequence[_Dated],
+    undated: Sequence[_Dated],
+    since: date | None,
+) -> Result:
+    """Found in the window; else found without a date (unknown); else no record found."""
     if inside:
         return _found(check, inside, what)
     if undated:

@@ -339,10 +339,10 @@ def creatinine_clearance(check: CreatinineClearanceCheck, ctx: Context) -> Resul
         requests.append(ctx.request_for([analytes["creatinine"]], since))
     if weight is None:
         requests.append(ctx.request_for([analytes["body_weight"]], since))
-    if requests or patient.birth_date is None:
-        missing = [r.label for r in requests] + (
-            ["birth date"] if patient.birth_date is None else []
-        )
+    if patient.birth_date is None:
+        requests.append(DataRequest("Patient", (), "birth date"))
+    if requests:
+        missing = [r.label for r in requests]
         return Result(
             check.id,
             check.label,
