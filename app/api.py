@@ -13,6 +13,7 @@ from app.bundle_reader import read_bundle
 from app.catalog import Catalog
 from app.engine import LoadedTrial, evaluate
 from app.errors import InvalidInput, NotFound, PayloadTooLarge, UnsupportedMediaType
+from app.record_source import FetchedRecord, RecordSource
 from app.report import guidance_response
 from app.screen_request import ScreenRequest, parse_screen_request
 from app.settings import Settings, get_settings, zone_of
@@ -28,8 +29,14 @@ def get_catalog(request: Request) -> Catalog:
     return catalog
 
 
+def get_record_source(request: Request) -> RecordSource:
+    source: RecordSource = request.app.state.record_source
+    return source
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 CatalogDep = Annotated[Catalog, Depends(get_catalog)]
+SourceDep = Annotated[RecordSource, Depends(get_record_source)]
 
 
 class FhirResponse(Response):
@@ -71,7 +78,8 @@ _FHIR_OBJECT = {"type": "object", "additionalProperties": True}
 _OUTCOME = {"description": "OperationOutcome saying what is wrong", "content": {FHIR_JSON: {}}}
 _SCREEN_BODY = (
     "FHIR Parameters: 'bundle' (resource: the patient's record as a Bundle, exactly one "
-    "Patient), optional 'asOf' (valueDate, default today)"
+    "Patient) or 'patient' (valueReference Patient/{id} or valueString id: fetched from the "
+    "EHR), optional 'asOf' (valueDate, default today)"
 )
 SCREEN_OPENAPI: dict[str, Any] = {
     "requestBody": {
@@ -90,23 +98,31 @@ SCREEN_OPENAPI: dict[str, Any] = {
         "400": _OUTCOME,
         "404": _OUTCOME,
         "413": _OUTCOME,
+        "502": _OUTCOME,
         "415": _OUTCOME,
         "422": _OUTCOME,
     },
 }
 
 
-def _screen(trials: list[LoadedTrial], parsed: ScreenRequest, settings: Settings) -> list[Any]:
-    """One GuidanceResponse per trial, from one reading of the record."""
-    record = read_bundle(parsed.bundle)
+async def _screen(
+    trials: list[LoadedTrial], parsed: ScreenRequest, settings: Settings, source: RecordSource
+) -> list[Any]:
+    """One GuidanceResponse per trial, from one reading (or one fetch) of the record."""
     now = datetime.now(UTC)
     as_of = parsed.as_of or now.astimezone(zone_of(settings)).date()
+    if parsed.bundle is not None:
+        fetched = FetchedRecord(read_bundle(parsed.bundle))
+    else:
+        assert parsed.patient_id is not None  # parse_screen_request: bundle or patient
+        fetched = await source.fetch(parsed.patient_id, as_of)
     return [
         guidance_response(
-            evaluate(trial, record, as_of),
+            evaluate(trial, fetched.record, as_of),
             response_id=str(uuid.uuid4()),
             canonical_base=settings.canonical_base,
             issued=now,
+            warnings=fetched.problems,
         )
         for trial in trials
     ]
@@ -134,7 +150,11 @@ SCREEN_ALL_OPENAPI: dict[str, Any] = {
     openapi_extra=SCREEN_OPENAPI,
 )
 async def screen(
-    study_id: str, request: Request, settings: SettingsDep, catalog: CatalogDep
+    study_id: str,
+    request: Request,
+    settings: SettingsDep,
+    catalog: CatalogDep,
+    source: SourceDep,
 ) -> FhirResponse:
     """Screen one patient's record (a Bundle in a Parameters) against one trial; answer with a
     GuidanceResponse."""
@@ -142,7 +162,7 @@ async def screen(
     parsed = parse_screen_request(await read_body(request, settings.max_body_bytes))
     if parsed.studies:
         raise InvalidInput("'study' belongs to the all-trials $screen, not to one study's.")
-    (response,) = _screen([trial], parsed, settings)
+    (response,) = await _screen([trial], parsed, settings, source)
     return FhirResponse(response)
 
 
@@ -151,13 +171,15 @@ async def screen(
     response_class=FhirResponse,
     openapi_extra=SCREEN_ALL_OPENAPI,
 )
-async def screen_all(request: Request, settings: SettingsDep, catalog: CatalogDep) -> FhirResponse:
+async def screen_all(
+    request: Request, settings: SettingsDep, catalog: CatalogDep, source: SourceDep
+) -> FhirResponse:
     """Screen one patient's record against every trial (or those named by 'study' parameters);
     answer with a collection Bundle of GuidanceResponses, one per trial."""
     parsed = parse_screen_request(await read_body(request, settings.max_body_bytes))
     names = parsed.studies or tuple(catalog.trials)
     trials = [_trial(catalog, name) for name in dict.fromkeys(names)]
-    responses = _screen(trials, parsed, settings)
+    responses = await _screen(trials, parsed, settings, source)
     return FhirResponse(
         {
             "resourceType": "Bundle",

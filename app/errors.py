@@ -46,6 +46,13 @@ class PayloadTooLarge(TrialscreenError):
     issue_code = "too-costly"
 
 
+class UpstreamUnavailable(TrialscreenError):
+    """The EHR could not be read at all (the Patient itself); retry later."""
+
+    status_code = 502
+    issue_code = "transient"
+
+
 class UnsupportedMediaType(TrialscreenError):
     status_code = 415
     issue_code = "not-supported"

@@ -6,13 +6,17 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 
+import httpx
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 
 from app.api import FhirResponse, router
 from app.catalog import load_catalog
+from app.demo import DEMO_PATIENTS
+from app.ehr_connection import ehr_http_client, ehr_record_source
 from app.errors import TrialscreenError
+from app.record_source import DemoRecordSource
 from app.settings import Settings, get_settings
 
 log = logging.getLogger("trialscreen")
@@ -28,14 +32,24 @@ def _outcome(status: int, code: str, message: str) -> FhirResponse:
     )
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None, ehr_transport: httpx.AsyncBaseTransport | None = None
+) -> FastAPI:
+    """The app; ``ehr_transport`` replaces the network under the EHR client (tests of faults a
+    real server will not produce on demand)."""
     settings = settings or get_settings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.catalog = load_catalog(settings)
+        app.state.catalog = catalog = load_catalog(settings)
         app.state.started = datetime.now(UTC).isoformat(timespec="seconds")
-        yield
+        if settings.ehr_base_url is None:
+            app.state.record_source = DemoRecordSource(DEMO_PATIENTS)
+            yield
+            return
+        async with ehr_http_client(settings, ehr_transport) as http:
+            app.state.record_source = ehr_record_source(settings, catalog, http)
+            yield
 
     try:
         software_version = version("trialscreen")

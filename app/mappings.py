@@ -56,6 +56,9 @@ class AnalyteSpec(_Strict):
     unit: str | None = None
     codes: tuple[CodeRow, ...] = Field(min_length=1)
     units: dict[str, float] = Field(default_factory=dict)
+    panels: tuple[CodeRow, ...] = ()
+    """Panels whose components carry the analyte (e.g. the blood-pressure panel): searched for
+    by code when the record is fetched; the component is what is read."""
 
     @model_validator(mode="after")
     def _canonical_unit_converts(self) -> "AnalyteSpec":
@@ -135,6 +138,7 @@ class Analyte:
     rows: tuple[CodeRow, ...]
     codes: frozenset[tuple[str, str]]
     factors: Mapping[str, float]
+    panel_codes: tuple[tuple[str, str], ...] = ()
 
     def to_canonical(self, value: float, unit: str) -> float | None:
         """The value in the canonical unit; None when this analyte does not accept the unit."""
@@ -281,6 +285,7 @@ def load_mappings(directory: Path, canonical_base: str) -> Mappings:
             rows=a.codes,
             codes=frozenset((uri(r, where), r.code) for r in a.codes),
             factors=dict(a.units),
+            panel_codes=tuple((uri(r, where), r.code) for r in a.panels),
         )
 
     meds: MedicationsSpec = _parse(

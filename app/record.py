@@ -144,6 +144,8 @@ class PatientRecord:
     immunizations: tuple[Immunization, ...] = ()
     procedures: tuple[Procedure, ...] = ()
     allergies: tuple[Allergy, ...] = ()
+    incomplete: Mapping[str, str] = field(default_factory=dict)
+    """Parts of the record the EHR did not fully deliver (source -> what went wrong)."""
     _by_code: Mapping[Coding, tuple[Observation, ...]] = field(
         default_factory=dict, compare=False, repr=False
     )

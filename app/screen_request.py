@@ -1,9 +1,11 @@
 """The ``$screen`` operation's input: a FHIR Parameters resource, read strictly.
 
-Parameters: ``bundle`` (resource: one patient's record as a Bundle, required), ``asOf``
+Parameters: either ``bundle`` (resource: one patient's record as a Bundle) or ``patient``
+(valueReference ``Patient/{id}`` or valueString id: the record is fetched from the EHR), ``asOf``
 (valueDate, optional; defaults to today), ``study`` (valueString, repeating; all-trials call only).
 """
 
+import re
 from dataclasses import dataclass
 from datetime import date
 from typing import Any
@@ -16,7 +18,8 @@ from app.fhir_dates import parse_fhir_date
 
 @dataclass(frozen=True, slots=True)
 class ScreenRequest:
-    bundle: dict[str, Any]
+    bundle: dict[str, Any] | None
+    patient_id: str | None
     as_of: date | None
     studies: tuple[str, ...]
 
@@ -40,6 +43,7 @@ def parse_screen_request(body: bytes) -> ScreenRequest:
             "Parameters.parameter must be an array.", expression="Parameters.parameter"
         )
     bundle: dict[str, Any] | None = None
+    patient_id: str | None = None
     as_of: date | None = None
     studies: list[str] = []
     for i, item in enumerate(items):
@@ -52,21 +56,48 @@ def parse_screen_request(body: bytes) -> ScreenRequest:
                     "The 'bundle' parameter must carry a Bundle in 'resource'.", expression=where
                 )
             bundle = resource
+        elif name == "patient" and patient_id is None:
+            patient_id = _patient_id(item, where)
         elif name == "asOf" and as_of is None:
             as_of = _as_of(item, where)
         elif name == "study" and isinstance(item.get("valueString"), str):
             studies.append(item["valueString"])
-        elif name in {"bundle", "asOf"}:
+        elif name in {"bundle", "patient", "asOf"}:
             raise InvalidInput(f"The '{name}' parameter is given more than once.", expression=where)
         else:
             raise InvalidInput(
-                f"Unknown or malformed parameter {name!r}: $screen takes 'bundle', 'asOf' "
-                "and 'study'.",
+                f"Unknown or malformed parameter {name!r}: $screen takes 'bundle' or "
+                "'patient', 'asOf' and 'study'.",
                 expression=where,
             )
-    if bundle is None:
-        raise InvalidInput("The 'bundle' parameter (the patient's record) is required.")
-    return ScreenRequest(bundle, as_of, tuple(studies))
+    if (bundle is None) == (patient_id is None):
+        raise InvalidInput(
+            "Give either 'bundle' (the patient's record) or 'patient' (a Patient id to fetch "
+            "from the EHR), not both and not neither."
+        )
+    return ScreenRequest(bundle, patient_id, as_of, tuple(studies))
+
+
+_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
+"""FHIR id syntax: it goes into an EHR URL, so nothing else is accepted."""
+
+
+def _patient_id(item: dict[str, Any], where: str) -> str:
+    reference = item.get("valueReference")
+    text = reference.get("reference") if isinstance(reference, dict) else item.get("valueString")
+    pid = ""
+    if isinstance(reference, dict) and isinstance(text, str):
+        kind, _, found = text.rpartition("/")
+        pid = found if kind.rsplit("/", 1)[-1] == "Patient" else ""
+    elif isinstance(text, str):
+        pid = text
+    if not _ID.fullmatch(pid):
+        raise InvalidInput(
+            "'patient' must be a valueReference 'Patient/{id}' or a valueString id "
+            "(letters, digits, '-' and '.', at most 64).",
+            expression=where,
+        )
+    return pid
 
 
 def _as_of(item: dict[str, Any], where: str) -> date:

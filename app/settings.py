@@ -2,8 +2,10 @@
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 from zoneinfo import ZoneInfo
 
+from pydantic import SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 _ROOT = Path(__file__).resolve().parent.parent
@@ -24,6 +26,41 @@ class Settings(BaseSettings):
     max_body_bytes: int = 64 * 1024 * 1024
     """Largest request body accepted. A large Synthea record is about 7 MB; 64 MiB leaves room for
     long hospital histories while bounding memory per request."""
+
+    # --- the EHR's FHIR server, for $screen by patient id ---------------------------------------
+    ehr_base_url: str | None = None
+    """FHIR base URL of the EHR. Unset: patients are read from the bundled demo records."""
+    ehr_auth: Literal["none", "bearer", "smart"] = "none"
+    ehr_token: SecretStr | None = None
+    """Static bearer token (ehr_auth=bearer)."""
+    smart_client_id: str | None = None
+    smart_private_key: SecretStr | None = None
+    """PEM private key for the SMART Backend Services client assertion (ehr_auth=smart)."""
+    smart_key_id: str | None = None
+    smart_algorithm: Literal["RS384", "ES384"] = "RS384"
+    smart_scopes: str = (
+        "system/Patient.rs system/Observation.rs system/Condition.rs "
+        "system/MedicationRequest.rs system/MedicationAdministration.rs system/Immunization.rs "
+        "system/Procedure.rs system/AllergyIntolerance.rs"
+    )
+    ehr_headers: dict[str, str] = {}
+    """Extra headers on every EHR request (e.g. Epic-Client-ID; Prefer: handling=strict)."""
+    ehr_medication_types: tuple[str, ...] = ("MedicationRequest", "MedicationAdministration")
+    """Medication resource types fetched (MedicationStatement is not a US Core search)."""
+    ehr_page_size: int = 100
+    """_count asked per page (Oracle allows up to 200)."""
+    ehr_max_pages: int = 50
+    """Pages followed per search before the search counts as incomplete."""
+    ehr_codes_per_search: int = 40
+    """Observation codes per search, keeping URLs short enough for every EHR."""
+    ehr_connect_timeout: float = 5.0
+    ehr_read_timeout: float = 20.0
+    ehr_deadline: float = 30.0
+    """Seconds one screening may spend fetching, retries included."""
+    ehr_max_attempts: int = 4
+    """Tries per request on 429, 502-504 and connection errors."""
+    ehr_max_response_bytes: int = 32 * 1024 * 1024
+    """Largest single EHR response read."""
 
 
 @lru_cache

@@ -355,3 +355,52 @@ def test_study_parameter_is_refused_by_the_single_trial_call(client: TestClient)
     response = client.post(SCREEN, json=params)
     assert response.status_code == 400
     validate_r4(response.json())
+
+
+DEMO_ID = "b6446621-f1b9-4a74-bd09-7ec2410b27cf"
+
+
+def _patient_parameters(value: dict[str, Any], as_of: str = "2025-11-01") -> dict[str, Any]:
+    return {
+        "resourceType": "Parameters",
+        "parameter": [{"name": "patient", **value}, {"name": "asOf", "valueDate": as_of}],
+    }
+
+
+@pytest.mark.parametrize(
+    "value",
+    [{"valueString": DEMO_ID}, {"valueReference": {"reference": f"Patient/{DEMO_ID}"}}],
+    ids=["valueString", "valueReference"],
+)
+def test_screening_a_demo_patient_by_id_equals_posting_the_record(
+    client: TestClient, value: dict[str, Any]
+) -> None:
+    bundle = json.loads((FIXTURES / f"{DEMO_ID}.json").read_text())
+    posted = client.post(SCREEN_ALL, json=parameters(bundle, "2025-11-01")).json()
+    by_id = client.post(SCREEN_ALL, json=_patient_parameters(value)).json()
+    assert [_same_answer(e["resource"]) for e in by_id["entry"]] == [
+        _same_answer(e["resource"]) for e in posted["entry"]
+    ]
+
+
+@pytest.mark.parametrize(
+    ("value", "status"),
+    [
+        ({"valueString": "no-such-patient"}, 404),
+        ({"valueString": "../etc/passwd"}, 400),
+        ({"valueReference": {"reference": "Practitioner/1"}}, 400),
+        ({"valueString": ""}, 400),
+    ],
+)
+def test_bad_patient_ids(client: TestClient, value: dict[str, Any], status: int) -> None:
+    response = client.post(SCREEN, json=_patient_parameters(value))
+    assert response.status_code == status
+    validate_r4(response.json())
+
+
+def test_bundle_and_patient_together_are_refused(client: TestClient) -> None:
+    params = parameters(small_bundle())
+    params["parameter"].append({"name": "patient", "valueString": DEMO_ID})
+    response = client.post(SCREEN, json=params)
+    assert response.status_code == 400
+    assert "either" in response.json()["issue"][0]["diagnostics"]

@@ -30,6 +30,7 @@ from app.criteria_model import (
 from app.engine import history, measurements, medications
 from app.engine.context import Context, LoadedTrial
 from app.engine.results import DataRequest, Result, Status, Value, kleene_all, kleene_any
+from app.engine.sources import MEDICATIONS, source_of
 from app.record import PatientRecord
 
 
@@ -109,6 +110,9 @@ def _check(check: Check, ctx: Context) -> Result:
             f"Applies to {check.applies_to} patients only; the patient is recorded as {sex}.",
             evidence=(ctx.record.patient.ref,),
         )
+    source = source_of(check)
+    if source is not None and source in ctx.record.incomplete:
+        return _unfetched(check, source, ctx.record.incomplete[source])
     if isinstance(check, GroupCheck):
         children = tuple(_check(c, ctx) for c in check.checks)
         status = _combine(check.check, children)
@@ -129,6 +133,20 @@ def _check(check: Check, ctx: Context) -> Result:
     if review:
         result = _add_review(result, review)
     return result
+
+
+def _unfetched(check: Check, source: str, problem: str) -> Result:
+    """Unknown, whatever the partial data says: a missing page could hold the deciding record."""
+    request_type = "MedicationRequest" if source == MEDICATIONS else source
+    return Result(
+        check.id,
+        check.label,
+        Status.UNKNOWN,
+        f"The EHR did not deliver the patient's complete {source} data ({problem}), so this "
+        "cannot be decided.",
+        review=check.review,
+        data_requests=(DataRequest(request_type, (), f"complete {source} data from the EHR"),),
+    )
 
 
 _NEGATION = {Status.MET: Status.NOT_MET, Status.NOT_MET: Status.MET}

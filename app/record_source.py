@@ -1,0 +1,80 @@
+"""Where a patient's record comes from when ``$screen`` is given a patient id: the EHR's FHIR
+server, or (with no EHR configured) the bundled demo records. Both end in the same
+:func:`read_bundle` as a posted Bundle, so the answer is the same as posting that data."""
+
+import asyncio
+from dataclasses import dataclass, replace
+from datetime import date
+from pathlib import Path
+from typing import Any, Protocol
+
+import orjson
+
+from app.bundle_reader import read_bundle
+from app.errors import NotFound, UpstreamUnavailable
+from app.fetch_plan import FetchPlan
+from app.fhir_client import Deadline, EhrError, EhrNotFound, FhirClient
+from app.record import PatientRecord
+
+
+@dataclass(frozen=True, slots=True)
+class FetchedRecord:
+    record: PatientRecord
+    problems: tuple[str, ...] = ()
+    """What could not be fetched, in words for the GuidanceResponse's evaluationMessage."""
+
+
+class RecordSource(Protocol):
+    async def fetch(self, patient_id: str, as_of: date) -> FetchedRecord: ...
+
+
+class DemoRecordSource:
+    """The synthetic patients shipped in ``app/demo_patients`` (file name = Patient id)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    async def fetch(self, patient_id: str, as_of: date) -> FetchedRecord:
+        path = self.directory / f"{patient_id}.json"
+        if "/" in patient_id or not path.is_file():
+            raise NotFound(f"No demo patient {patient_id!r} (see python -m app.demo).")
+        bundle = orjson.loads(await asyncio.to_thread(path.read_bytes))
+        return FetchedRecord(read_bundle(bundle))
+
+
+class EhrRecordSource:
+    """The EHR's FHIR server: the Patient and every search of the plan, all at once."""
+
+    def __init__(self, client: FhirClient, plan: FetchPlan, deadline_seconds: float) -> None:
+        self.client = client
+        self.plan = plan
+        self.deadline_seconds = deadline_seconds
+
+    async def fetch(self, patient_id: str, as_of: date) -> FetchedRecord:
+        deadline = Deadline.after(self.deadline_seconds)
+        searches = self.plan.searches(patient_id, as_of)
+        # Every search starts now, alongside the Patient read: one round trip plus paging.
+        tasks = [
+            asyncio.ensure_future(self.client.search(s.resource_type, s.params, deadline))
+            for s in searches
+        ]
+        try:
+            patient = await self.client.read("Patient", patient_id, deadline)
+        except EhrError as exc:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            if isinstance(exc, EhrNotFound):
+                raise NotFound(f"The EHR has no Patient {patient_id!r}.") from None
+            raise UpstreamUnavailable(
+                f"The EHR's Patient record could not be read: {exc}."
+            ) from None
+        outcomes = await asyncio.gather(*tasks)
+        entries: list[dict[str, Any]] = [{"resource": patient}]
+        incomplete: dict[str, str] = {}
+        for search, outcome in zip(searches, outcomes, strict=True):
+            entries += [{"resource": r} for r in outcome.resources]
+            if outcome.problem is not None:
+                incomplete.setdefault(search.source, outcome.problem)
+        record = read_bundle({"resourceType": "Bundle", "type": "collection", "entry": entries})
+        return FetchedRecord(replace(record, incomplete=incomplete), tuple(incomplete.values()))
