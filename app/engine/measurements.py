@@ -25,25 +25,14 @@ def _fmt(value: float) -> str:
 def _missing(
     check_id: str, label: str, ctx: Context, analytes: list[Analyte], since: date
 ) -> Result:
-    """Unknown for lack of data: no result in the window (saying how old the latest one is)."""
-    older = [o for a in analytes for o in ctx.results_for(a) if o.when < since]
+    """Unknown for lack of data: no result in the window. Older results are not cited: a record
+    fetched from the EHR holds only the window, and the answer must not depend on the path."""
     names = " or ".join(a.display for a in analytes)
-    if older:
-        latest = max(older, key=lambda o: o.when)
-        reason = (
-            f"The latest {names} result ({latest.when.isoformat()}) is older than the window "
-            f"starting {since.isoformat()}; a current result is needed."
-        )
-        evidence: tuple[str, ...] = (latest.ref,)
-    else:
-        reason = f"No {names} result since {since.isoformat()}; one is needed."
-        evidence = ()
     return Result(
         check_id,
         label,
         Status.UNKNOWN,
-        reason,
-        evidence=evidence,
+        f"No {names} result since {since.isoformat()}; a current one is needed.",
         data_requests=(ctx.request_for(analytes, since),),
     )
 
