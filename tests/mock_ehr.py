@@ -22,6 +22,7 @@ Fault = Callable[[httpx.Request], httpx.Response | None]
 @dataclass
 class MockEhr:
     bundle: Json
+    base: str = BASE
     faults: list[Fault] = field(default_factory=list)
     requests: list[httpx.Request] = field(default_factory=list)
 
@@ -66,7 +67,7 @@ class MockEhr:
         }
         if offset + count < len(matches):
             rest = {k: v[0] for k, v in query.items()} | {"_offset": str(offset + count)}
-            page["link"] = [{"relation": "next", "url": f"{BASE}/{path[0]}?{urlencode(rest)}"}]
+            page["link"] = [{"relation": "next", "url": f"{self.base}/{path[0]}?{urlencode(rest)}"}]
         return _json(200, page)
 
 
