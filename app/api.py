@@ -1,6 +1,6 @@
 """The FHIR REST surface: ``$screen`` and the published resources."""
 
-import uuid
+import asyncio
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -11,12 +11,13 @@ from fastapi.responses import Response
 from app import publication
 from app.bundle_reader import read_bundle
 from app.catalog import Catalog
-from app.engine import LoadedTrial, evaluate
+from app.engine import LoadedTrial
 from app.errors import InvalidInput, NotFound, PayloadTooLarge, UnsupportedMediaType
 from app.record_source import FetchedRecord, RecordSource
-from app.report import guidance_response
 from app.screen_request import ScreenRequest, parse_screen_request
+from app.screening import screen_and_describe
 from app.settings import Settings, get_settings, zone_of
+from app.storage import Store, record_digest
 
 FHIR_JSON = "application/fhir+json"
 _ACCEPTED_TYPES = {"application/fhir+json", "application/json"}
@@ -29,14 +30,8 @@ def get_catalog(request: Request) -> Catalog:
     return catalog
 
 
-def get_record_source(request: Request) -> RecordSource:
-    source: RecordSource = request.app.state.record_source
-    return source
-
-
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 CatalogDep = Annotated[Catalog, Depends(get_catalog)]
-SourceDep = Annotated[RecordSource, Depends(get_record_source)]
 
 
 class FhirResponse(Response):
@@ -106,26 +101,25 @@ SCREEN_OPENAPI: dict[str, Any] = {
 
 
 async def _screen(
-    trials: list[LoadedTrial], parsed: ScreenRequest, settings: Settings, source: RecordSource
+    trials: list[LoadedTrial], parsed: ScreenRequest, settings: Settings, request: Request
 ) -> list[Any]:
-    """One GuidanceResponse per trial, from one reading (or one fetch) of the record."""
+    """One GuidanceResponse per trial, from one reading (or one fetch) of the record; each is
+    stored before it is returned."""
     now = datetime.now(UTC)
     as_of = parsed.as_of or now.astimezone(zone_of(settings)).date()
     if parsed.bundle is not None:
-        fetched = FetchedRecord(read_bundle(parsed.bundle))
+        fetched = FetchedRecord(read_bundle(parsed.bundle), digest=record_digest(parsed.bundle))
     else:
         assert parsed.patient_id is not None  # parse_screen_request: bundle or patient
+        source: RecordSource = request.app.state.record_source
         fetched = await source.fetch(parsed.patient_id, as_of)
-    return [
-        guidance_response(
-            evaluate(trial, fetched.record, as_of),
-            response_id=str(uuid.uuid4()),
-            canonical_base=settings.canonical_base,
-            issued=now,
-            warnings=fetched.problems,
-        )
+    screenings = [
+        screen_and_describe(trial, fetched, as_of, settings, now, requested_by="rest")
         for trial in trials
     ]
+    store: Store = request.app.state.store
+    await asyncio.to_thread(store.save, screenings)
+    return [s.guidance for s in screenings]
 
 
 SCREEN_ALL_OPENAPI: dict[str, Any] = {
@@ -150,11 +144,7 @@ SCREEN_ALL_OPENAPI: dict[str, Any] = {
     openapi_extra=SCREEN_OPENAPI,
 )
 async def screen(
-    study_id: str,
-    request: Request,
-    settings: SettingsDep,
-    catalog: CatalogDep,
-    source: SourceDep,
+    study_id: str, request: Request, settings: SettingsDep, catalog: CatalogDep
 ) -> FhirResponse:
     """Screen one patient's record (a Bundle in a Parameters) against one trial; answer with a
     GuidanceResponse."""
@@ -162,7 +152,7 @@ async def screen(
     parsed = parse_screen_request(await read_body(request, settings.max_body_bytes))
     if parsed.studies:
         raise InvalidInput("'study' belongs to the all-trials $screen, not to one study's.")
-    (response,) = await _screen([trial], parsed, settings, source)
+    (response,) = await _screen([trial], parsed, settings, request)
     return FhirResponse(response)
 
 
@@ -171,15 +161,13 @@ async def screen(
     response_class=FhirResponse,
     openapi_extra=SCREEN_ALL_OPENAPI,
 )
-async def screen_all(
-    request: Request, settings: SettingsDep, catalog: CatalogDep, source: SourceDep
-) -> FhirResponse:
+async def screen_all(request: Request, settings: SettingsDep, catalog: CatalogDep) -> FhirResponse:
     """Screen one patient's record against every trial (or those named by 'study' parameters);
     answer with a collection Bundle of GuidanceResponses, one per trial."""
     parsed = parse_screen_request(await read_body(request, settings.max_body_bytes))
     names = parsed.studies or tuple(catalog.trials)
     trials = [_trial(catalog, name) for name in dict.fromkeys(names)]
-    responses = await _screen(trials, parsed, settings, source)
+    responses = await _screen(trials, parsed, settings, request)
     return FhirResponse(
         {
             "resourceType": "Bundle",
@@ -187,6 +175,16 @@ async def screen_all(
             "entry": [{"fullUrl": f"urn:uuid:{r['id']}", "resource": r} for r in responses],
         }
     )
+
+
+@router.get("/GuidanceResponse/{screening_id}", response_class=FhirResponse)
+async def read_screening(screening_id: str, request: Request) -> Response:
+    """A stored screening, exactly as it was issued."""
+    store: Store = request.app.state.store
+    body = await asyncio.to_thread(store.guidance, screening_id)
+    if body is None:
+        raise NotFound(f"No screening {screening_id!r} is stored here.")
+    return Response(body, media_type=FHIR_JSON)
 
 
 @router.get("/ResearchStudy", response_class=FhirResponse)

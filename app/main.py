@@ -18,6 +18,7 @@ from app.ehr_connection import ehr_http_client, ehr_record_source
 from app.errors import TrialscreenError
 from app.record_source import DemoRecordSource
 from app.settings import Settings, get_settings
+from app.storage import Store
 
 log = logging.getLogger("trialscreen")
 
@@ -43,13 +44,18 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.catalog = catalog = load_catalog(settings)
         app.state.started = datetime.now(UTC).isoformat(timespec="seconds")
-        if settings.ehr_base_url is None:
-            app.state.record_source = DemoRecordSource(DEMO_PATIENTS)
-            yield
-            return
-        async with ehr_http_client(settings, ehr_transport) as http:
-            app.state.record_source = ehr_record_source(settings, catalog, http)
-            yield
+        app.state.store = store = Store(settings.database_url)
+        try:
+            async with ehr_http_client(settings, ehr_transport) as http:
+                app.state.http = http
+                app.state.record_source = (
+                    DemoRecordSource(DEMO_PATIENTS)
+                    if settings.ehr_base_url is None
+                    else ehr_record_source(settings, catalog, http)
+                )
+                yield
+        finally:
+            store.close()
 
     try:
         software_version = version("trialscreen")

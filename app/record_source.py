@@ -15,6 +15,7 @@ from app.errors import NotFound, UpstreamUnavailable
 from app.fetch_plan import FetchPlan
 from app.fhir_client import Deadline, EhrError, EhrNotFound, FhirClient
 from app.record import PatientRecord
+from app.storage import record_digest
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,6 +23,8 @@ class FetchedRecord:
     record: PatientRecord
     problems: tuple[str, ...] = ()
     """What could not be fetched, in words for the GuidanceResponse's evaluationMessage."""
+    digest: str = ""
+    """SHA-256 of the record's resources as received (see storage.record_digest)."""
 
 
 class RecordSource(Protocol):
@@ -39,7 +42,7 @@ class DemoRecordSource:
         if "/" in patient_id or not path.is_file():
             raise NotFound(f"No demo patient {patient_id!r} (see python -m app.demo).")
         bundle = orjson.loads(await asyncio.to_thread(path.read_bytes))
-        return FetchedRecord(read_bundle(bundle))
+        return FetchedRecord(read_bundle(bundle), digest=record_digest(bundle))
 
 
 class EhrRecordSource:
@@ -76,5 +79,6 @@ class EhrRecordSource:
             entries += [{"resource": r} for r in outcome.resources]
             if outcome.problem is not None:
                 incomplete.setdefault(search.source, outcome.problem)
-        record = read_bundle({"resourceType": "Bundle", "type": "collection", "entry": entries})
-        return FetchedRecord(replace(record, incomplete=incomplete), tuple(incomplete.values()))
+        bundle = {"resourceType": "Bundle", "type": "collection", "entry": entries}
+        record = replace(read_bundle(bundle), incomplete=incomplete)
+        return FetchedRecord(record, tuple(incomplete.values()), record_digest(bundle))

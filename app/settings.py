@@ -20,6 +20,13 @@ class Settings(BaseSettings):
     criteria_dir: Path = _ROOT / "criteria"
     mappings_dir: Path = _ROOT / "fhir_mappings"
 
+    database_url: str = f"sqlite:///{_ROOT / 'var' / 'trialscreen.db'}"
+    """Where screenings are kept: an SQLite file by default, PostgreSQL in production."""
+
+    public_base_url: str = "http://127.0.0.1:8000"
+    """How clients reach this service: absolute links in CDS cards, and the ``aud`` a CDS
+    client's JWT must carry."""
+
     timezone: str = "UTC"
     """Time zone whose calendar day is "today" when a request gives no as-of date."""
 

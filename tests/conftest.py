@@ -1,4 +1,6 @@
 import json
+import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,6 +13,12 @@ from app.settings import Settings
 from tests import fhir_server as fhir
 
 DEMO_PATIENTS = Path(__file__).resolve().parent.parent / "app" / "demo_patients"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Every app a test builds keeps its screenings in a throw-away SQLite file, not in var/.
+    work = Path(tempfile.mkdtemp(prefix="trialscreen-tests-"))
+    os.environ["TRIALSCREEN_DATABASE_URL"] = f"sqlite:///{work / 'trialscreen.db'}"
 
 
 @pytest.fixture(scope="session")

@@ -404,3 +404,14 @@ def test_bundle_and_patient_together_are_refused(client: TestClient) -> None:
     response = client.post(SCREEN, json=params)
     assert response.status_code == 400
     assert "either" in response.json()["issue"][0]["diagnostics"]
+
+
+def test_every_screening_is_stored_and_readable_as_issued(client: TestClient) -> None:
+    issued = client.post(SCREEN, json=parameters(small_bundle())).json()
+    stored = client.get(f"/fhir/GuidanceResponse/{issued['id']}")
+    assert stored.status_code == 200
+    assert stored.headers["content-type"] == "application/fhir+json"
+    assert stored.json() == issued
+    missing = client.get("/fhir/GuidanceResponse/not-a-screening")
+    assert missing.status_code == 404
+    validate_r4(missing.json())

@@ -1,0 +1,55 @@
+"""One screening as the service issues it: evaluate, render the GuidanceResponse, and describe
+what is kept of it. Shared by the REST operation and the CDS Hooks service."""
+
+import uuid
+from datetime import date, datetime
+
+from app.engine import LoadedTrial, Screening, evaluate
+from app.record_source import FetchedRecord
+from app.report import guidance_response
+from app.settings import Settings
+from app.storage import NewScreening
+
+
+def screen_and_describe(
+    trial: LoadedTrial,
+    fetched: FetchedRecord,
+    as_of: date,
+    settings: Settings,
+    now: datetime,
+    *,
+    requested_by: str,
+    card_uuid: str | None = None,
+    screening_id: str | None = None,
+) -> NewScreening:
+    screening = evaluate(trial, fetched.record, as_of)
+    return describe(screening, fetched, settings, now, requested_by, card_uuid, screening_id)
+
+
+def describe(
+    screening: Screening,
+    fetched: FetchedRecord,
+    settings: Settings,
+    now: datetime,
+    requested_by: str,
+    card_uuid: str | None = None,
+    screening_id: str | None = None,
+) -> NewScreening:
+    guidance = guidance_response(
+        screening,
+        response_id=screening_id or str(uuid.uuid4()),
+        canonical_base=settings.canonical_base,
+        issued=now,
+        warnings=fetched.problems,
+    )
+    return NewScreening(
+        guidance=guidance,
+        trial_id=screening.trial.id,
+        criteria_version=screening.trial.spec.version,
+        as_of=screening.as_of,
+        patient_ref=screening.patient_ref,
+        eligibility=screening.eligibility.value,
+        record_digest=fetched.digest,
+        requested_by=requested_by,
+        card_uuid=card_uuid,
+    )

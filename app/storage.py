@@ -1,0 +1,124 @@
+"""Where screenings and CDS Hooks feedback are kept: SQLModel tables on the database named by
+``TRIALSCREEN_DATABASE_URL`` (an SQLite file by default).
+
+Calls are synchronous (SQLAlchemy sessions) and short; the API runs them in a worker thread.
+Each write is one transaction: a screening is stored whole or not at all.
+"""
+
+import hashlib
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+from sqlalchemy import Engine, event
+from sqlmodel import Field, Session, SQLModel, create_engine, select
+
+
+class StoredScreening(SQLModel, table=True):
+    __tablename__ = "screening"
+
+    id: str = Field(primary_key=True)
+    """The GuidanceResponse id."""
+    trial_id: str = Field(index=True)
+    criteria_version: str
+    as_of: date
+    patient_ref: str = Field(index=True)
+    eligibility: str
+    record_digest: str
+    """SHA-256 of the record as screened (canonical JSON), to tell re-screenings apart."""
+    requested_by: str
+    created: datetime
+    card_uuid: str | None = Field(default=None, index=True)
+    guidance: bytes
+    """The GuidanceResponse as issued (JSON)."""
+
+
+class StoredFeedback(SQLModel, table=True):
+    __tablename__ = "cds_feedback"
+
+    id: int | None = Field(default=None, primary_key=True)
+    screening_id: str = Field(foreign_key="screening.id", index=True)
+    card_uuid: str
+    outcome: str
+    override_reason: bytes | None = None
+    outcome_timestamp: datetime
+    received: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class NewScreening:
+    guidance: dict[str, Any]
+    trial_id: str
+    criteria_version: str
+    as_of: date
+    patient_ref: str
+    eligibility: str
+    record_digest: str
+    requested_by: str
+    card_uuid: str | None = None
+
+
+def record_digest(bundle: dict[str, Any]) -> str:
+    return hashlib.sha256(orjson.dumps(bundle, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+class Store:
+    def __init__(self, url: str) -> None:
+        if url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:"):
+            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        connect_args = {"check_same_thread": False} if url.startswith("sqlite") else {}
+        self.engine: Engine = create_engine(url, connect_args=connect_args)
+        if url.startswith("sqlite"):
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        SQLModel.metadata.create_all(self.engine)
+
+    def save(self, screenings: list[NewScreening]) -> None:
+        now = datetime.now(UTC)
+        with Session(self.engine) as session, session.begin():
+            for s in screenings:
+                session.add(
+                    StoredScreening(
+                        id=s.guidance["id"],
+                        trial_id=s.trial_id,
+                        criteria_version=s.criteria_version,
+                        as_of=s.as_of,
+                        patient_ref=s.patient_ref,
+                        eligibility=s.eligibility,
+                        record_digest=s.record_digest,
+                        requested_by=s.requested_by,
+                        created=now,
+                        card_uuid=s.card_uuid,
+                        guidance=orjson.dumps(s.guidance),
+                    )
+                )
+
+    def guidance(self, screening_id: str) -> bytes | None:
+        with Session(self.engine) as session:
+            row = session.get(StoredScreening, screening_id)
+            return None if row is None else row.guidance
+
+    def screening_for_card(self, card_uuid: str) -> str | None:
+        with Session(self.engine) as session:
+            query = select(StoredScreening.id).where(StoredScreening.card_uuid == card_uuid)
+            return session.exec(query).first()
+
+    def save_feedback(self, items: list[StoredFeedback]) -> None:
+        with Session(self.engine) as session, session.begin():
+            session.add_all(items)
+
+    def feedback_for(self, screening_id: str) -> list[StoredFeedback]:
+        with Session(self.engine) as session:
+            query = select(StoredFeedback).where(StoredFeedback.screening_id == screening_id)
+            return list(session.exec(query).all())
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def _sqlite_pragmas(connection: Any, _: Any) -> None:
+    cursor = connection.cursor()
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.close()
