@@ -8,7 +8,7 @@ from httpx_aiohttp import AiohttpTransport
 
 from app.catalog import Catalog
 from app.ehr_auth import BearerAuth, EhrAuth, NoAuth, SmartBackendAuth
-from app.fetch_plan import plan_for
+from app.fetch_plan import FetchPlan, plan_for
 from app.fhir_client import FhirClient
 from app.record_source import EhrRecordSource
 from app.settings import Settings
@@ -75,13 +75,16 @@ def fhir_client(settings: Settings, http: httpx.AsyncClient) -> FhirClient:
     )
 
 
-def ehr_record_source(
-    settings: Settings, catalog: Catalog, http: httpx.AsyncClient
-) -> EhrRecordSource:
-    plan = plan_for(
+def fetch_plan(settings: Settings, catalog: Catalog) -> FetchPlan:
+    return plan_for(
         list(catalog.trials.values()),
         catalog.mappings,
         settings.ehr_medication_types,
         settings.ehr_codes_per_search,
     )
+
+
+def ehr_record_source(
+    settings: Settings, plan: FetchPlan, http: httpx.AsyncClient
+) -> EhrRecordSource:
     return EhrRecordSource(fhir_client(settings, http), plan, settings.ehr_deadline)

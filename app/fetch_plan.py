@@ -25,10 +25,16 @@ from app.mappings import Mappings
 
 @dataclass(frozen=True, slots=True)
 class Search:
+    key: str
+    """Stable name (also the CDS Hooks prefetch key)."""
     resource_type: str
     params: dict[str, str]
     source: str
     """The part of the record it feeds (a resource type, or MEDICATIONS)."""
+
+    def query(self) -> str:
+        """As a relative FHIR search URL, unencoded (the form of a CDS Hooks prefetch template)."""
+        return f"{self.resource_type}?" + "&".join(f"{k}={v}" for k, v in self.params.items())
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,22 +46,29 @@ class FetchPlan:
     medication_types: tuple[str, ...]
     codes_per_search: int
 
-    def searches(self, patient_id: str, as_of: date) -> list[Search]:
+    def searches(self, patient_id: str, as_of: date | None) -> list[Search]:
+        """The searches for one patient; Observations from the longest window before ``as_of``
+        (no date bound when ``as_of`` is None: CDS Hooks prefetch has no relative dates)."""
         out: list[Search] = []
         if self.observation_codes:
-            since = min(d.before(as_of) for d in self.observation_lookback)
             codes = [f"{s}|{c}" for s, c in self.observation_codes]
-            for i in range(0, len(codes), self.codes_per_search):
-                chunk = ",".join(codes[i : i + self.codes_per_search])
-                params = {"patient": patient_id, "code": chunk, "date": f"ge{since.isoformat()}"}
-                out.append(Search("Observation", params, "Observation"))
+            for n, i in enumerate(range(0, len(codes), self.codes_per_search), start=1):
+                params = {
+                    "patient": patient_id,
+                    "code": ",".join(codes[i : i + self.codes_per_search]),
+                }
+                if as_of is not None:
+                    since = min(d.before(as_of) for d in self.observation_lookback)
+                    params["date"] = f"ge{since.isoformat()}"
+                out.append(Search(f"observations-{n}", "Observation", params, "Observation"))
         for resource_type in self.resource_types:
-            out.append(Search(resource_type, {"patient": patient_id}, resource_type))
+            key = _key(resource_type)
+            out.append(Search(key, resource_type, {"patient": patient_id}, resource_type))
         for resource_type in self.medication_types:
             params = {"patient": patient_id}
             if resource_type == "MedicationRequest":
                 params["intent"] = "order,plan"  # US Core: MedicationRequest needs intent
-            out.append(Search(resource_type, params, MEDICATIONS))
+            out.append(Search(_key(resource_type), resource_type, params, MEDICATIONS))
         return out
 
 
@@ -90,6 +103,12 @@ def plan_for(
         medication_types=medication_types if needs_medications else (),
         codes_per_search=codes_per_search,
     )
+
+
+def _key(resource_type: str) -> str:
+    """MedicationRequest -> medication-requests."""
+    words = "".join(f"-{c.lower()}" if c.isupper() else c for c in resource_type).strip("-")
+    return f"{words}s"
 
 
 def _analytes(check: Check) -> tuple[str, ...]:

@@ -1,5 +1,6 @@
 """The ASGI application: ``app.main:app``."""
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -7,14 +8,17 @@ from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 
 import httpx
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from starlette.exceptions import HTTPException
 
 from app.api import FhirResponse, router
 from app.catalog import load_catalog
+from app.cds_api import router as cds_router
+from app.cds_trust import JwtVerifier, Unauthorized
 from app.demo import DEMO_PATIENTS
-from app.ehr_connection import ehr_http_client, ehr_record_source
+from app.ehr_connection import ehr_auth, ehr_http_client, ehr_record_source, fetch_plan
 from app.errors import TrialscreenError
 from app.record_source import DemoRecordSource
 from app.settings import Settings, get_settings
@@ -42,18 +46,28 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.settings = settings
         app.state.catalog = catalog = load_catalog(settings)
+        app.state.fetch_plan = plan = fetch_plan(settings, catalog)
         app.state.started = datetime.now(UTC).isoformat(timespec="seconds")
         app.state.store = store = Store(settings.database_url)
+        background: set[asyncio.Task[None]] = set()
+        app.state.background = background
+        if settings.cds_allow_unauthenticated:
+            log.warning("CDS Hooks calls without a JWT are accepted (development setting)")
         try:
             async with ehr_http_client(settings, ehr_transport) as http:
                 app.state.http = http
+                app.state.ehr_auth = ehr_auth(settings)
+                app.state.jwt_verifier = JwtVerifier(settings.cds_clients, http)
                 app.state.record_source = (
                     DemoRecordSource(DEMO_PATIENTS)
                     if settings.ehr_base_url is None
-                    else ehr_record_source(settings, catalog, http)
+                    else ehr_record_source(settings, plan, http)
                 )
                 yield
+                for task in list(background):
+                    task.cancel()
         finally:
             store.close()
 
@@ -69,6 +83,19 @@ def create_app(
     )
     app.dependency_overrides[get_settings] = lambda: settings
     app.include_router(router)
+    app.include_router(cds_router)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.cors_origins),
+            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_headers=["Authorization", "Content-Type"],
+        )
+
+    @app.exception_handler(Unauthorized)
+    async def _unauthorized(_: Request, exc: Unauthorized) -> Response:
+        # CDS Hooks: a bad token gets a bare 401 that does not say why.
+        return Response(status_code=401)
 
     @app.exception_handler(TrialscreenError)
     async def _named(_: Request, exc: TrialscreenError) -> FhirResponse:

@@ -12,10 +12,12 @@ import orjson
 
 from app.bundle_reader import read_bundle
 from app.errors import NotFound, UpstreamUnavailable
-from app.fetch_plan import FetchPlan
-from app.fhir_client import Deadline, EhrError, EhrNotFound, FhirClient
+from app.fetch_plan import FetchPlan, Search
+from app.fhir_client import Deadline, EhrError, EhrNotFound, FhirClient, SearchOutcome
 from app.record import PatientRecord
 from app.storage import record_digest
+
+Json = dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,13 +58,28 @@ class EhrRecordSource:
     async def fetch(self, patient_id: str, as_of: date) -> FetchedRecord:
         deadline = Deadline.after(self.deadline_seconds)
         searches = self.plan.searches(patient_id, as_of)
-        # Every search starts now, alongside the Patient read: one round trip plus paging.
-        tasks = [
-            asyncio.ensure_future(self.client.search(s.resource_type, s.params, deadline))
-            for s in searches
-        ]
+        patient, outcomes = await fetch_parts(self.client, patient_id, searches, deadline)
+        assert patient is not None  # fetch_parts reads the Patient when none is given
+        return assemble(patient, [(s, o.resources, o.problem) for s, o in outcomes])
+
+
+async def fetch_parts(
+    client: FhirClient,
+    patient_id: str,
+    searches: list[Search],
+    deadline: Deadline,
+    patient: Json | None = None,
+) -> tuple[Json | None, list[tuple[Search, SearchOutcome]]]:
+    """Run the searches (and read the Patient unless given) all at once: one round trip plus
+    paging. A Patient that cannot be read is a 404 or 502; a search that fails is reported in its
+    outcome."""
+    # Every search starts now, alongside the Patient read.
+    tasks = [
+        asyncio.ensure_future(client.search(s.resource_type, s.params, deadline)) for s in searches
+    ]
+    if patient is None:
         try:
-            patient = await self.client.read("Patient", patient_id, deadline)
+            patient = await client.read("Patient", patient_id, deadline)
         except EhrError as exc:
             for task in tasks:
                 task.cancel()
@@ -72,13 +89,19 @@ class EhrRecordSource:
             raise UpstreamUnavailable(
                 f"The EHR's Patient record could not be read: {exc}."
             ) from None
-        outcomes = await asyncio.gather(*tasks)
-        entries: list[dict[str, Any]] = [{"resource": patient}]
-        incomplete: dict[str, str] = {}
-        for search, outcome in zip(searches, outcomes, strict=True):
-            entries += [{"resource": r} for r in outcome.resources]
-            if outcome.problem is not None:
-                incomplete.setdefault(search.source, outcome.problem)
-        bundle = {"resourceType": "Bundle", "type": "collection", "entry": entries}
-        record = replace(read_bundle(bundle), incomplete=incomplete)
-        return FetchedRecord(record, tuple(incomplete.values()), record_digest(bundle))
+    outcomes = await asyncio.gather(*tasks)
+    return patient, list(zip(searches, outcomes, strict=True))
+
+
+def assemble(patient: Json, parts: list[tuple[Search, list[Json], str | None]]) -> FetchedRecord:
+    """One record from the Patient and the resources of each search (prefetched or fetched);
+    a part with a problem makes its source incomplete."""
+    entries: list[Json] = [{"resource": patient}]
+    incomplete: dict[str, str] = {}
+    for search, resources, problem in parts:
+        entries += [{"resource": r} for r in resources]
+        if problem is not None:
+            incomplete.setdefault(search.source, problem)
+    bundle = {"resourceType": "Bundle", "type": "collection", "entry": entries}
+    record = replace(read_bundle(bundle), incomplete=incomplete)
+    return FetchedRecord(record, tuple(incomplete.values()), record_digest(bundle))

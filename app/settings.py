@@ -2,13 +2,31 @@
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
-from pydantic import SecretStr
+from pydantic import BaseModel, ConfigDict, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 _ROOT = Path(__file__).resolve().parent.parent
+
+
+class CdsClient(BaseModel):
+    """An EHR allowed to call the CDS Hooks service (one entry per JWT issuer)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    iss: str
+    jwks_url: str | None = None
+    """Where the issuer's public keys are published (fetched, cached, refreshed on unknown kid)."""
+    jwks: dict[str, Any] | None = None
+    """Or the keys themselves (a JWK Set)."""
+    jku_allowlist: tuple[str, ...] = ()
+    """``jku`` header values accepted for this issuer; any other jku is refused, never fetched."""
+    fhir_bases: tuple[str, ...] = ()
+    """FHIR base URLs this issuer may send as ``fhirServer``; any other is never called."""
+    tenant: str | None = None
+    """If set, the JWT's ``tenant`` claim must equal it."""
 
 
 class Settings(BaseSettings):
@@ -26,6 +44,20 @@ class Settings(BaseSettings):
     public_base_url: str = "http://127.0.0.1:8000"
     """How clients reach this service: absolute links in CDS cards, and the ``aud`` a CDS
     client's JWT must carry."""
+
+    # --- CDS Hooks -------------------------------------------------------------------------------
+    cds_clients: tuple[CdsClient, ...] = ()
+    """EHRs allowed to call the CDS Hooks service (JSON list)."""
+    cds_allow_unauthenticated: bool = False
+    """Development only: accept hook calls without a JWT (logged as a warning at start);
+    fhirServer is then used only when it equals ehr_base_url."""
+    cds_fetch_budget: float = 0.35
+    """Seconds a hook call may spend fetching what prefetch lacked before it answers with a
+    'screening pending' card (CDS Hooks asks for answers on the order of 500 ms)."""
+    cds_show_ineligible: bool = False
+    """Also show a card when the patient is ineligible."""
+    cors_origins: tuple[str, ...] = ()
+    """Browser origins (e.g. the CDS Hooks sandbox) allowed to call the service."""
 
     timezone: str = "UTC"
     """Time zone whose calendar day is "today" when a request gives no as-of date."""

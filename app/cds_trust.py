@@ -1,0 +1,143 @@
+"""Who may call the CDS Hooks service: the caller's JWT, verified as CDS Hooks requires.
+
+Only RS384 / ES384 with a ``kid``; ``iss`` from the allowlist; ``aud`` equal to the URL called;
+``exp`` and ``iat`` with a small skew; a ``jti`` not seen before while the token lives; keys from
+the issuer's allowlisted ``jku`` or its configured JWKS (cached, refreshed once on an unknown kid).
+Any failure is the same bare 401: the caller is not told why.
+"""
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import jwt
+
+from app.settings import CdsClient
+
+_ALGORITHMS = frozenset({"RS384", "ES384"})
+_SKEW = 30
+"""Seconds of clock difference tolerated on exp / iat."""
+_REFRESH_EVERY = 10.0
+"""An unknown kid refetches a key set at most this often (no amplification by bad tokens)."""
+
+
+class Unauthorized(Exception):
+    """Rendered as a bare 401; ``reason`` is for tests and debugging, never for the caller."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    client: CdsClient
+    tenant: str | None
+
+
+@dataclass
+class _KeySet:
+    keys: dict[str, jwt.PyJWK] = field(default_factory=dict)
+    fetched: float = float("-inf")
+
+
+class JwtVerifier:
+    def __init__(
+        self,
+        clients: tuple[CdsClient, ...],
+        http: httpx.AsyncClient,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.clients = {c.iss: c for c in clients}
+        self.http = http
+        self.clock = clock
+        self._key_sets: dict[str, _KeySet] = {}
+        self._seen_jti: dict[str, float] = {}
+        self._lock = asyncio.Lock()
+
+    async def verify(self, authorization: str | None, audience: str) -> Caller:
+        if not authorization or not authorization.startswith("Bearer "):
+            raise Unauthorized("no bearer token")
+        token = authorization.removeprefix("Bearer ").strip()
+        try:
+            header = jwt.get_unverified_header(token)
+            unverified = jwt.decode(token, options={"verify_signature": False})
+        except jwt.PyJWTError as exc:
+            raise Unauthorized(f"not a JWT: {exc}") from None
+        alg, kid = header.get("alg"), header.get("kid")
+        if alg not in _ALGORITHMS:
+            raise Unauthorized(f"algorithm {alg!r} not accepted")
+        if not isinstance(kid, str):
+            raise Unauthorized("no kid")
+        client = self.clients.get(unverified.get("iss"))  # type: ignore[arg-type]
+        if client is None:
+            raise Unauthorized("issuer not allowed")
+        key = await self._key(client, header.get("jku"), kid)
+        try:
+            claims: dict[str, Any] = jwt.decode(
+                token,
+                key.key,
+                algorithms=[alg],
+                audience=audience,
+                issuer=client.iss,
+                leeway=_SKEW,
+                options={"require": ["iss", "aud", "exp", "iat", "jti"]},
+            )
+        except jwt.PyJWTError as exc:
+            raise Unauthorized(f"invalid token: {type(exc).__name__}") from None
+        if client.tenant is not None and claims.get("tenant") != client.tenant:
+            raise Unauthorized("wrong tenant")
+        self._remember(str(claims["jti"]), float(claims["exp"]))
+        tenant = claims.get("tenant")
+        return Caller(client, tenant if isinstance(tenant, str) else None)
+
+    def _remember(self, jti: str, expires: float) -> None:
+        now = self.clock()
+        for old in [j for j, exp in self._seen_jti.items() if exp + _SKEW < now]:
+            del self._seen_jti[old]
+        if jti in self._seen_jti:
+            raise Unauthorized("jti replayed")
+        self._seen_jti[jti] = expires
+
+    async def _key(self, client: CdsClient, jku: Any, kid: str) -> jwt.PyJWK:
+        if jku is not None:
+            if jku not in client.jku_allowlist:
+                raise Unauthorized("jku not allowed")
+            source: str | None = jku
+        else:
+            source = client.jwks_url
+        if source is None:
+            keys = _parse_jwks(client.jwks or {})
+            if kid not in keys:
+                raise Unauthorized("unknown kid")
+            return keys[kid]
+        async with self._lock:
+            cached = self._key_sets.setdefault(source, _KeySet())
+            if kid not in cached.keys and self.clock() - cached.fetched >= _REFRESH_EVERY:
+                cached.keys = await self._fetch(source)
+                cached.fetched = self.clock()
+        if kid not in cached.keys:
+            raise Unauthorized("unknown kid")
+        return cached.keys[kid]
+
+    async def _fetch(self, url: str) -> dict[str, jwt.PyJWK]:
+        try:
+            response = await self.http.get(url, timeout=5.0)
+            response.raise_for_status()
+            return _parse_jwks(response.json())
+        except (httpx.HTTPError, ValueError):
+            return {}
+
+
+def _parse_jwks(jwks: dict[str, Any]) -> dict[str, jwt.PyJWK]:
+    keys: dict[str, jwt.PyJWK] = {}
+    for jwk in jwks.get("keys", []):
+        if isinstance(jwk, dict) and isinstance(jwk.get("kid"), str):
+            try:
+                keys[jwk["kid"]] = jwt.PyJWK(jwk)
+            except jwt.PyJWTError:
+                continue
+    return keys
