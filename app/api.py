@@ -11,11 +11,11 @@ from fastapi.responses import Response
 from app import publication
 from app.bundle_reader import read_bundle
 from app.catalog import Catalog
-from app.engine import LoadedTrial
+from app.engine import LoadedTrial, evaluate
 from app.errors import InvalidInput, NotFound, PayloadTooLarge, UnsupportedMediaType
 from app.record_source import FetchedRecord, RecordSource
 from app.screen_request import ScreenRequest, parse_screen_request
-from app.screening import screen_and_describe
+from app.screening import describe
 from app.settings import Settings, get_settings, zone_of
 from app.storage import Store, record_digest
 
@@ -114,7 +114,7 @@ async def _screen(
         source: RecordSource = request.app.state.record_source
         fetched = await source.fetch(parsed.patient_id, as_of)
     screenings = [
-        screen_and_describe(trial, fetched, as_of, settings, now, requested_by="rest")
+        describe(evaluate(trial, fetched.record, as_of), fetched, settings, now, "rest")
         for trial in trials
     ]
     store: Store = request.app.state.store

@@ -22,6 +22,7 @@ from app.catalog import Catalog
 from app.cds_cards import card, card_uuid, pending_card, shows_card
 from app.cds_trust import Caller, JwtVerifier
 from app.ehr_auth import BearerAuth
+from app.ehr_connection import fhir_client
 from app.engine import evaluate
 from app.errors import InvalidInput, NotFound, TrialscreenError
 from app.fetch_plan import FetchPlan, Search
@@ -224,17 +225,8 @@ def _fhir_client(hook: Json, caller: Caller, request: Request, settings: Setting
         )
     if not isinstance(token, str) and caller.client.iss != "unauthenticated":
         raise PreconditionFailed("Prefetch lacks data and no fhirAuthorization was given.")
-    return FhirClient(
-        request.app.state.http,
-        server,
-        BearerAuth(token) if isinstance(token, str) else request.app.state.ehr_auth,
-        page_size=settings.ehr_page_size,
-        max_pages=settings.ehr_max_pages,
-        max_attempts=settings.ehr_max_attempts,
-        read_timeout=settings.ehr_read_timeout,
-        max_response_bytes=settings.ehr_max_response_bytes,
-        headers=settings.ehr_headers,
-    )
+    auth = BearerAuth(token) if isinstance(token, str) else request.app.state.ehr_auth
+    return fhir_client(settings, request.app.state.http, server, auth)
 
 
 async def _screen(

@@ -60,12 +60,14 @@ def ehr_auth(settings: Settings) -> EhrAuth:
     return NoAuth()
 
 
-def fhir_client(settings: Settings, http: httpx.AsyncClient) -> FhirClient:
-    assert settings.ehr_base_url is not None
+def fhir_client(
+    settings: Settings, http: httpx.AsyncClient, base_url: str, auth: EhrAuth
+) -> FhirClient:
+    """A client for one FHIR server, with the configured paging, retry and size limits."""
     return FhirClient(
         http,
-        settings.ehr_base_url,
-        ehr_auth(settings),
+        base_url,
+        auth,
         page_size=settings.ehr_page_size,
         max_pages=settings.ehr_max_pages,
         max_attempts=settings.ehr_max_attempts,
@@ -87,4 +89,6 @@ def fetch_plan(settings: Settings, catalog: Catalog) -> FetchPlan:
 def ehr_record_source(
     settings: Settings, plan: FetchPlan, http: httpx.AsyncClient
 ) -> EhrRecordSource:
-    return EhrRecordSource(fhir_client(settings, http), plan, settings.ehr_deadline)
+    assert settings.ehr_base_url is not None
+    client = fhir_client(settings, http, settings.ehr_base_url, ehr_auth(settings))
+    return EhrRecordSource(client, plan, settings.ehr_deadline)

@@ -1,29 +1,14 @@
-"""One screening as the service issues it: evaluate, render the GuidanceResponse, and describe
-what is kept of it. Shared by the REST operation and the CDS Hooks service."""
+"""One screening as the service issues it: the GuidanceResponse and what is kept of it. Shared by
+the REST operation and the CDS Hooks service."""
 
 import uuid
-from datetime import date, datetime
+from datetime import datetime
 
-from app.engine import LoadedTrial, Screening, evaluate
+from app.engine import Screening
 from app.record_source import FetchedRecord
 from app.report import guidance_response
 from app.settings import Settings
 from app.storage import NewScreening
-
-
-def screen_and_describe(
-    trial: LoadedTrial,
-    fetched: FetchedRecord,
-    as_of: date,
-    settings: Settings,
-    now: datetime,
-    *,
-    requested_by: str,
-    card_uuid: str | None = None,
-    screening_id: str | None = None,
-) -> NewScreening:
-    screening = evaluate(trial, fetched.record, as_of)
-    return describe(screening, fetched, settings, now, requested_by, card_uuid, screening_id)
 
 
 def describe(
