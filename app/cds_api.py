@@ -237,6 +237,9 @@ async def _screen(
     caller: Caller,
     ids: list[str] | None = None,
 ) -> list[Json]:
+    """Screen against every trial, store each screening, and return the cards to show. With
+    ``ids`` (the pending path) the screenings take those ids and each keeps a card uuid, since the
+    pending card already linked to them and feedback may refer to it."""
     settings: Settings = request.app.state.settings
     catalog: Catalog = request.app.state.catalog
     stored: list[NewScreening] = []
@@ -252,7 +255,7 @@ async def _screen(
                 settings,
                 now,
                 requested_by=f"cds:{caller.client.iss}",
-                card_uuid=card_uuid(screening_id) if shown else None,
+                card_uuid=card_uuid(screening_id) if shown or ids else None,
                 screening_id=screening_id,
             )
         )
@@ -296,9 +299,9 @@ def _pending(
     log.info("hook %s: EHR too slow, answered with a pending card", instance)
     reports = [(t.spec.acronym, sid) for t, sid in zip(trials, ids, strict=True)]
     base = settings.public_base_url.rstrip("/")
-    return JSONResponse(
-        {"cards": [pending_card(reports, base, settings.canonical_base, str(uuid.uuid4()))]}
-    )
+    # The pending card answers for the first trial's screening: feedback on it lands there.
+    pending = pending_card(reports, base, settings.canonical_base, card_uuid(ids[0]))
+    return JSONResponse({"cards": [pending]})
 
 
 def _timestamp(value: Any) -> datetime:

@@ -17,7 +17,8 @@ import jwt
 
 from app.settings import CdsClient
 
-_ALGORITHMS = frozenset({"RS384", "ES384"})
+_KEY_TYPES = {"RS384": "RSA", "ES384": "EC"}
+_ALGORITHMS = frozenset(_KEY_TYPES)
 _SKEW = 30
 """Seconds of clock difference tolerated on exp / iat."""
 _REFRESH_EVERY = 10.0
@@ -67,15 +68,17 @@ class JwtVerifier:
             unverified = jwt.decode(token, options={"verify_signature": False})
         except jwt.PyJWTError as exc:
             raise Unauthorized(f"not a JWT: {exc}") from None
-        alg, kid = header.get("alg"), header.get("kid")
-        if alg not in _ALGORITHMS:
+        alg, kid, iss = header.get("alg"), header.get("kid"), unverified.get("iss")
+        if not isinstance(alg, str) or alg not in _ALGORITHMS:
             raise Unauthorized(f"algorithm {alg!r} not accepted")
         if not isinstance(kid, str):
             raise Unauthorized("no kid")
-        client = self.clients.get(unverified.get("iss"))  # type: ignore[arg-type]
+        client = self.clients.get(iss) if isinstance(iss, str) else None
         if client is None:
             raise Unauthorized("issuer not allowed")
         key = await self._key(client, header.get("jku"), kid)
+        if key.key_type != _KEY_TYPES[alg]:
+            raise Unauthorized(f"key {kid} is not a {_KEY_TYPES[alg]} key for {alg}")
         try:
             claims: dict[str, Any] = jwt.decode(
                 token,
@@ -86,7 +89,7 @@ class JwtVerifier:
                 leeway=_SKEW,
                 options={"require": ["iss", "aud", "exp", "iat", "jti"]},
             )
-        except jwt.PyJWTError as exc:
+        except (jwt.PyJWTError, TypeError, ValueError) as exc:
             raise Unauthorized(f"invalid token: {type(exc).__name__}") from None
         if client.tenant is not None and claims.get("tenant") != client.tenant:
             raise Unauthorized("wrong tenant")
@@ -117,19 +120,22 @@ class JwtVerifier:
         async with self._lock:
             cached = self._key_sets.setdefault(source, _KeySet())
             if kid not in cached.keys and self.clock() - cached.fetched >= _REFRESH_EVERY:
-                cached.keys = await self._fetch(source)
+                fresh = await self._fetch(source)
                 cached.fetched = self.clock()
+                if fresh is not None:  # a failed refresh keeps the keys already known
+                    cached.keys = fresh
         if kid not in cached.keys:
             raise Unauthorized("unknown kid")
         return cached.keys[kid]
 
-    async def _fetch(self, url: str) -> dict[str, jwt.PyJWK]:
+    async def _fetch(self, url: str) -> dict[str, jwt.PyJWK] | None:
         try:
             response = await self.http.get(url, timeout=5.0)
             response.raise_for_status()
-            return _parse_jwks(response.json())
+            body = response.json()
         except (httpx.HTTPError, ValueError):
-            return {}
+            return None
+        return _parse_jwks(body) if isinstance(body, dict) else None
 
 
 def _parse_jwks(jwks: dict[str, Any]) -> dict[str, jwt.PyJWK]:
