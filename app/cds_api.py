@@ -154,7 +154,7 @@ def _known(service_id: str) -> None:
 
 
 async def _authenticate(request: Request, settings: Settings) -> Caller:
-    if settings.cds_allow_unauthenticated and "authorization" not in request.headers:
+    if settings.allow_unauthenticated and "authorization" not in request.headers:
         bases = (settings.ehr_base_url,) if settings.ehr_base_url else ()
         return Caller(CdsClient(iss="unauthenticated", fhir_bases=bases), None)
     verifier: JwtVerifier = request.app.state.jwt_verifier

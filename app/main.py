@@ -53,8 +53,11 @@ def create_app(
         app.state.store = store = Store(settings.database_url)
         background: set[asyncio.Task[None]] = set()
         app.state.background = background
-        if settings.cds_allow_unauthenticated:
-            log.warning("CDS Hooks calls without a JWT are accepted (development setting)")
+        if settings.allow_unauthenticated:
+            log.warning(
+                "TRIALSCREEN_ALLOW_UNAUTHENTICATED is on: requests without a token are served "
+                "(development only)"
+            )
         try:
             async with ehr_http_client(settings, ehr_transport) as http:
                 app.state.http = http

@@ -48,9 +48,9 @@ class Settings(BaseSettings):
     # --- CDS Hooks -------------------------------------------------------------------------------
     cds_clients: tuple[CdsClient, ...] = ()
     """EHRs allowed to call the CDS Hooks service (JSON list)."""
-    cds_allow_unauthenticated: bool = False
-    """Development only: accept hook calls without a JWT (logged as a warning at start);
-    fhirServer is then used only when it equals ehr_base_url."""
+    allow_unauthenticated: bool = False
+    """Development only: serve the REST API and CDS Hooks calls without a token (a warning is
+    logged at start); fhirServer is then used only when it equals ehr_base_url."""
     cds_fetch_budget: float = 0.35
     """Seconds a hook call may spend fetching what prefetch lacked before it answers with a
     'screening pending' card (CDS Hooks asks for answers on the order of 500 ms)."""

@@ -113,6 +113,15 @@ class Store:
             query = select(StoredFeedback).where(StoredFeedback.screening_id == screening_id)
             return list(session.exec(query).all())
 
+    def ping(self) -> bool:
+        """Whether the database answers (readiness)."""
+        try:
+            with self.engine.connect() as connection:
+                connection.exec_driver_sql("SELECT 1")
+        except Exception:  # noqa: BLE001 - any failure means "not ready"
+            return False
+        return True
+
     def close(self) -> None:
         self.engine.dispose()
 

@@ -178,7 +178,7 @@ def start_server(work: Path, port: int, log_path: Path) -> "subprocess.Popen[byt
         "warning",
     ]
     env = os.environ | {
-        "TRIALSCREEN_CDS_ALLOW_UNAUTHENTICATED": "true",
+        "TRIALSCREEN_ALLOW_UNAUTHENTICATED": "true",
         "TRIALSCREEN_DATABASE_URL": f"sqlite:///{work / 'bench.db'}",
         "TRIALSCREEN_PUBLIC_BASE_URL": f"http://127.0.0.1:{port}",
     }
