@@ -118,7 +118,7 @@ class Store:
         try:
             with self.engine.connect() as connection:
                 connection.exec_driver_sql("SELECT 1")
-        except Exception:  # noqa: BLE001 - any failure means "not ready"
+        except Exception:
             return False
         return True
 
