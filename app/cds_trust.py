@@ -6,23 +6,21 @@ the issuer's allowlisted ``jku`` or its configured JWKS (cached, refreshed once 
 Any failure is the same bare 401: the caller is not told why.
 """
 
-import asyncio
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import jwt
 
+from app.jwks import KeyCache, parse_jwks
 from app.settings import CdsClient
 
 _KEY_TYPES = {"RS384": "RSA", "ES384": "EC"}
 _ALGORITHMS = frozenset(_KEY_TYPES)
 _SKEW = 30
 """Seconds of clock difference tolerated on exp / iat."""
-_REFRESH_EVERY = 10.0
-"""An unknown kid refetches a key set at most this often (no amplification by bad tokens)."""
 
 
 class Unauthorized(Exception):
@@ -39,12 +37,6 @@ class Caller:
     tenant: str | None
 
 
-@dataclass
-class _KeySet:
-    keys: dict[str, jwt.PyJWK] = field(default_factory=dict)
-    fetched: float = float("-inf")
-
-
 class JwtVerifier:
     def __init__(
         self,
@@ -53,11 +45,9 @@ class JwtVerifier:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.clients = {c.iss: c for c in clients}
-        self.http = http
         self.clock = clock
-        self._key_sets: dict[str, _KeySet] = {}
+        self.keys = KeyCache(http, lambda: self.clock())
         self._seen_jti: dict[str, float] = {}
-        self._lock = asyncio.Lock()
 
     async def verify(self, authorization: str | None, audience: str) -> Caller:
         if not authorization or not authorization.startswith("Bearer "):
@@ -112,38 +102,11 @@ class JwtVerifier:
             source: str | None = jku
         else:
             source = client.jwks_url
-        if source is None:
-            keys = _parse_jwks(client.jwks or {})
-            if kid not in keys:
-                raise Unauthorized("unknown kid")
-            return keys[kid]
-        async with self._lock:
-            cached = self._key_sets.setdefault(source, _KeySet())
-            if kid not in cached.keys and self.clock() - cached.fetched >= _REFRESH_EVERY:
-                fresh = await self._fetch(source)
-                cached.fetched = self.clock()
-                if fresh is not None:  # a failed refresh keeps the keys already known
-                    cached.keys = fresh
-        if kid not in cached.keys:
+        key = (
+            parse_jwks(client.jwks or {}).get(kid)
+            if source is None
+            else await self.keys.key(source, kid)
+        )
+        if key is None:
             raise Unauthorized("unknown kid")
-        return cached.keys[kid]
-
-    async def _fetch(self, url: str) -> dict[str, jwt.PyJWK] | None:
-        try:
-            response = await self.http.get(url, timeout=5.0)
-            response.raise_for_status()
-            body = response.json()
-        except (httpx.HTTPError, ValueError):
-            return None
-        return _parse_jwks(body) if isinstance(body, dict) else None
-
-
-def _parse_jwks(jwks: dict[str, Any]) -> dict[str, jwt.PyJWK]:
-    keys: dict[str, jwt.PyJWK] = {}
-    for jwk in jwks.get("keys", []):
-        if isinstance(jwk, dict) and isinstance(jwk.get("kid"), str):
-            try:
-                keys[jwk["kid"]] = jwt.PyJWK(jwk)
-            except jwt.PyJWTError:
-                continue
-    return keys
+        return key

@@ -1,5 +1,6 @@
-"""Where screenings and CDS Hooks feedback are kept: SQLModel tables on the database named by
-``TRIALSCREEN_DATABASE_URL`` (an SQLite file by default).
+"""Where screenings, CDS Hooks feedback and the audit trail are kept: SQLModel tables on the
+database named by ``TRIALSCREEN_DATABASE_URL`` (an SQLite file by default, PostgreSQL in
+production). The schema is Alembic's (``app/migrations``), brought up to date when a Store opens.
 
 Calls are synchronous (SQLAlchemy sessions) and short; the API runs them in a worker thread.
 Each write is one transaction: a screening is stored whole or not at all.
@@ -12,8 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from sqlalchemy import Engine, event
-from sqlmodel import Field, Session, SQLModel, create_engine, select
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import DateTime, Engine, event, func
+from sqlmodel import Field, Session, SQLModel, col, create_engine, select
+
+_MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+_WHEN = DateTime(timezone=True)
 
 
 class StoredScreening(SQLModel, table=True):
@@ -29,7 +35,7 @@ class StoredScreening(SQLModel, table=True):
     record_digest: str
     """SHA-256 of the record as screened (canonical JSON), to tell re-screenings apart."""
     requested_by: str
-    created: datetime
+    created: datetime = Field(sa_type=_WHEN, index=True)
     card_uuid: str | None = Field(default=None, index=True)
     guidance: bytes
     """The GuidanceResponse as issued (JSON)."""
@@ -43,8 +49,28 @@ class StoredFeedback(SQLModel, table=True):
     card_uuid: str
     outcome: str
     override_reason: bytes | None = None
-    outcome_timestamp: datetime
-    received: datetime
+    outcome_timestamp: datetime = Field(sa_type=_WHEN)
+    received: datetime = Field(sa_type=_WHEN)
+
+
+class StoredAuditEvent(SQLModel, table=True):
+    """One access to patient data: who, which patient, what action, outcome, when. No PHI
+    beyond the patient reference, no tokens, no bodies."""
+
+    __tablename__ = "audit_event"
+
+    id: str = Field(primary_key=True)
+    recorded: datetime = Field(sa_type=_WHEN, index=True)
+    action: str = Field(max_length=1)
+    """FHIR AuditEvent.action: C create, R read, E execute."""
+    interaction: str
+    """What was done: screen, cds-hook, cds-feedback, read, search, audit-read."""
+    outcome: str = Field(max_length=2)
+    """FHIR AuditEvent.outcome: 0 success, 4 minor failure, 8 serious failure."""
+    agent: str = Field(index=True)
+    patient_ref: str | None = Field(default=None, index=True)
+    entity_ref: str | None = None
+    description: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +98,15 @@ class Store:
         self.engine: Engine = create_engine(url, connect_args=connect_args)
         if url.startswith("sqlite"):
             event.listen(self.engine, "connect", _sqlite_pragmas)
-        SQLModel.metadata.create_all(self.engine)
+        self.migrate()
+
+    def migrate(self) -> None:
+        """Bring the schema to the newest migration (idempotent)."""
+        config = Config()
+        config.set_main_option("script_location", str(_MIGRATIONS))
+        with self.engine.begin() as connection:
+            config.attributes["connection"] = connection
+            command.upgrade(config, "head")
 
     def save(self, screenings: list[NewScreening]) -> None:
         now = datetime.now(UTC)
@@ -103,6 +137,36 @@ class Store:
         with Session(self.engine) as session:
             query = select(StoredScreening.id).where(StoredScreening.card_uuid == card_uuid)
             return session.exec(query).first()
+
+    def screenings_for(
+        self, patient_ref: str | None, trial_id: str | None, offset: int, count: int
+    ) -> tuple[int, list[bytes]]:
+        """(total, GuidanceResponses newest first) of the patient's screenings."""
+        query = select(StoredScreening)
+        if patient_ref is not None:
+            query = query.where(StoredScreening.patient_ref == patient_ref)
+        if trial_id is not None:
+            query = query.where(StoredScreening.trial_id == trial_id)
+        with Session(self.engine) as session:
+            total = session.exec(select(func.count()).select_from(query.subquery())).one()
+            page = query.order_by(col(StoredScreening.created).desc(), col(StoredScreening.id))
+            rows = session.exec(page.offset(offset).limit(count)).all()
+            return total, [r.guidance for r in rows]
+
+    def save_audit(self, item: StoredAuditEvent) -> None:
+        with Session(self.engine) as session, session.begin():
+            session.add(item)
+
+    def audit_events(
+        self, patient_ref: str | None, offset: int, count: int
+    ) -> tuple[int, list[StoredAuditEvent]]:
+        query = select(StoredAuditEvent)
+        if patient_ref is not None:
+            query = query.where(StoredAuditEvent.patient_ref == patient_ref)
+        with Session(self.engine) as session:
+            total = session.exec(select(func.count()).select_from(query.subquery())).one()
+            page = query.order_by(col(StoredAuditEvent.recorded).desc(), col(StoredAuditEvent.id))
+            return total, list(session.exec(page.offset(offset).limit(count)).all())
 
     def save_feedback(self, items: list[StoredFeedback]) -> None:
         with Session(self.engine) as session, session.begin():
