@@ -1,27 +1,49 @@
 # syntax=docker/dockerfile:1
-# Build stage: install the service and its dependencies into a virtual environment.
-FROM python:3.11-slim AS build
-WORKDIR /src
-ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
-RUN python -m venv /opt/venv
-COPY pyproject.toml README.md ./
-COPY app ./app
-RUN /opt/venv/bin/pip install .
+# The trialscreen service.
+#   docker build -t trialscreen .
+#   docker run -p 8000:8000 -v trialscreen-data:/var/lib/trialscreen trialscreen
+# Settings are TRIALSCREEN_* environment variables (README, "Settings" and the EHR table); in
+# production point TRIALSCREEN_DATABASE_URL at PostgreSQL (postgresql+psycopg://...).
 
-# Runtime stage: no build tools, non-root, criteria and mappings as data beside the code.
-FROM python:3.11-slim
+# One pinned image for both stages: the virtual environment built in the first runs on the
+# second's interpreter.
+ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
+
+# Build stage: the project and its runtime dependencies, installed from pyproject.toml into a
+# virtual environment: the same `pip install .` of the same pyproject CI installs (less `[dev]`).
+FROM ${PYTHON_IMAGE} AS build
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1
+WORKDIR /src
+RUN python -m venv /opt/venv
+COPY pyproject.toml ./
+COPY app ./app
+RUN /opt/venv/bin/pip install --no-cache-dir .
+
+# Runtime stage: no compilers or pip caches, a non-root user, criteria and mappings as data
+# beside the code, screenings on a volume the user owns.
+FROM ${PYTHON_IMAGE} AS runtime
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     TRIALSCREEN_CRITERIA_DIR=/srv/criteria \
-    TRIALSCREEN_MAPPINGS_DIR=/srv/fhir_mappings
-RUN useradd --system --uid 10001 --home-dir /srv trialscreen
+    TRIALSCREEN_MAPPINGS_DIR=/srv/fhir_mappings \
+    TRIALSCREEN_DATABASE_URL=sqlite:////var/lib/trialscreen/trialscreen.db
+RUN groupadd --system --gid 10001 trialscreen \
+    && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /srv \
+       --shell /usr/sbin/nologin trialscreen \
+    && mkdir -p /var/lib/trialscreen \
+    && chown 10001:10001 /var/lib/trialscreen
 COPY --from=build /opt/venv /opt/venv
-COPY --chown=root:root criteria /srv/criteria
-COPY --chown=root:root fhir_mappings /srv/fhir_mappings
-USER trialscreen
+COPY criteria /srv/criteria
+COPY fhir_mappings /srv/fhir_mappings
+VOLUME ["/var/lib/trialscreen"]
+# Numeric, so an orchestrator's runAsNonRoot check can verify it without reading /etc/passwd.
+USER 10001:10001
 WORKDIR /srv
 EXPOSE 8000
-HEALTHCHECK --interval=30s --timeout=3s --retries=3 \
-  CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/fhir/metadata', timeout=2)"]
-CMD ["uvicorn", "app.main:app", "--host", "0.0.0.0", "--port", "8000", "--no-access-log"]
+HEALTHCHECK --interval=30s --timeout=3s --start-period=10s --retries=3 \
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=2)"]
+# One worker: the Prometheus metrics at /metrics are per process; scale with containers.
+# No access log: uvicorn's writes the raw path and query string, which may carry patient ids;
+# the service logs one JSON line per request with the route template instead.
+CMD ["uvicorn", "app.main:app", "--host", "0.0.0.0", "--port", "8000", "--workers", "1", "--no-access-log"]

@@ -3,18 +3,26 @@
 import asyncio
 from datetime import UTC, datetime
 from typing import Annotated, Any
+from urllib.parse import urlencode
 
 import orjson
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 
-from app import publication
+from app import audit, publication
 from app.bundle_reader import read_bundle
 from app.catalog import Catalog
 from app.engine import LoadedTrial, evaluate
-from app.errors import InvalidInput, NotFound, PayloadTooLarge, UnsupportedMediaType
+from app.errors import (
+    InvalidInput,
+    NotFound,
+    PayloadTooLarge,
+    TrialscreenError,
+    UnsupportedMediaType,
+)
+from app.inbound_auth import Principal, require
 from app.record_source import FetchedRecord, RecordSource
-from app.screen_request import ScreenRequest, parse_screen_request
+from app.screen_request import parse_screen_request
 from app.screening import describe
 from app.settings import Settings, get_settings, zone_of
 from app.storage import Store, record_digest
@@ -32,6 +40,9 @@ def get_catalog(request: Request) -> Catalog:
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 CatalogDep = Annotated[Catalog, Depends(get_catalog)]
+Screener = Annotated[Principal, Depends(require("GuidanceResponse", "create"))]
+Reader = Annotated[Principal, Depends(require("GuidanceResponse", "read"))]
+Auditor = Annotated[Principal, Depends(require("AuditEvent", "read"))]
 
 
 class FhirResponse(Response):
@@ -101,24 +112,56 @@ SCREEN_OPENAPI: dict[str, Any] = {
 
 
 async def _screen(
-    trials: list[LoadedTrial], parsed: ScreenRequest, settings: Settings, request: Request
+    study_id: str | None, body: bytes, settings: Settings, request: Request, who: Principal
 ) -> list[Any]:
-    """One GuidanceResponse per trial, from one reading (or one fetch) of the record; each is
-    stored before it is returned."""
-    now = datetime.now(UTC)
-    as_of = parsed.as_of or now.astimezone(zone_of(settings)).date()
-    if parsed.bundle is not None:
-        fetched = FetchedRecord(read_bundle(parsed.bundle), digest=record_digest(parsed.bundle))
-    else:
-        assert parsed.patient_id is not None  # parse_screen_request: bundle or patient
-        source: RecordSource = request.app.state.record_source
-        fetched = await source.fetch(parsed.patient_id, as_of)
-    screenings = [
-        describe(evaluate(trial, fetched.record, as_of), fetched, settings, now, "rest")
-        for trial in trials
-    ]
-    store: Store = request.app.state.store
-    await asyncio.to_thread(store.save, screenings)
+    """One GuidanceResponse per trial (one study, else every trial or those named by 'study'),
+    from one reading (or one fetch) of the record; each is stored, and the screening audited,
+    before it is returned."""
+    catalog: Catalog = request.app.state.catalog
+    patient = None
+    try:
+        parsed = parse_screen_request(body)
+        if study_id is not None and parsed.studies:
+            raise InvalidInput("'study' belongs to the all-trials $screen, not to one study's.")
+        names = [study_id] if study_id else list(dict.fromkeys(parsed.studies)) or catalog.trials
+        trials = [_trial(catalog, name) for name in names]
+        now = datetime.now(UTC)
+        as_of = parsed.as_of or now.astimezone(zone_of(settings)).date()
+        if parsed.bundle is not None:
+            fetched = FetchedRecord(read_bundle(parsed.bundle), digest=record_digest(parsed.bundle))
+        else:
+            assert parsed.patient_id is not None  # parse_screen_request: bundle or patient
+            patient = f"Patient/{parsed.patient_id}"
+            source: RecordSource = request.app.state.record_source
+            fetched = await source.fetch(parsed.patient_id, as_of)
+        patient = fetched.record.patient.ref or patient
+        screenings = [
+            describe(evaluate(trial, fetched.record, as_of), fetched, settings, now, who.client_id)
+            for trial in trials
+        ]
+        store: Store = request.app.state.store
+        await asyncio.to_thread(store.save, screenings)
+    except TrialscreenError as exc:
+        await audit.record(
+            request,
+            action="E",
+            interaction="screen",
+            outcome="4",
+            agent=who.client_id,
+            description=f"screening refused: {exc.status_code}",
+            patient_ref=patient,
+        )
+        raise
+    await audit.record(
+        request,
+        action="E",
+        interaction="screen",
+        outcome="0",
+        agent=who.client_id,
+        description=f"screened against {len(screenings)} trial(s)",
+        patient_ref=patient,
+        entities=tuple(f"GuidanceResponse/{s.guidance['id']}" for s in screenings),
+    )
     return [s.guidance for s in screenings]
 
 
@@ -144,15 +187,13 @@ SCREEN_ALL_OPENAPI: dict[str, Any] = {
     openapi_extra=SCREEN_OPENAPI,
 )
 async def screen(
-    study_id: str, request: Request, settings: SettingsDep, catalog: CatalogDep
+    study_id: str, request: Request, settings: SettingsDep, catalog: CatalogDep, who: Screener
 ) -> FhirResponse:
     """Screen one patient's record (a Bundle in a Parameters) against one trial; answer with a
     GuidanceResponse."""
-    trial = _trial(catalog, study_id)
-    parsed = parse_screen_request(await read_body(request, settings.max_body_bytes))
-    if parsed.studies:
-        raise InvalidInput("'study' belongs to the all-trials $screen, not to one study's.")
-    (response,) = await _screen([trial], parsed, settings, request)
+    _trial(catalog, study_id)  # an unknown trial is a 404 before the body is read
+    body = await read_body(request, settings.max_body_bytes)
+    (response,) = await _screen(study_id, body, settings, request, who)
     return FhirResponse(response)
 
 
@@ -161,13 +202,13 @@ async def screen(
     response_class=FhirResponse,
     openapi_extra=SCREEN_ALL_OPENAPI,
 )
-async def screen_all(request: Request, settings: SettingsDep, catalog: CatalogDep) -> FhirResponse:
+async def screen_all(
+    request: Request, settings: SettingsDep, catalog: CatalogDep, who: Screener
+) -> FhirResponse:
     """Screen one patient's record against every trial (or those named by 'study' parameters);
     answer with a collection Bundle of GuidanceResponses, one per trial."""
-    parsed = parse_screen_request(await read_body(request, settings.max_body_bytes))
-    names = parsed.studies or tuple(catalog.trials)
-    trials = [_trial(catalog, name) for name in dict.fromkeys(names)]
-    responses = await _screen(trials, parsed, settings, request)
+    body = await read_body(request, settings.max_body_bytes)
+    responses = await _screen(None, body, settings, request, who)
     return FhirResponse(
         {
             "resourceType": "Bundle",
@@ -178,13 +219,130 @@ async def screen_all(request: Request, settings: SettingsDep, catalog: CatalogDe
 
 
 @router.get("/GuidanceResponse/{screening_id}", response_class=FhirResponse)
-async def read_screening(screening_id: str, request: Request) -> Response:
+async def read_screening(screening_id: str, request: Request, who: Reader) -> Response:
     """A stored screening, exactly as it was issued."""
     store: Store = request.app.state.store
-    body = await asyncio.to_thread(store.guidance, screening_id)
-    if body is None:
+    row = await asyncio.to_thread(store.screening, screening_id)
+    await audit.record(
+        request,
+        action="R",
+        interaction="read",
+        outcome="0" if row else "4",
+        agent=who.client_id,
+        description="read a stored screening" if row else "not found",
+        patient_ref=row.patient_ref if row else None,
+        entities=(f"GuidanceResponse/{screening_id}",) if row else (),
+    )
+    if row is None:
         raise NotFound(f"No screening {screening_id!r} is stored here.")
-    return Response(body, media_type=FHIR_JSON)
+    return Response(row.guidance, media_type=FHIR_JSON)
+
+
+@router.get("/GuidanceResponse", response_class=FhirResponse)
+async def search_screenings(
+    request: Request,
+    settings: SettingsDep,
+    who: Reader,
+    subject: str | None = None,
+    module: str | None = None,
+    sort: Annotated[str, Query(alias="_sort")] = "-date",
+    count: Annotated[int, Query(alias="_count", ge=1, le=100)] = 20,
+    offset: Annotated[int, Query(alias="_offset", ge=0, le=1_000_000)] = 0,
+) -> FhirResponse:
+    """A patient's screenings, newest first: ``subject=Patient/{id}``, optionally
+    ``module={PlanDefinition canonical}`` (with or without ``|version``)."""
+    if sort != "-date":
+        raise InvalidInput("Only _sort=-date (newest first) is supported.", expression="_sort")
+    if subject is None or not subject.startswith("Patient/"):
+        raise InvalidInput("Search by subject=Patient/{id}.", expression="subject")
+    trial_id = None
+    if module is not None:
+        trial_id = module.split("|")[0].rstrip("/").rsplit("/", 1)[-1]
+    store: Store = request.app.state.store
+    total, rows = await asyncio.to_thread(store.screenings_for, subject, trial_id, offset, count)
+    await audit.record(
+        request,
+        action="E",
+        interaction="search",
+        outcome="0",
+        agent=who.client_id,
+        description=f"searched screenings: {len(rows)} of {total}",
+        patient_ref=subject,
+    )
+    return FhirResponse(
+        _searchset(
+            [orjson.loads(r) for r in rows],
+            total,
+            offset,
+            count,
+            "GuidanceResponse",
+            {"subject": subject, "module": module, "_sort": sort},
+            settings,
+        )
+    )
+
+
+@router.get("/AuditEvent", response_class=FhirResponse)
+async def search_audit(
+    request: Request,
+    settings: SettingsDep,
+    who: Auditor,
+    patient: str | None = None,
+    count: Annotated[int, Query(alias="_count", ge=1, le=200)] = 50,
+    offset: Annotated[int, Query(alias="_offset", ge=0, le=1_000_000)] = 0,
+) -> FhirResponse:
+    """The audit trail, newest first (auditor scope: system/AuditEvent.read)."""
+    store: Store = request.app.state.store
+    total, rows = await asyncio.to_thread(store.audit_events, patient, offset, count)
+    await audit.record(
+        request,
+        action="E",
+        interaction="audit-search",
+        outcome="0",
+        agent=who.client_id,
+        description=f"read {len(rows)} audit event(s)",
+        patient_ref=patient,
+    )
+    events = [audit.as_fhir(r, settings.canonical_base) for r in rows]
+    return FhirResponse(
+        _searchset(events, total, offset, count, "AuditEvent", {"patient": patient}, settings)
+    )
+
+
+def _searchset(
+    resources: list[dict[str, Any]],
+    total: int,
+    offset: int,
+    count: int,
+    kind: str,
+    params: dict[str, str | None],
+    settings: Settings,
+) -> dict[str, Any]:
+    base = f"{settings.public_base_url.rstrip('/')}/fhir/{kind}"
+    query = {k: v for k, v in params.items() if v is not None}
+
+    def page(at: int) -> str:
+        return f"{base}?{urlencode(query | {'_count': count, '_offset': at})}"
+
+    links = [{"relation": "self", "url": page(offset)}]
+    if offset + count < total:
+        links.append({"relation": "next", "url": page(offset + count)})
+    if offset > 0:
+        links.append({"relation": "previous", "url": page(max(0, offset - count))})
+    return {
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "total": total,
+        "link": links,
+        "entry": [
+            {
+                "fullUrl": f"{base}/{r['id']}",
+                "resource": r,
+                "search": {"mode": "match"},
+            }
+            for r in resources
+        ],
+    }
 
 
 @router.get("/ResearchStudy", response_class=FhirResponse)

@@ -18,6 +18,7 @@ import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
+from app import audit
 from app.catalog import Catalog
 from app.cds_cards import card, card_uuid, pending_card, shows_card
 from app.cds_trust import Caller, JwtVerifier
@@ -107,6 +108,15 @@ async def patient_view(service_id: str, request: Request) -> JSONResponse:
     assert patient is not None
     fetched = assemble(patient, parts + [(s, o.resources, o.problem) for s, o in fetched_parts])
     cards = await _screen(request, fetched, as_of, now, caller)
+    await audit.record(
+        request,
+        action="E",
+        interaction="cds-hook",
+        outcome="0",
+        agent=caller.client.iss,
+        description=f"patient-view hook {instance}: {len(cards)} card(s)",
+        patient_ref=f"Patient/{patient_id}",
+    )
     log.info(
         "hook %s: %d card(s) in %.0f ms", instance, len(cards), (time.monotonic() - started) * 1e3
     )
@@ -117,7 +127,7 @@ async def patient_view(service_id: str, request: Request) -> JSONResponse:
 async def feedback(service_id: str, request: Request) -> Response:
     _known(service_id)
     settings: Settings = request.app.state.settings
-    await _authenticate(request, settings)
+    caller = await _authenticate(request, settings)
     body = _parse(await request.body())
     items = body.get("feedback")
     if not isinstance(items, list) or not items:
@@ -145,6 +155,15 @@ async def feedback(service_id: str, request: Request) -> Response:
             )
         )
     await asyncio.to_thread(store.save_feedback, rows)
+    await audit.record(
+        request,
+        action="C",
+        interaction="cds-feedback",
+        outcome="0",
+        agent=caller.client.iss,
+        description=f"{len(rows)} feedback item(s) on cards",
+        entities=tuple(f"GuidanceResponse/{r.screening_id}" for r in rows),
+    )
     return Response(status_code=200)
 
 

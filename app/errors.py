@@ -14,6 +14,9 @@ class TrialscreenError(Exception):
         self.message = message
         self.expression = expression
 
+    def headers(self) -> dict[str, str]:
+        return {}
+
     def outcome(self) -> dict[str, Any]:
         issue: dict[str, Any] = {
             "severity": "error",
@@ -34,6 +37,31 @@ class UnprocessableInput(TrialscreenError):
 
     status_code = 422
     issue_code = "processing"
+
+
+class NotAuthenticated(TrialscreenError):
+    status_code = 401
+    issue_code = "login"
+
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": 'Bearer realm="trialscreen"'}
+
+
+class Forbidden(TrialscreenError):
+    status_code = 403
+    issue_code = "forbidden"
+
+
+class TooManyRequests(TrialscreenError):
+    status_code = 429
+    issue_code = "throttled"
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
 
 
 class NotFound(TrialscreenError):

@@ -21,6 +21,7 @@ import httpx
 import orjson
 
 from app.ehr_auth import EhrAuth, EhrAuthError
+from app.observability import count_upstream_error
 
 Json = dict[str, Any]
 _RETRY_STATUS = {429, 502, 503, 504}
@@ -166,18 +167,24 @@ class FhirClient:
                 headers = {**self.headers, **auth}
                 status, body, retry_after = await self._send(url, params, headers, left)
             except httpx.TimeoutException:
+                count_upstream_error("timeout")
                 problem, wait = "the EHR did not answer in time", None
             except httpx.TransportError as exc:
+                count_upstream_error("transport")
                 problem, wait = f"could not reach the EHR ({type(exc).__name__})", None
             else:
+                if status != 200 and not (status == 401 and not refreshed):
+                    count_upstream_error(f"status_{status}")
                 if status == 200:
                     try:
                         parsed = orjson.loads(body)
                     except orjson.JSONDecodeError:
+                        count_upstream_error("invalid_body")
                         problem, wait = "the EHR sent a truncated or invalid JSON body", None
                     else:
                         if isinstance(parsed, dict):
                             return parsed
+                        count_upstream_error("invalid_body")
                         problem, wait = "the EHR sent JSON that is not a resource", None
                 elif status == 401 and not refreshed:
                     self.auth.invalidate()
@@ -210,6 +217,7 @@ class FhirClient:
             async for chunk in response.aiter_bytes():
                 size += len(chunk)
                 if size > self.max_response_bytes:
+                    count_upstream_error("too_large")
                     raise EhrError(f"a response exceeded {self.max_response_bytes} bytes")
                 chunks.append(chunk)
         finally:

@@ -20,6 +20,11 @@ from app.cds_trust import JwtVerifier, Unauthorized
 from app.demo import DEMO_PATIENTS
 from app.ehr_connection import ehr_auth, ehr_http_client, ehr_record_source, fetch_plan
 from app.errors import TrialscreenError
+from app.health import router as health_router
+from app.inbound_auth import InboundVerifier, RateLimiter
+from app.jwks import KeyCache
+from app.observability import install_observability
+from app.openapi_document import contract
 from app.record_source import DemoRecordSource
 from app.settings import Settings, get_settings
 from app.storage import Store
@@ -63,6 +68,10 @@ def create_app(
                 app.state.http = http
                 app.state.ehr_auth = ehr_auth(settings)
                 app.state.jwt_verifier = JwtVerifier(settings.cds_clients, http)
+                app.state.inbound_verifier = InboundVerifier(settings, KeyCache(http))
+                app.state.rate_limiter = RateLimiter(
+                    settings.rate_limit_per_minute, settings.rate_limit_burst
+                )
                 app.state.record_source = (
                     DemoRecordSource(DEMO_PATIENTS)
                     if settings.ehr_base_url is None
@@ -87,6 +96,8 @@ def create_app(
     app.dependency_overrides[get_settings] = lambda: settings
     app.include_router(router)
     app.include_router(cds_router)
+    app.openapi = lambda: contract(app)  # type: ignore[method-assign]
+    app.include_router(health_router)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -94,6 +105,7 @@ def create_app(
             allow_methods=["GET", "POST", "OPTIONS"],
             allow_headers=["Authorization", "Content-Type"],
         )
+    install_observability(app, settings)
 
     @app.exception_handler(Unauthorized)
     async def _unauthorized(_: Request, exc: Unauthorized) -> Response:
@@ -102,7 +114,7 @@ def create_app(
 
     @app.exception_handler(TrialscreenError)
     async def _named(_: Request, exc: TrialscreenError) -> FhirResponse:
-        return FhirResponse(exc.outcome(), status_code=exc.status_code)
+        return FhirResponse(exc.outcome(), status_code=exc.status_code, headers=exc.headers())
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> FhirResponse:

@@ -5,6 +5,7 @@ import uuid
 from datetime import datetime
 
 from app.engine import Screening
+from app.observability import count_screening
 from app.record_source import FetchedRecord
 from app.report import guidance_response
 from app.settings import Settings
@@ -27,6 +28,7 @@ def describe(
         issued=now,
         warnings=fetched.problems,
     )
+    count_screening(screening.trial.id, screening.eligibility.value)
     return NewScreening(
         guidance=guidance,
         trial_id=screening.trial.id,

@@ -45,6 +45,20 @@ class Settings(BaseSettings):
     """How clients reach this service: absolute links in CDS cards, and the ``aud`` a CDS
     client's JWT must carry."""
 
+    # --- who may call the REST API ------------------------------------------------------------
+    auth_issuer: str | None = None
+    """Issuer of the OAuth2 access tokens callers present (their ``iss``)."""
+    auth_jwks_url: str | None = None
+    """Where that issuer publishes its keys."""
+    auth_jwks: dict[str, Any] | None = None
+    """Or its keys themselves (a JWK Set)."""
+    auth_audience: str | None = None
+    """Required ``aud``; defaults to public_base_url."""
+    auth_algorithms: tuple[str, ...] = ("RS256", "RS384", "ES256", "ES384")
+    rate_limit_per_minute: int = 120
+    """Requests each client may make per minute on the protected API (0: no limit)."""
+    rate_limit_burst: int = 30
+
     # --- CDS Hooks -------------------------------------------------------------------------------
     cds_clients: tuple[CdsClient, ...] = ()
     """EHRs allowed to call the CDS Hooks service (JSON list)."""

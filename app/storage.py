@@ -110,7 +110,7 @@ class Store:
 
     def save(self, screenings: list[NewScreening]) -> None:
         now = datetime.now(UTC)
-        with Session(self.engine) as session, session.begin():
+        with Session(self.engine, expire_on_commit=False) as session, session.begin():
             for s in screenings:
                 session.add(
                     StoredScreening(
@@ -129,9 +129,12 @@ class Store:
                 )
 
     def guidance(self, screening_id: str) -> bytes | None:
+        row = self.screening(screening_id)
+        return None if row is None else row.guidance
+
+    def screening(self, screening_id: str) -> StoredScreening | None:
         with Session(self.engine) as session:
-            row = session.get(StoredScreening, screening_id)
-            return None if row is None else row.guidance
+            return session.get(StoredScreening, screening_id)
 
     def screening_for_card(self, card_uuid: str) -> str | None:
         with Session(self.engine) as session:
@@ -154,7 +157,7 @@ class Store:
             return total, [r.guidance for r in rows]
 
     def save_audit(self, item: StoredAuditEvent) -> None:
-        with Session(self.engine) as session, session.begin():
+        with Session(self.engine, expire_on_commit=False) as session, session.begin():
             session.add(item)
 
     def audit_events(
@@ -169,7 +172,7 @@ class Store:
             return total, list(session.exec(page.offset(offset).limit(count)).all())
 
     def save_feedback(self, items: list[StoredFeedback]) -> None:
-        with Session(self.engine) as session, session.begin():
+        with Session(self.engine, expire_on_commit=False) as session, session.begin():
             session.add_all(items)
 
     def feedback_for(self, screening_id: str) -> list[StoredFeedback]:

@@ -1,5 +1,7 @@
 import json
 import os
+import secrets
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,6 +13,7 @@ from app.catalog import Catalog, load_catalog
 from app.main import create_app
 from app.settings import Settings
 from tests import fhir_server as fhir
+from tests import postgres
 
 DEMO_PATIENTS = Path(__file__).resolve().parent.parent / "app" / "demo_patients"
 
@@ -19,11 +22,15 @@ def pytest_configure(config: pytest.Config) -> None:
     # Every app a test builds keeps its screenings in a throw-away SQLite file, not in var/.
     work = Path(tempfile.mkdtemp(prefix="trialscreen-tests-"))
     os.environ["TRIALSCREEN_DATABASE_URL"] = f"sqlite:///{work / 'trialscreen.db'}"
+    # Hundreds of calls from one test client would trip the rate limit; its own tests set it.
+    os.environ["TRIALSCREEN_RATE_LIMIT_PER_MINUTE"] = "0"
 
 
 @pytest.fixture(scope="session")
 def settings() -> Settings:
-    return Settings()
+    # The shared test app serves without tokens (the development setting); inbound
+    # authentication has its own tests.
+    return Settings(allow_unauthenticated=True)
 
 
 @pytest.fixture(scope="session")
@@ -47,3 +54,36 @@ def fhir_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[fhir.FhirS
         fhir.seed(server.base_url, bundles)
         fhir.analyze(server.db_path)
         yield server
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A real PostgreSQL server for the session (a fresh cluster): its `trialscreen` database."""
+    if not postgres.installed():
+        pytest.fail(
+            "PostgreSQL server binaries (initdb) not found: "
+            "run bash tests/run to install PostgreSQL",
+            pytrace=False,
+        )
+    # Not tmp_path_factory: as root the server runs as another user, who cannot enter
+    # /tmp/pytest-of-root; a mkdtemp directory in /tmp is handed over to it.
+    work = Path(tempfile.mkdtemp(prefix="trialscreen-postgres-"))
+    try:
+        with postgres.running_postgres(work) as server:
+            yield server.url
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh, empty database per test: an SQLite file, or a new database on `postgres_url`."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'store.db'}"
+        return
+    server_url: str = request.getfixturevalue("postgres_url")
+    url = postgres.create_database(server_url, f"test_{secrets.token_hex(6)}")
+    try:
+        yield url
+    finally:
+        postgres.drop_database(url)

@@ -264,7 +264,9 @@ def test_unknown_route_and_method_get_operation_outcomes(client: TestClient) -> 
 
 @pytest.fixture
 def small_limit_client() -> Iterator[TestClient]:
-    with TestClient(create_app(Settings(max_body_bytes=2048))) as test_client:
+    with TestClient(
+        create_app(Settings(max_body_bytes=2048, allow_unauthenticated=True))
+    ) as test_client:
         yield test_client
 
 

@@ -196,6 +196,7 @@ def hook_settings(fhir_server: FhirServer, **overrides: Any) -> Settings:
             CdsClient(iss=ISS, jwks=jwks("rsa-1", "ec-1"), fhir_bases=(fhir_server.base_url,)),
         ),
         "cds_fetch_budget": 30.0,  # the real server is never too slow: no pending card
+        "allow_unauthenticated": True,  # for the REST calls these tests compare with
         "ehr_headers": {"Prefer": "handling=strict"},
     }
     return Settings(**(values | overrides))
@@ -447,6 +448,7 @@ def guarded() -> Iterator[Guarded]:
     ehr = MockEhr(json.loads((DEMO / f"{patient_id}.json").read_text()), base=REGISTERED)
     settings = Settings(
         public_base_url=BASE,
+        allow_unauthenticated=True,
         cds_clients=(
             CdsClient(iss=ISS, jwks=jwks("rsa-1", "ec-1"), fhir_bases=(REGISTERED,)),
             CdsClient(iss=OTHER_ISSUER, jwks=jwks("rsa-1"), fhir_bases=(OTHER_BASE,)),

@@ -21,6 +21,7 @@ AS_OF = "2025-11-01"
 @pytest.fixture(scope="module")
 def ehr_client(fhir_server: FhirServer) -> Iterator[TestClient]:
     settings = Settings(
+        allow_unauthenticated=True,
         ehr_base_url=fhir_server.base_url,
         # Strict: a search parameter the server does not support fails instead of matching all.
         ehr_headers={"Prefer": "handling=strict"},

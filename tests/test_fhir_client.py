@@ -211,7 +211,9 @@ def test_a_401_refreshes_the_token_once(ehr: MockEhr, catalog: Catalog) -> None:
 
 @pytest.fixture
 def faulty_app(ehr: MockEhr) -> Iterator[TestClient]:
-    settings = Settings(ehr_base_url=BASE, ehr_medication_types=("MedicationRequest",))
+    settings = Settings(
+        ehr_base_url=BASE, ehr_medication_types=("MedicationRequest",), allow_unauthenticated=True
+    )
     ehr.faults.append(on("Condition", _timeout))
     with TestClient(create_app(settings, ehr_transport=ehr.transport())) as client:
         yield client
