@@ -21,6 +21,7 @@ from app.demo import DEMO_PATIENTS
 from app.ehr_connection import ehr_auth, ehr_http_client, ehr_record_source, fetch_plan
 from app.errors import TrialscreenError
 from app.health import router as health_router
+from app.history_api import router as history_router
 from app.inbound_auth import InboundVerifier, RateLimiter
 from app.jwks import KeyCache
 from app.observability import install_observability
@@ -95,6 +96,7 @@ def create_app(
     )
     app.dependency_overrides[get_settings] = lambda: settings
     app.include_router(router)
+    app.include_router(history_router)
     app.include_router(cds_router)
     app.openapi = lambda: contract(app)  # type: ignore[method-assign]
     app.include_router(health_router)
