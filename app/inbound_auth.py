@@ -16,6 +16,7 @@ from typing import Any, Literal
 import jwt
 from fastapi import Request
 
+from app import audit
 from app.errors import Forbidden, NotAuthenticated, TooManyRequests
 from app.jwks import KeyCache, parse_jwks
 from app.settings import Settings
@@ -132,17 +133,30 @@ def require(resource: str, permission: Permission) -> Callable[[Request], Awaita
         state = request.app.state
         settings: Settings = state.settings
         verifier: InboundVerifier = state.inbound_verifier
-        principal = await verifier.principal(request.headers.get("authorization"))
-        if principal is None:
-            if not settings.allow_unauthenticated:
-                raise NotAuthenticated("This endpoint needs an OAuth2 access token.")
-            host = request.client.host if request.client else "unknown"
-            principal = Principal(f"anonymous@{host}", frozenset(), authenticated=False)
-        if not principal.may(resource, permission):
-            raise Forbidden(
-                f"The access token lacks a scope allowing {permission} of {resource} "
-                f"(e.g. system/{resource}.{permission if permission == 'read' else 'write'})."
+        host = request.client.host if request.client else "unknown"
+        principal: Principal | None = None
+        try:
+            principal = await verifier.principal(request.headers.get("authorization"))
+            if principal is None:
+                if not settings.allow_unauthenticated:
+                    raise NotAuthenticated("This endpoint needs an OAuth2 access token.")
+                principal = Principal(f"anonymous@{host}", frozenset(), authenticated=False)
+            if not principal.may(resource, permission):
+                raise Forbidden(
+                    f"The access token lacks a scope allowing {permission} of {resource} "
+                    f"(e.g. system/{resource}.{permission if permission == 'read' else 'write'})."
+                )
+        except (NotAuthenticated, Forbidden) as exc:
+            who = principal.client_id if principal else f"unauthenticated@{host}"
+            await audit.record(
+                request,
+                action="E",
+                interaction="access-denied",
+                outcome="4",
+                agent=who,
+                description=f"{exc.status_code} on {request.method} {request.url.path}",
             )
+            raise
         limiter: RateLimiter = state.rate_limiter
         wait = limiter.take(principal.client_id)
         if wait is not None:

@@ -150,6 +150,23 @@ def test_reading_screenings_needs_the_read_scope(secured: TestClient) -> None:
     assert secured.get(path, headers=bearer(token("system/GuidanceResponse.rs"))).status_code == 200
 
 
+def test_refused_access_is_audited(secured: TestClient) -> None:
+    assert secured.get("/fhir/GuidanceResponse/some-id").status_code == 401
+    assert (
+        secured.get("/fhir/GuidanceResponse/some-id", headers=bearer(token(SCREENER))).status_code
+        == 403
+    )
+    trail = secured.get("/fhir/AuditEvent", headers=bearer(token(AUDITOR))).json()
+    denied = [
+        e["resource"]
+        for e in trail["entry"]
+        if e["resource"]["subtype"][1]["code"] == "access-denied"
+    ]
+    agents = {e["agent"][0]["who"]["identifier"]["value"] for e in denied[:2]}
+    assert agents == {"engine-1", "unauthenticated@testclient"}
+    assert all(e["outcome"] == "4" for e in denied)
+
+
 def test_the_audit_trail_is_for_auditors(secured: TestClient) -> None:
     assert secured.get("/fhir/AuditEvent", headers=bearer(token(READER))).status_code == 403
     response = secured.get("/fhir/AuditEvent", headers=bearer(token(AUDITOR)))
