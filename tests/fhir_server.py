@@ -9,7 +9,6 @@ port with its database under a work directory, `seed` loads patient Bundles with
 import contextlib
 import copy
 import os
-import socket
 import sqlite3
 import subprocess
 import time
@@ -20,6 +19,8 @@ from typing import Any
 
 import httpx
 import yaml
+
+from tests.loopback import free_port
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 FHIR_VENV = REPO_ROOT / ".venv-fhir"
@@ -66,13 +67,6 @@ def installed() -> bool:
     """Whether `.venv-fhir` holds the pinned sekmet-fhir (`bash tests/run` installs it)."""
     dist_info = f"sekmet_fhir-{SEKMET_VERSION}.dist-info"
     return UVICORN.is_file() and any(FHIR_VENV.glob(f"lib/python3*/site-packages/{dist_info}"))
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def write_settings(work_dir: Path, port: int) -> Path:

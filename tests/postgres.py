@@ -15,7 +15,6 @@ import contextlib
 import os
 import pwd
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Iterator, Sequence
@@ -27,6 +26,8 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 from sqlalchemy.engine import URL, make_url
+
+from tests.loopback import free_port
 
 DATABASE = "trialscreen"
 FALLBACK_USER = "trialscreen-pg"
@@ -74,13 +75,6 @@ def find_bin_dir() -> Path | None:
 
 def installed() -> bool:
     return find_bin_dir() is not None
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @contextlib.contextmanager

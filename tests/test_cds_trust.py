@@ -10,8 +10,6 @@ import base64
 import hashlib
 import hmac
 import json
-import socket
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -20,7 +18,6 @@ from typing import Any
 
 import jwt
 import pytest
-import uvicorn
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from fastapi import FastAPI
@@ -30,6 +27,7 @@ from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 from app.main import create_app
 from app.settings import CdsClient, Settings
+from tests.loopback import free_port, serving
 
 Json = dict[str, Any]
 PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
@@ -153,28 +151,12 @@ def _jwks_app(server: JwksServer) -> FastAPI:
     return app
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 @pytest.fixture(scope="module")
 def jwks_server() -> Iterator[JwksServer]:
-    port = _free_port()
+    port = free_port()
     server = JwksServer(f"http://127.0.0.1:{port}")
-    config = uvicorn.Config(_jwks_app(server), host="127.0.0.1", port=port, log_level="warning")
-    http_server = uvicorn.Server(config)
-    thread = threading.Thread(target=http_server.run, daemon=True)
-    thread.start()
-    for _ in range(100):
-        if http_server.started:
-            break
-        time.sleep(0.05)
-    yield server
-    http_server.should_exit = True
-    thread.join(timeout=5)
+    with serving(_jwks_app(server), port):
+        yield server
 
 
 # --- the service ----------------------------------------------------------------------------------

@@ -6,8 +6,6 @@ of at most five minutes and a ``jti`` it has not seen.
 """
 
 import asyncio
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -17,7 +15,6 @@ from urllib.parse import parse_qs
 import httpx
 import jwt
 import pytest
-import uvicorn
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from fastapi import FastAPI, Request
@@ -25,6 +22,7 @@ from fastapi.responses import JSONResponse
 
 from app.ehr_auth import SmartBackendAuth
 from app.fhir_client import Deadline, EhrError, FhirClient
+from tests.loopback import free_port, serving
 
 CLIENT_ID = "trialscreen-test"
 
@@ -90,13 +88,6 @@ def _check_assertion(server: TokenServer, form: dict[str, str], audience: str) -
     server.seen_jti.add(claims["jti"])
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def _pem(key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey) -> str:
     return key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
@@ -112,21 +103,12 @@ KEYS: dict[str, PrivateKey] = {
 
 @pytest.fixture(scope="module")
 def token_server() -> Iterator[TokenServer]:
-    port = _free_port()
+    port = free_port()
     server = TokenServer(
         f"http://127.0.0.1:{port}", {kid: k.public_key() for kid, k in KEYS.items()}
     )
-    config = uvicorn.Config(_app(server), host="127.0.0.1", port=port, log_level="warning")
-    http_server = uvicorn.Server(config)
-    thread = threading.Thread(target=http_server.run, daemon=True)
-    thread.start()
-    for _ in range(100):
-        if http_server.started:
-            break
-        time.sleep(0.05)
-    yield server
-    http_server.should_exit = True
-    thread.join(timeout=5)
+    with serving(_app(server), port):
+        yield server
 
 
 def _auth(
