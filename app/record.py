@@ -54,10 +54,12 @@ class Condition:
 
     def active_on(self, day: date) -> bool:
         """Active on ``day``: a recorded abatement decides (an illness that abated later was
-        still active then); otherwise the clinical status as recorded."""
+        still active then); otherwise the clinical status as recorded. A diagnosis recorded
+        without any clinical status (common for encounter diagnoses) counts as active: it was
+        never marked resolved, and an exclusion must not be missed for want of a status."""
         if self.abated is not None:
             return self.abated > day
-        return self.clinical_status in {"active", "recurrence", "relapse"}
+        return self.clinical_status in {None, "active", "recurrence", "relapse"}
 
 
 @dataclass(frozen=True, slots=True)
