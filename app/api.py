@@ -138,8 +138,17 @@ async def _screen(
             describe(evaluate(trial, fetched.record, as_of), fetched, settings, now, who.client_id)
             for trial in trials
         ]
+        done = audit.event(
+            action="E",
+            interaction="screen",
+            outcome="0",
+            agent=who.client_id,
+            description=f"screened against {len(screenings)} trial(s)",
+            patient_ref=patient,
+            entities=tuple(f"GuidanceResponse/{s.guidance['id']}" for s in screenings),
+        )
         store: Store = request.app.state.store
-        await asyncio.to_thread(store.save, screenings)
+        await asyncio.to_thread(store.save, screenings, done)
     except TrialscreenError as exc:
         await audit.record(
             request,
@@ -151,16 +160,6 @@ async def _screen(
             patient_ref=patient,
         )
         raise
-    await audit.record(
-        request,
-        action="E",
-        interaction="screen",
-        outcome="0",
-        agent=who.client_id,
-        description=f"screened against {len(screenings)} trial(s)",
-        patient_ref=patient,
-        entities=tuple(f"GuidanceResponse/{s.guidance['id']}" for s in screenings),
-    )
     return [s.guidance for s in screenings]
 
 

@@ -27,6 +27,30 @@ _SUBTYPE = {
 }
 
 
+def event(
+    *,
+    action: Action,
+    interaction: str,
+    outcome: Outcome,
+    agent: str,
+    description: str,
+    patient_ref: str | None = None,
+    entities: tuple[str, ...] = (),
+) -> StoredAuditEvent:
+    """An audit row, for :meth:`Store.save` to write in the same transaction as what it audits."""
+    return StoredAuditEvent(
+        id=str(uuid.uuid4()),
+        recorded=datetime.now(UTC),
+        action=action,
+        interaction=interaction,
+        outcome=outcome,
+        agent=agent,
+        patient_ref=patient_ref or None,
+        entity_ref=" ".join(entities) or None,
+        description=description,
+    )
+
+
 async def record(
     request: Request,
     *,
@@ -38,17 +62,16 @@ async def record(
     patient_ref: str | None = None,
     entities: tuple[str, ...] = (),
 ) -> None:
+    """Write an audit row on its own (accesses that store nothing else)."""
     store: Store = request.app.state.store
-    row = StoredAuditEvent(
-        id=str(uuid.uuid4()),
-        recorded=datetime.now(UTC),
+    row = event(
         action=action,
         interaction=interaction,
         outcome=outcome,
         agent=agent,
-        patient_ref=patient_ref or None,
-        entity_ref=" ".join(entities) or None,
         description=description,
+        patient_ref=patient_ref,
+        entities=entities,
     )
     await asyncio.to_thread(store.save_audit, row)
 

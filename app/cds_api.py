@@ -107,16 +107,7 @@ async def patient_view(service_id: str, request: Request) -> JSONResponse:
             return _pending(request, task, parts, as_of, now, caller, instance)
     assert patient is not None
     fetched = assemble(patient, parts + [(s, o.resources, o.problem) for s, o in fetched_parts])
-    cards = await _screen(request, fetched, as_of, now, caller)
-    await audit.record(
-        request,
-        action="E",
-        interaction="cds-hook",
-        outcome="0",
-        agent=caller.client.iss,
-        description=f"patient-view hook {instance}: {len(cards)} card(s)",
-        patient_ref=f"Patient/{patient_id}",
-    )
+    cards = await _screen(request, fetched, as_of, now, caller, instance)
     log.info(
         "hook %s: %d card(s) in %.0f ms", instance, len(cards), (time.monotonic() - started) * 1e3
     )
@@ -254,6 +245,7 @@ async def _screen(
     as_of: date,
     now: datetime,
     caller: Caller,
+    instance: str,
     ids: list[str] | None = None,
 ) -> list[Json]:
     """Screen against every trial, store each screening, and return the cards to show. With
@@ -281,8 +273,18 @@ async def _screen(
         if shown:
             base = settings.public_base_url.rstrip("/")
             cards.append(card(screening, screening_id, base, settings.canonical_base))
+    done = audit.event(
+        action="E",
+        interaction="cds-hook",
+        outcome="0",
+        agent=caller.client.iss,
+        description=f"patient-view hook {instance}: {len(cards)} card(s)"
+        + (" after a pending card" if ids else ""),
+        patient_ref=fetched.record.patient.ref,
+        entities=tuple(f"GuidanceResponse/{s.guidance['id']}" for s in stored),
+    )
     store: Store = request.app.state.store
-    await asyncio.to_thread(store.save, stored)
+    await asyncio.to_thread(store.save, stored, done)
     return cards
 
 
@@ -307,7 +309,7 @@ def _pending(
             patient, outcomes = await task
             assert patient is not None
             fetched = assemble(patient, parts + [(s, o.resources, o.problem) for s, o in outcomes])
-            await _screen(request, fetched, as_of, now, caller, ids)
+            await _screen(request, fetched, as_of, now, caller, instance, ids)
         except Exception as exc:
             log.warning("hook %s: background screening failed (%s)", instance, type(exc).__name__)
 

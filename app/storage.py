@@ -108,9 +108,12 @@ class Store:
             config.attributes["connection"] = connection
             command.upgrade(config, "head")
 
-    def save(self, screenings: list[NewScreening]) -> None:
+    def save(self, screenings: list[NewScreening], audit: "StoredAuditEvent | None" = None) -> None:
+        """The screenings and the audit row recording them: all in one transaction or none."""
         now = datetime.now(UTC)
         with Session(self.engine, expire_on_commit=False) as session, session.begin():
+            if audit is not None:
+                session.add(audit)
             for s in screenings:
                 session.add(
                     StoredScreening(
