@@ -49,7 +49,7 @@ class _Reading:
 
 
 def _readings(
-    check: MeasurementCheck, ctx: Context, since: date, unusable: list[str]
+    check: MeasurementCheck, ctx: Context, since: date, unusable: list[tuple[date, str]]
 ) -> list[_Reading]:
     """Usable readings in the window, newest first; what cannot be used goes to ``unusable``."""
     analyte = ctx.mappings.analytes[check.analyte]
@@ -58,18 +58,19 @@ def _readings(
         if obs.when < since:
             break
         if obs.quantity is None:
-            unusable.append(f"{obs.ref} has no numeric value")
+            unusable.append((obs.when, f"{obs.ref} has no numeric value"))
             continue
         if check.uln_multiple:
             observed = _uln_ratio(analyte, obs)
             if observed is None:
-                unusable.append(f"{obs.ref} reports no upper limit of normal")
+                unusable.append((obs.when, f"{obs.ref} reports no upper limit of normal"))
                 continue
         else:
             assert check.unit is not None  # schema: unit is given unless uln_multiple
             canonical = analyte.to_canonical(obs.quantity.value, obs.quantity.unit)
             if canonical is None:
-                unusable.append(f"{obs.ref} is in unit {obs.quantity.unit!r}, not convertible")
+                problem = f"{obs.ref} is in unit {obs.quantity.unit!r}, not convertible"
+                unusable.append((obs.when, problem))
                 continue
             observed = canonical / analyte.factors[check.unit]
         readings.append(_Reading(obs.when, observed, obs.quantity.comparator, (obs.ref,)))
@@ -113,18 +114,20 @@ def _derived(check: MeasurementCheck, ctx: Context, since: date) -> list[_Readin
 def measurement(check: MeasurementCheck, ctx: Context) -> Result:
     analyte = ctx.mappings.analytes[check.analyte]
     since = ctx.since(check.within)
-    unusable: list[str] = []
+    unusable: list[tuple[date, str]] = []
     readings = _readings(check, ctx, since, unusable)
+    # A newer result that cannot be read may be the deciding one: never fall back past it.
+    newer = [problem for day, problem in unusable if not readings or day > readings[0].when]
+    if newer:
+        return Result(
+            check.id,
+            check.label,
+            Status.UNKNOWN,
+            f"The newest {analyte.display} results cannot be used: {'; '.join(newer)}.",
+            review=tuple(newer),
+            data_requests=(ctx.request_for([analyte], since),),
+        )
     if not readings:
-        if unusable:
-            return Result(
-                check.id,
-                check.label,
-                Status.UNKNOWN,
-                f"{analyte.display} results in the window cannot be used: {'; '.join(unusable)}.",
-                review=tuple(unusable),
-                data_requests=(ctx.request_for([analyte], since),),
-            )
         return _missing(check.id, check.label, ctx, [analyte], since)
     latest = readings[0]
     unit = "× ULN" if check.uln_multiple else str(check.unit)
