@@ -369,14 +369,15 @@ def creatinine_clearance(check: CreatinineClearanceCheck, ctx: Context) -> Resul
 
 
 def _latest_in(ctx: Context, analyte: Analyte, since: date) -> tuple[Observation, float] | None:
-    """The newest result in the window with an uncensored value in a convertible unit."""
+    """The newest result in the window, if it has an uncensored value in a convertible unit.
+    An unreadable newest result is not passed over for an older one: the value is then missing
+    (so the check asks for a new result rather than deciding on stale data)."""
     for obs in ctx.results_for(analyte):
         if obs.when < since:
             return None
         q = obs.quantity
         if q is None or q.comparator is not None:
-            continue
+            return None
         value = analyte.to_canonical(q.value, q.unit)
-        if value is not None:
-            return obs, value
+        return None if value is None else (obs, value)
     return None
