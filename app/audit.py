@@ -8,9 +8,10 @@ patient reference and the resources touched, never names, dates of birth, tokens
 import asyncio
 import uuid
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, NotRequired, TypedDict
 
 from fastapi import Request
+from typing_extensions import Unpack
 
 from app.storage import Store, StoredAuditEvent
 
@@ -27,53 +28,35 @@ _SUBTYPE = {
 }
 
 
-def event(
-    *,
-    action: Action,
-    interaction: str,
-    outcome: Outcome,
-    agent: str,
-    description: str,
-    patient_ref: str | None = None,
-    entities: tuple[str, ...] = (),
-) -> StoredAuditEvent:
+class EventFields(TypedDict):
+    action: Action
+    interaction: str
+    outcome: Outcome
+    agent: str
+    description: str
+    patient_ref: NotRequired[str | None]
+    entities: NotRequired[tuple[str, ...]]
+
+
+def event(**fields: Unpack[EventFields]) -> StoredAuditEvent:
     """An audit row, for :meth:`Store.save` to write in the same transaction as what it audits."""
     return StoredAuditEvent(
         id=str(uuid.uuid4()),
         recorded=datetime.now(UTC),
-        action=action,
-        interaction=interaction,
-        outcome=outcome,
-        agent=agent,
-        patient_ref=patient_ref or None,
-        entity_ref=" ".join(entities) or None,
-        description=description,
+        action=fields["action"],
+        interaction=fields["interaction"],
+        outcome=fields["outcome"],
+        agent=fields["agent"],
+        patient_ref=fields.get("patient_ref") or None,
+        entity_ref=" ".join(fields.get("entities", ())) or None,
+        description=fields["description"],
     )
 
 
-async def record(
-    request: Request,
-    *,
-    action: Action,
-    interaction: str,
-    outcome: Outcome,
-    agent: str,
-    description: str,
-    patient_ref: str | None = None,
-    entities: tuple[str, ...] = (),
-) -> None:
+async def record(request: Request, **fields: Unpack[EventFields]) -> None:
     """Write an audit row on its own (accesses that store nothing else)."""
     store: Store = request.app.state.store
-    row = event(
-        action=action,
-        interaction=interaction,
-        outcome=outcome,
-        agent=agent,
-        description=description,
-        patient_ref=patient_ref,
-        entities=entities,
-    )
-    await asyncio.to_thread(store.save_audit, row)
+    await asyncio.to_thread(store.save_audit, event(**fields))
 
 
 def as_fhir(row: StoredAuditEvent, canonical: str) -> dict[str, Any]:
