@@ -13,22 +13,24 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from starlette.exceptions import HTTPException
 
-from app.api import FhirResponse, router
-from app.catalog import load_catalog
-from app.cds_api import router as cds_router
-from app.cds_trust import JwtVerifier, Unauthorized
+from app.access.inbound import InboundVerifier, RateLimiter
+from app.access.jwks import KeyCache
+from app.api.common import FhirResponse
+from app.api.health import router as health_router
+from app.api.history import router as history_router
+from app.api.openapi import contract
+from app.api.published import router as published_router
+from app.api.screen import router as screen_router
+from app.catalog.loader import load_catalog
+from app.cds.service import router as cds_router
+from app.cds.trust import JwtVerifier, Unauthorized
+from app.core.errors import TrialscreenError
+from app.core.observability import install_observability
+from app.core.settings import Settings, get_settings
 from app.demo import DEMO_PATIENTS
-from app.ehr_connection import ehr_auth, ehr_http_client, ehr_record_source, fetch_plan
-from app.errors import TrialscreenError
-from app.health import router as health_router
-from app.history_api import router as history_router
-from app.inbound_auth import InboundVerifier, RateLimiter
-from app.jwks import KeyCache
-from app.observability import install_observability
-from app.openapi_document import contract
-from app.record_source import DemoRecordSource
-from app.settings import Settings, get_settings
-from app.storage import Store
+from app.ehr.connection import ehr_auth, ehr_http_client, ehr_record_source, fetch_plan
+from app.ehr.record_source import DemoRecordSource
+from app.store.database import Store
 
 log = logging.getLogger("trialscreen")
 
@@ -95,7 +97,8 @@ def create_app(
         lifespan=lifespan,
     )
     app.dependency_overrides[get_settings] = lambda: settings
-    app.include_router(router)
+    app.include_router(screen_router)
+    app.include_router(published_router)
     app.include_router(history_router)
     app.include_router(cds_router)
     app.openapi = lambda: contract(app)  # type: ignore[method-assign]

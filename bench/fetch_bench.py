@@ -25,13 +25,13 @@ import orjson
 from aiohttp import web
 from httpx_aiohttp import AiohttpTransport
 
-from app.catalog import load_catalog
-from app.ehr_auth import NoAuth
-from app.ehr_connection import ehr_http_client
-from app.fetch_plan import FetchPlan, Search, plan_for
-from app.fhir_client import Deadline, FhirClient
-from app.record_source import EhrRecordSource
-from app.settings import Settings
+from app.catalog.loader import load_catalog
+from app.core.settings import Settings
+from app.ehr.auth import NoAuth
+from app.ehr.client import Deadline, FhirClient
+from app.ehr.connection import ehr_http_client
+from app.ehr.fetch_plan import FetchPlan, Search, plan_for
+from app.ehr.record_source import EhrRecordSource
 from tests import fhir_server
 from tests.mock_ehr import MockEhr
 

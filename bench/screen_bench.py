@@ -22,13 +22,14 @@ from pathlib import Path
 import httpx
 import orjson
 
-from app.bundle_reader import read_bundle
-from app.catalog import load_catalog
-from app.engine import LoadedTrial, evaluate
+from app.api.screen_request import parse_screen_request
+from app.catalog.loader import load_catalog
+from app.catalog.trial import LoadedTrial
+from app.core.settings import Settings
+from app.engine import evaluate
+from app.fhir_io.bundle_reader import read_bundle
+from app.fhir_io.report import guidance_response
 from app.main import create_app
-from app.report import guidance_response
-from app.screen_request import parse_screen_request
-from app.settings import Settings
 
 _DEFAULT_RECORD = Path(__file__).resolve().parent / "data" / "synthea-sle-large.json.gz"
 

@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from app.catalog import Catalog, load_catalog
+from app.catalog.loader import Catalog, load_catalog
+from app.core.settings import Settings
 from app.main import create_app
-from app.settings import Settings
 from tests import fhir_server as fhir
 from tests import postgres
 
-DEMO_PATIENTS = Path(__file__).resolve().parent.parent / "app" / "demo_patients"
+DEMO_PATIENTS = Path(__file__).resolve().parent.parent / "app" / "demo" / "patients"
 
 
 def pytest_configure(config: pytest.Config) -> None:

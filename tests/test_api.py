@@ -12,12 +12,12 @@ import pytest
 from fastapi.testclient import TestClient
 from fhir.resources.R4B import get_fhir_model_class
 
+from app.core.settings import Settings
 from app.main import create_app
-from app.settings import Settings
 from tests import fhir_builders
 
 SCREEN = "/fhir/ResearchStudy/NCT06801119/$screen"
-FIXTURES = Path(__file__).resolve().parent.parent / "app" / "demo_patients"
+FIXTURES = Path(__file__).resolve().parent.parent / "app" / "demo" / "patients"
 FHIR_JSON = {"content-type": "application/fhir+json"}
 
 

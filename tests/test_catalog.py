@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 import yaml
 
-from app.catalog import Catalog, load_catalog
-from app.errors import CatalogError
-from app.settings import Settings
+from app.catalog.loader import Catalog, load_catalog
+from app.core.errors import CatalogError
+from app.core.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 CRITERIA = ROOT / "criteria"

@@ -24,15 +24,15 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
+from app.core.settings import CdsClient, Settings
 from app.main import create_app
-from app.settings import CdsClient, Settings
 from tests.fhir_server import STRICT, FhirServer
 from tests.mock_ehr import MockEhr
 from tests.test_api import _same_answer, parameters, result_parameters, validate_r4
 from tests.test_cds_trust import bearer, claims, jwks, mint
 
 Json = dict[str, Any]
-DEMO = Path(__file__).resolve().parent.parent / "app" / "demo_patients"
+DEMO = Path(__file__).resolve().parent.parent / "app" / "demo" / "patients"
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "cds"
 PATIENT_IDS = sorted(p.stem for p in DEMO.glob("*.json"))
 BASE = "http://testserver"

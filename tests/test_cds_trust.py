@@ -25,8 +25,8 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.testclient import TestClient
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
+from app.core.settings import CdsClient, Settings
 from app.main import create_app
-from app.settings import CdsClient, Settings
 from tests.loopback import free_port, serving
 
 Json = dict[str, Any]

@@ -20,8 +20,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from app.ehr_auth import SmartBackendAuth
-from app.fhir_client import Deadline, EhrError, FhirClient
+from app.ehr.auth import SmartBackendAuth
+from app.ehr.client import Deadline, EhrError, FhirClient
 from tests.loopback import free_port, serving
 
 CLIENT_ID = "trialscreen-test"

@@ -9,12 +9,12 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from app.core.settings import Settings
 from app.main import create_app
-from app.settings import Settings
 from tests.fhir_server import FhirServer
 from tests.test_api import SCREEN_ALL, _same_answer, parameters, validate_r4
 
-DEMO = Path(__file__).resolve().parent.parent / "app" / "demo_patients"
+DEMO = Path(__file__).resolve().parent.parent / "app" / "demo" / "patients"
 AS_OF = "2025-11-01"
 
 

@@ -4,11 +4,11 @@ from datetime import date
 
 import pytest
 
-from app.catalog import Catalog
-from app.criteria_model import Duration
+from app.catalog.loader import Catalog
+from app.catalog.schema import Duration
 from app.engine.compare import satisfies, satisfies_censored
+from app.engine.record import Patient
 from app.engine.results import Status, kleene_all, kleene_any
-from app.record import Patient
 
 M, N, U, NA = Status.MET, Status.NOT_MET, Status.UNKNOWN, Status.NOT_APPLICABLE
 

@@ -13,15 +13,15 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from app.catalog import Catalog
-from app.ehr_auth import EhrAuth, NoAuth
+from app.catalog.loader import Catalog
+from app.core.errors import NotFound, UpstreamUnavailable
+from app.core.settings import Settings
+from app.ehr.auth import EhrAuth, NoAuth
+from app.ehr.client import FhirClient
+from app.ehr.fetch_plan import plan_for
+from app.ehr.record_source import EhrRecordSource, FetchedRecord
 from app.engine import Eligibility, Status, evaluate
-from app.errors import NotFound, UpstreamUnavailable
-from app.fetch_plan import plan_for
-from app.fhir_client import FhirClient
 from app.main import create_app
-from app.record_source import EhrRecordSource, FetchedRecord
-from app.settings import Settings
 from tests.mock_ehr import BASE, MockEhr, _json, on, once
 from tests.test_api import _baseline_bundle
 
@@ -68,7 +68,7 @@ def _statuses(catalog: Catalog, fetched: FetchedRecord) -> dict[str, Status]:
 
 
 def test_a_clean_fetch_screens_like_the_posted_bundle(ehr: MockEhr, catalog: Catalog) -> None:
-    from app.bundle_reader import read_bundle
+    from app.fhir_io.bundle_reader import read_bundle
 
     fetched = fetch(ehr, catalog, page_size=5)  # small pages: paging is exercised
     assert fetched.problems == ()

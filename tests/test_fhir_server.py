@@ -14,7 +14,7 @@ import pytest
 
 from tests import fhir_server as fhir
 
-DEMO_PATIENTS = Path(__file__).resolve().parent.parent / "app" / "demo_patients"
+DEMO_PATIENTS = Path(__file__).resolve().parent.parent / "app" / "demo" / "patients"
 PATIENT_IDS = sorted(path.stem for path in DEMO_PATIENTS.glob("*.json"))
 LOINC = "http://loinc.org"
 HAEMOGLOBIN_PLATELETS = {"718-7", "777-3"}

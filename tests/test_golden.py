@@ -4,9 +4,9 @@ from typing import Any
 
 import pytest
 
-from app.bundle_reader import read_bundle
-from app.catalog import Catalog
+from app.catalog.loader import Catalog
 from app.engine import Result, evaluate
+from app.fhir_io.bundle_reader import read_bundle
 from tests.golden_cases import GoldenCase, load_cases
 
 CASES = load_cases()

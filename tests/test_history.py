@@ -7,8 +7,8 @@ from typing import Any
 
 from fastapi.testclient import TestClient
 
+from app.core.settings import Settings
 from app.main import create_app
-from app.settings import Settings
 from tests import fhir_builders
 from tests.test_api import SCREEN, SCREEN_ALL, _same_answer, parameters, validate_r4
 

@@ -6,7 +6,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlmodel import SQLModel
 
-from app.storage import Store
+from app.store.database import Store
 
 
 def test_migrations_match_the_models(tmp_path: Path) -> None:

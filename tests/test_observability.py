@@ -18,12 +18,12 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from app.ehr_auth import NoAuth
-from app.fhir_client import Deadline, EhrError, FhirClient
+from app.core.observability import REGISTRY, JsonFormatter, configure_logging, install_observability
+from app.core.settings import Settings
+from app.ehr.auth import NoAuth
+from app.ehr.client import Deadline, EhrError, FhirClient
+from app.ehr.record_source import DemoRecordSource
 from app.main import create_app
-from app.observability import REGISTRY, JsonFormatter, configure_logging, install_observability
-from app.record_source import DemoRecordSource
-from app.settings import Settings
 from tests import fhir_builders
 from tests.mock_ehr import BASE, MockEhr, _json
 from tests.test_api import parameters, small_bundle

@@ -1,5 +1,5 @@
+from app.api.openapi import PATH, render
 from app.main import create_app
-from app.openapi_document import PATH, render
 
 
 def test_openapi_file_matches_the_app() -> None:

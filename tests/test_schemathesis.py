@@ -17,8 +17,8 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from app.core.settings import Settings
 from app.main import create_app
-from app.settings import Settings
 
 # The development setting: the contract is tested without tokens (authentication has its own
 # tests). The rate limit is off for the whole test run (tests/conftest.py).

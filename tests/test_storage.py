@@ -23,7 +23,7 @@ from sqlalchemy import create_engine, func, make_url, text
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlmodel import Session, select
 
-from app.storage import NewScreening, Store, StoredFeedback, StoredScreening
+from app.store.database import NewScreening, Store, StoredFeedback, StoredScreening
 from tests import postgres
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -237,7 +237,7 @@ from datetime import date
 
 sys.path.insert(0, sys.argv[1])
 from sqlalchemy import event
-from app.storage import NewScreening, Store
+from app.store.database import NewScreening, Store
 
 url, rows, padding, mode = sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
 store = Store(url)

@@ -1,6 +1,7 @@
-"""The pure screening engine: ``evaluate(trial, record, as_of)``."""
+"""The pure screening engine: ``evaluate(trial, record, as_of)`` over the lean record
+(``record``) the FHIR reader builds. No I/O: it imports the catalog's data models and nothing
+that touches a file, the network or the database (``tests/test_layers.py`` checks it)."""
 
-from app.engine.context import LoadedTrial
 from app.engine.evaluate import CriterionResult, Eligibility, Screening, evaluate
 from app.engine.results import DataRequest, Result, Status, Value
 
@@ -8,7 +9,6 @@ __all__ = [
     "CriterionResult",
     "DataRequest",
     "Eligibility",
-    "LoadedTrial",
     "Result",
     "Screening",
     "Status",

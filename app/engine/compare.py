@@ -2,7 +2,7 @@
 
 import math
 
-from app.criteria_model import Comparator
+from app.catalog.schema import Comparator
 
 _SYMBOL = {"<": "<", "<=": "≤", ">": ">", ">=": "≥"}
 

@@ -3,22 +3,11 @@
 from dataclasses import dataclass
 from datetime import date
 
-from app.criteria_model import Duration, Trial
+from app.catalog.mappings import Analyte, Mappings
+from app.catalog.schema import Duration
+from app.catalog.trial import LoadedTrial
+from app.engine.record import Observation, PatientRecord
 from app.engine.results import DataRequest
-from app.mappings import Analyte, Mappings
-from app.record import Observation, PatientRecord
-
-
-@dataclass(frozen=True, slots=True)
-class LoadedTrial:
-    """A trial file together with the terminology it was checked against."""
-
-    spec: Trial
-    mappings: Mappings
-
-    @property
-    def id(self) -> str:
-        return self.spec.id
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,7 @@ from datetime import date
 from enum import StrEnum
 from typing import Any
 
-from app.criteria_model import (
+from app.catalog.schema import (
     AgeCheck,
     AllergyCheck,
     Check,
@@ -27,11 +27,12 @@ from app.criteria_model import (
     PrednisoneDoseCheck,
     ProcedureCheck,
 )
+from app.catalog.trial import LoadedTrial
 from app.engine import history, measurements, medications
-from app.engine.context import Context, LoadedTrial
+from app.engine.context import Context
+from app.engine.record import PatientRecord
 from app.engine.results import DataRequest, Result, Status, Value, kleene_all, kleene_any
 from app.engine.sources import MEDICATIONS, source_of
-from app.record import PatientRecord
 
 
 class Eligibility(StrEnum):

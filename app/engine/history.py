@@ -7,16 +7,16 @@ from collections.abc import Callable, Sequence
 from datetime import date
 from typing import Protocol, TypeVar
 
-from app.criteria_model import (
+from app.catalog.mappings import CodeMatcher
+from app.catalog.schema import (
     AllergyCheck,
     ConditionCheck,
     ImmunizationCheck,
     ProcedureCheck,
 )
 from app.engine.context import Context
+from app.engine.record import Allergy, Coding, Condition
 from app.engine.results import Result, Status
-from app.mappings import CodeMatcher
-from app.record import Allergy, Coding, Condition
 
 
 class _Dated(Protocol):

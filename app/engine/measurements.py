@@ -4,16 +4,16 @@ qualitative findings (positive / low / coded), and Cockcroft-Gault creatinine cl
 from dataclasses import dataclass, replace
 from datetime import date
 
-from app.criteria_model import (
+from app.catalog.mappings import Analyte
+from app.catalog.schema import (
     CreatinineClearanceCheck,
     LabFindingCheck,
     MeasurementCheck,
 )
 from app.engine.compare import satisfies, satisfies_censored, symbol
 from app.engine.context import Context
+from app.engine.record import Observation
 from app.engine.results import DataRequest, Result, Status, Value
-from app.mappings import Analyte
-from app.record import Observation
 
 _POSITIVE, _NEGATIVE, _INDETERMINATE = "positive", "negative", "indeterminate"
 

@@ -5,10 +5,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date
 
-from app.criteria_model import DistinctDrugsCheck, MedicationCheck, PrednisoneDoseCheck
+from app.catalog.schema import DistinctDrugsCheck, MedicationCheck, PrednisoneDoseCheck
 from app.engine.context import Context
+from app.engine.record import MedicationUse
 from app.engine.results import DataRequest, Result, Status, Value
-from app.record import MedicationUse
 
 _ROUTES = {
     ("http://snomed.info/sct", "26643006"): "oral",

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import date
 from enum import StrEnum
 
-from app.record import Coding
+from app.engine.record import Coding
 
 
 class Status(StrEnum):

@@ -1,7 +1,7 @@
 """Which part of the record each kind of check reads, so that a part the EHR could not deliver
 makes exactly the checks that depend on it unknown."""
 
-from app.criteria_model import (
+from app.catalog.schema import (
     AgeCheck,
     AllergyCheck,
     Check,

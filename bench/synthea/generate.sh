@@ -10,7 +10,7 @@
 #   3. generate 12 women aged 35-65, seed 7, reference date 2025-11-01 into the scratch
 #      directory (the raw cohort never lands in the repository);
 #   4. run trim.py, which writes bench/data/synthea-sle-large.json.gz and
-#      app/demo_patients/<patient-id>.json.
+#      app/demo/patients/<patient-id>.json.
 #
 # Environment overrides:
 #   SYNTHEA_VENV     venv location          (default /tmp/trialscreen-synthea-venv)
@@ -83,4 +83,4 @@ mkdir -p "${out_dir}"
     --input "${out_dir}" \
     --reference-date "${REFERENCE_DATE}" \
     --large-out "${REPO_ROOT}/bench/data/synthea-sle-large.json.gz" \
-    --fixtures-dir "${REPO_ROOT}/app/demo_patients"
+    --fixtures-dir "${REPO_ROOT}/app/demo/patients"

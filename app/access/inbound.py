@@ -1,0 +1,167 @@
+"""Who may call the REST API: OAuth2 bearer JWTs from the configured issuer, checked for
+signature (keys from its JWKS), ``iss``, ``aud``, ``exp``/``nbf`` and scopes; and how often.
+
+Scopes follow SMART on FHIR: ``system/GuidanceResponse.read`` (or ``.rs``) reads stored
+screenings; ``system/GuidanceResponse.write`` (or ``.c``) runs ``$screen``, which creates them;
+``system/AuditEvent.read`` is the auditor's. Without a token, requests are served only when
+``TRIALSCREEN_ALLOW_UNAUTHENTICATED`` says so (development).
+"""
+
+import re
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import jwt
+from fastapi import Request
+
+from app.access.jwks import KeyCache, parse_jwks
+from app.core.errors import Forbidden, NotAuthenticated, TooManyRequests
+from app.core.settings import Settings
+from app.store import audit
+
+Permission = Literal["read", "create"]
+_SKEW = 30
+_SCOPE = re.compile(r"(system|user|patient)/(\*|[A-Za-z]+)\.(\*|read|write|[cruds]+)")
+_GRANTS: dict[Permission, frozenset[str]] = {
+    "read": frozenset({"read", "*", "r", "s"}),
+    "create": frozenset({"write", "*", "c"}),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    client_id: str
+    scopes: frozenset[str]
+    authenticated: bool
+
+    def may(self, resource: str, permission: Permission) -> bool:
+        if not self.authenticated:
+            return True  # development setting: everything is allowed
+        for scope in self.scopes:
+            match = _SCOPE.fullmatch(scope)
+            if match and match[2] in {resource, "*"}:
+                granted = match[3]
+                # SMART v1 words (read, write, *) or v2 letters (c r u d s, e.g. "rs")
+                letters = set() if granted in {"read", "write", "*"} else set(granted)
+                if granted in _GRANTS[permission] or letters & _GRANTS[permission]:
+                    return True
+        return False
+
+
+class InboundVerifier:
+    def __init__(self, settings: Settings, keys: KeyCache) -> None:
+        self.settings = settings
+        self.keys = keys
+        self.audience = settings.auth_audience or settings.public_base_url.rstrip("/")
+
+    async def principal(self, authorization: str | None) -> Principal | None:
+        """The caller, or None when there is no token at all."""
+        if authorization is None:
+            return None
+        if not authorization.startswith("Bearer "):
+            raise NotAuthenticated("Send an OAuth2 access token: Authorization: Bearer <token>.")
+        token = authorization.removeprefix("Bearer ").strip()
+        settings = self.settings
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError:
+            raise NotAuthenticated("The access token is not a JWT.") from None
+        alg, kid = header.get("alg"), header.get("kid")
+        if not isinstance(alg, str) or alg not in settings.auth_algorithms:
+            raise NotAuthenticated("The access token's algorithm is not accepted.")
+        key = await self._key(kid)
+        if key is None or settings.auth_issuer is None:
+            raise NotAuthenticated("The access token's signing key is not known.")
+        try:
+            claims: dict[str, Any] = jwt.decode(
+                token,
+                key.key,
+                algorithms=[alg],
+                audience=self.audience,
+                issuer=settings.auth_issuer,
+                leeway=_SKEW,
+                options={"require": ["iss", "aud", "exp"]},
+            )
+        except jwt.ExpiredSignatureError:
+            raise NotAuthenticated("The access token has expired.") from None
+        except (jwt.PyJWTError, TypeError, ValueError):
+            raise NotAuthenticated("The access token is not valid for this service.") from None
+        scope = claims.get("scope", claims.get("scp", ""))
+        scopes = scope.split() if isinstance(scope, str) else [str(s) for s in scope or []]
+        client = claims.get("client_id") or claims.get("azp") or claims.get("sub") or "unknown"
+        return Principal(str(client), frozenset(scopes), authenticated=True)
+
+    async def _key(self, kid: Any) -> jwt.PyJWK | None:
+        settings = self.settings
+        if settings.auth_jwks_url is not None and isinstance(kid, str):
+            return await self.keys.key(settings.auth_jwks_url, kid)
+        keys = parse_jwks(settings.auth_jwks or {})
+        if isinstance(kid, str):
+            return keys.get(kid)
+        return next(iter(keys.values())) if len(keys) == 1 else None
+
+
+class RateLimiter:
+    """A token bucket per client: ``per_minute`` sustained, ``burst`` at once."""
+
+    def __init__(self, per_minute: int, burst: int, clock: Callable[[], float] = time.monotonic):
+        self.rate = per_minute / 60.0
+        self.burst = float(max(1, burst))
+        self.clock = clock
+        self._buckets: dict[str, tuple[float, float]] = {}
+
+    def take(self, client: str) -> int | None:
+        """None when allowed; else the seconds to wait."""
+        if self.rate <= 0:
+            return None
+        now = self.clock()
+        tokens, then = self._buckets.get(client, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - then) * self.rate)
+        if tokens < 1:
+            self._buckets[client] = (tokens, now)
+            return max(1, int((1 - tokens) / self.rate + 0.999))
+        self._buckets[client] = (tokens - 1, now)
+        return None
+
+
+def require(resource: str, permission: Permission) -> Callable[[Request], Awaitable[Principal]]:
+    """A FastAPI dependency: the authenticated caller with the right scope, within its rate."""
+
+    async def dependency(request: Request) -> Principal:
+        state = request.app.state
+        settings: Settings = state.settings
+        verifier: InboundVerifier = state.inbound_verifier
+        host = request.client.host if request.client else "unknown"
+        principal: Principal | None = None
+        try:
+            principal = await verifier.principal(request.headers.get("authorization"))
+            if principal is None:
+                if not settings.allow_unauthenticated:
+                    raise NotAuthenticated("This endpoint needs an OAuth2 access token.")
+                principal = Principal(f"anonymous@{host}", frozenset(), authenticated=False)
+            if not principal.may(resource, permission):
+                raise Forbidden(
+                    f"The access token lacks a scope allowing {permission} of {resource} "
+                    f"(e.g. system/{resource}.{permission if permission == 'read' else 'write'})."
+                )
+        except (NotAuthenticated, Forbidden) as exc:
+            who = principal.client_id if principal else f"unauthenticated@{host}"
+            await audit.record(
+                request,
+                action="E",
+                interaction="access-denied",
+                outcome="4",
+                agent=who,
+                description=f"{exc.status_code} on {request.method} {request.url.path}",
+            )
+            raise
+        limiter: RateLimiter = state.rate_limiter
+        wait = limiter.take(principal.client_id)
+        if wait is not None:
+            raise TooManyRequests(f"Too many requests from this client; retry in {wait} s.", wait)
+        request.state.principal = principal
+        return principal
+
+    return dependency

@@ -1,0 +1,166 @@
+"""``$screen``: one patient's record screened against one trial or every trial."""
+
+import asyncio
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import APIRouter, Request
+
+from app.access.inbound import Principal
+from app.api.common import (
+    FHIR_JSON,
+    CatalogDep,
+    FhirResponse,
+    Screener,
+    SettingsDep,
+    read_body,
+    trial_named,
+)
+from app.api.screen_request import parse_screen_request
+from app.catalog.loader import Catalog
+from app.core.errors import InvalidInput, TrialscreenError
+from app.core.settings import Settings, zone_of
+from app.ehr.record_source import FetchedRecord, RecordSource
+from app.engine import evaluate
+from app.fhir_io.bundle_reader import read_bundle, record_digest
+from app.screening.issued import describe
+from app.store import audit
+from app.store.database import Store
+
+router = APIRouter(prefix="/fhir")
+
+_FHIR_OBJECT = {"type": "object", "additionalProperties": True}
+_OUTCOME = {"description": "OperationOutcome saying what is wrong", "content": {FHIR_JSON: {}}}
+_SCREEN_BODY = (
+    "FHIR Parameters: 'bundle' (resource: the patient's record as a Bundle, exactly one "
+    "Patient) or 'patient' (valueReference Patient/{id} or valueString id: fetched from the "
+    "EHR), optional 'asOf' (valueDate, default today)"
+)
+SCREEN_OPENAPI: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "description": _SCREEN_BODY + ".",
+        "content": {
+            FHIR_JSON: {"schema": _FHIR_OBJECT},
+            "application/json": {"schema": _FHIR_OBJECT},
+        },
+    },
+    "responses": {
+        "200": {
+            "description": "GuidanceResponse; per-criterion results in the contained Parameters",
+            "content": {FHIR_JSON: {"schema": _FHIR_OBJECT}},
+        },
+        "400": _OUTCOME,
+        "404": _OUTCOME,
+        "413": _OUTCOME,
+        "502": _OUTCOME,
+        "415": _OUTCOME,
+        "422": _OUTCOME,
+    },
+}
+
+
+async def _screen(
+    study_id: str | None, body: bytes, settings: Settings, request: Request, who: Principal
+) -> list[Any]:
+    """One GuidanceResponse per trial (one study, else every trial or those named by 'study'),
+    from one reading (or one fetch) of the record; each is stored, and the screening audited,
+    before it is returned."""
+    catalog: Catalog = request.app.state.catalog
+    patient = None
+    try:
+        parsed = parse_screen_request(body)
+        if study_id is not None and parsed.studies:
+            raise InvalidInput("'study' belongs to the all-trials $screen, not to one study's.")
+        names = [study_id] if study_id else list(dict.fromkeys(parsed.studies)) or catalog.trials
+        trials = [trial_named(catalog, name) for name in names]
+        now = datetime.now(UTC)
+        as_of = parsed.as_of or now.astimezone(zone_of(settings)).date()
+        if parsed.bundle is not None:
+            fetched = FetchedRecord(read_bundle(parsed.bundle), digest=record_digest(parsed.bundle))
+        else:
+            assert parsed.patient_id is not None  # parse_screen_request: bundle or patient
+            patient = f"Patient/{parsed.patient_id}"
+            source: RecordSource = request.app.state.record_source
+            fetched = await source.fetch(parsed.patient_id, as_of)
+        patient = fetched.record.patient.ref or patient
+        screenings = [
+            describe(evaluate(trial, fetched.record, as_of), fetched, settings, now, who.client_id)
+            for trial in trials
+        ]
+        done = audit.event(
+            action="E",
+            interaction="screen",
+            outcome="0",
+            agent=who.client_id,
+            description=f"screened against {len(screenings)} trial(s)",
+            patient_ref=patient,
+            entities=tuple(f"GuidanceResponse/{s.guidance['id']}" for s in screenings),
+        )
+        store: Store = request.app.state.store
+        await asyncio.to_thread(store.save, screenings, done)
+    except TrialscreenError as exc:
+        await audit.record(
+            request,
+            action="E",
+            interaction="screen",
+            outcome="4",
+            agent=who.client_id,
+            description=f"screening refused: {exc.status_code}",
+            patient_ref=patient,
+        )
+        raise
+    return [s.guidance for s in screenings]
+
+
+SCREEN_ALL_OPENAPI: dict[str, Any] = {
+    "requestBody": {
+        **SCREEN_OPENAPI["requestBody"],
+        "description": _SCREEN_BODY + ", and 'study' (valueString, repeating) to restrict the "
+        "trials.",
+    },
+    "responses": {
+        **SCREEN_OPENAPI["responses"],
+        "200": {
+            "description": "collection Bundle: one GuidanceResponse per trial",
+            "content": {FHIR_JSON: {"schema": _FHIR_OBJECT}},
+        },
+    },
+}
+
+
+@router.post(
+    "/ResearchStudy/{study_id}/$screen",
+    response_class=FhirResponse,
+    openapi_extra=SCREEN_OPENAPI,
+)
+async def screen(
+    study_id: str, request: Request, settings: SettingsDep, catalog: CatalogDep, who: Screener
+) -> FhirResponse:
+    """Screen one patient's record (a Bundle in a Parameters) against one trial; answer with a
+    GuidanceResponse."""
+    trial_named(catalog, study_id)  # an unknown trial is a 404 before the body is read
+    body = await read_body(request, settings.max_body_bytes)
+    (response,) = await _screen(study_id, body, settings, request, who)
+    return FhirResponse(response)
+
+
+@router.post(
+    "/ResearchStudy/$screen",
+    response_class=FhirResponse,
+    openapi_extra=SCREEN_ALL_OPENAPI,
+)
+async def screen_all(
+    request: Request, settings: SettingsDep, catalog: CatalogDep, who: Screener
+) -> FhirResponse:
+    """Screen one patient's record against every trial (or those named by 'study' parameters);
+    answer with a collection Bundle of GuidanceResponses, one per trial."""
+    body = await read_body(request, settings.max_body_bytes)
+    responses = await _screen(None, body, settings, request, who)
+    return FhirResponse(
+        {
+            "resourceType": "Bundle",
+            "type": "collection",
+            "entry": [{"fullUrl": f"urn:uuid:{r['id']}", "resource": r} for r in responses],
+        }
+    )

@@ -1,0 +1,334 @@
+"""The CDS Hooks service (2.0 on the wire; 3.0 additions accepted): discovery, the
+``patient-view`` hook, and feedback.
+
+A hook call is screened against every trial from ``prefetch``, fetching from the caller's
+``fhirServer`` only what prefetch lacked, and only when that server is registered for the
+caller's issuer. The ``fhirAuthorization`` token is used for that fetch alone: never cached,
+stored or logged. ``hookInstance`` is the correlation id in logs.
+"""
+
+import asyncio
+import logging
+import time
+import uuid
+from datetime import UTC, date, datetime
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from app.catalog.loader import Catalog
+from app.cds.cards import card, card_uuid, pending_card, shows_card
+from app.cds.trust import Caller, JwtVerifier
+from app.core.errors import InvalidInput, NotFound, TrialscreenError
+from app.core.settings import CdsClient, Settings, zone_of
+from app.ehr.auth import BearerAuth
+from app.ehr.client import Deadline, FhirClient, SearchOutcome
+from app.ehr.connection import fhir_client
+from app.ehr.fetch_plan import FetchPlan, Search
+from app.ehr.record_source import FetchedRecord, assemble, fetch_parts
+from app.engine import evaluate
+from app.screening.issued import describe
+from app.store import audit
+from app.store.database import NewScreening, Store, StoredFeedback
+
+log = logging.getLogger("trialscreen.cds")
+router = APIRouter(prefix="/cds-services")
+SERVICE_ID = "trial-eligibility"
+_ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-.")
+Json = dict[str, Any]
+
+
+class PreconditionFailed(TrialscreenError):
+    """CDS Hooks: required data could neither be prefetched nor fetched."""
+
+    status_code = 412
+    issue_code = "incomplete"
+
+
+@router.get("")
+async def discovery(request: Request) -> JSONResponse:
+    plan: FetchPlan = request.app.state.fetch_plan
+    prefetch = {"patient": "Patient/{{context.patientId}}"}
+    prefetch |= {s.key: s.query() for s in plan.searches("{{context.patientId}}", None)}
+    return JSONResponse(
+        {
+            "services": [
+                {
+                    "hook": "patient-view",
+                    "id": SERVICE_ID,
+                    "title": "Clinical trial eligibility",
+                    "description": "Screens the patient in view against the inclusion and "
+                    "exclusion criteria of every trial this service holds, and shows a card for "
+                    "each trial the patient may be eligible for.",
+                    "prefetch": prefetch,
+                }
+            ]
+        }
+    )
+
+
+@router.post("/{service_id}")
+async def patient_view(service_id: str, request: Request) -> JSONResponse:
+    started = time.monotonic()
+    _known(service_id)
+    settings: Settings = request.app.state.settings
+    caller = await _authenticate(request, settings)
+    hook = _parse(await request.body())
+    if hook.get("hook") != "patient-view":
+        raise InvalidInput("This service answers the patient-view hook.", expression="hook")
+    instance = hook.get("hookInstance")
+    context = hook.get("context")
+    patient_id = context.get("patientId") if isinstance(context, dict) else None
+    if not isinstance(instance, str) or not _is_id(patient_id):
+        raise InvalidInput("A hook call carries hookInstance and context.patientId.")
+    assert isinstance(patient_id, str)
+    now = datetime.now(UTC)
+    as_of = now.astimezone(zone_of(settings)).date()
+    plan: FetchPlan = request.app.state.fetch_plan
+    searches = plan.searches(patient_id, as_of)
+    prefetch = hook.get("prefetch") or {}
+    if not isinstance(prefetch, dict):
+        raise InvalidInput("prefetch must be an object.", expression="prefetch")
+    patient, parts, to_fetch = _from_prefetch(prefetch, searches)
+    fetched_parts: list[tuple[Search, SearchOutcome]] = []
+    if patient is None or to_fetch:
+        client = _fhir_client(hook, caller, request, settings)
+        task = asyncio.ensure_future(
+            fetch_parts(
+                client, patient_id, to_fetch, Deadline.after(settings.ehr_deadline), patient
+            )
+        )
+        budget = max(0.0, settings.cds_fetch_budget - (time.monotonic() - started))
+        try:
+            patient, fetched_parts = await asyncio.wait_for(asyncio.shield(task), budget)
+        except TimeoutError:
+            return _pending(request, task, parts, as_of, now, caller, instance)
+    assert patient is not None
+    fetched = assemble(patient, parts + [(s, o.resources, o.problem) for s, o in fetched_parts])
+    cards = await _screen(request, fetched, as_of, now, caller, instance)
+    log.info(
+        "hook %s: %d card(s) in %.0f ms", instance, len(cards), (time.monotonic() - started) * 1e3
+    )
+    return JSONResponse({"cards": cards})
+
+
+@router.post("/{service_id}/feedback")
+async def feedback(service_id: str, request: Request) -> Response:
+    _known(service_id)
+    settings: Settings = request.app.state.settings
+    caller = await _authenticate(request, settings)
+    body = _parse(await request.body())
+    items = body.get("feedback")
+    if not isinstance(items, list) or not items:
+        raise InvalidInput("feedback must be a non-empty array.", expression="feedback")
+    store: Store = request.app.state.store
+    rows = []
+    for i, item in enumerate(items):
+        if not isinstance(item, dict) or item.get("outcome") not in {"accepted", "overridden"}:
+            raise InvalidInput(
+                "Each feedback names its card and an outcome.", expression=f"feedback[{i}]"
+            )
+        card_id = item.get("card")
+        screening_id = await asyncio.to_thread(store.screening_for_card, str(card_id))
+        if screening_id is None:
+            raise NotFound(f"No card {card_id!r} was issued by this service.")
+        reason = item.get("overrideReason")
+        rows.append(
+            StoredFeedback(
+                screening_id=screening_id,
+                card_uuid=str(card_id),
+                outcome=item["outcome"],
+                override_reason=orjson.dumps(reason) if isinstance(reason, dict) else None,
+                outcome_timestamp=_timestamp(item.get("outcomeTimestamp")),
+                received=datetime.now(UTC),
+            )
+        )
+    await asyncio.to_thread(store.save_feedback, rows)
+    await audit.record(
+        request,
+        action="C",
+        interaction="cds-feedback",
+        outcome="0",
+        agent=caller.client.iss,
+        description=f"{len(rows)} feedback item(s) on cards",
+        entities=tuple(f"GuidanceResponse/{r.screening_id}" for r in rows),
+    )
+    return Response(status_code=200)
+
+
+def _known(service_id: str) -> None:
+    if service_id != SERVICE_ID:
+        raise NotFound(f"No CDS service {service_id!r} (see GET /cds-services).")
+
+
+async def _authenticate(request: Request, settings: Settings) -> Caller:
+    if settings.allow_unauthenticated and "authorization" not in request.headers:
+        bases = (settings.ehr_base_url,) if settings.ehr_base_url else ()
+        return Caller(CdsClient(iss="unauthenticated", fhir_bases=bases), None)
+    verifier: JwtVerifier = request.app.state.jwt_verifier
+    audience = f"{settings.public_base_url.rstrip('/')}{request.url.path}"
+    return await verifier.verify(request.headers.get("authorization"), audience)
+
+
+def _parse(body: bytes) -> Json:
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput(f"The request body is not valid JSON: {exc}.") from None
+    if not isinstance(parsed, dict):
+        raise InvalidInput("The request body must be a JSON object.")
+    return parsed
+
+
+def _is_id(value: Any) -> bool:
+    return isinstance(value, str) and 0 < len(value) <= 64 and set(value) <= _ID_CHARS
+
+
+def _from_prefetch(
+    prefetch: Json, searches: list[Search]
+) -> tuple[Json | None, list[tuple[Search, list[Json], str | None]], list[Search]]:
+    """What prefetch supplied, and the searches still to run. A missing key means "fetch it",
+    null means "no data"; a Bundle with a next page, or anything but a Bundle, is fetched."""
+    patient = prefetch.get("patient")
+    if not (isinstance(patient, dict) and patient.get("resourceType") == "Patient"):
+        patient = None
+    parts: list[tuple[Search, list[Json], str | None]] = []
+    to_fetch: list[Search] = []
+    for search in searches:
+        if search.key in prefetch and prefetch[search.key] is None:
+            parts.append((search, [], None))
+            continue
+        bundle = prefetch.get(search.key)
+        complete = (
+            isinstance(bundle, dict)
+            and bundle.get("resourceType") == "Bundle"
+            and not any(link.get("relation") == "next" for link in bundle.get("link", []) or [])
+        )
+        if not complete:
+            to_fetch.append(search)
+            continue
+        assert isinstance(bundle, dict)
+        resources = [
+            e["resource"]
+            for e in bundle.get("entry", []) or []
+            if isinstance(e, dict)
+            and isinstance(e.get("resource"), dict)
+            and e["resource"].get("resourceType") == search.resource_type
+        ]
+        parts.append((search, resources, None))
+    return patient, parts, to_fetch
+
+
+def _fhir_client(hook: Json, caller: Caller, request: Request, settings: Settings) -> FhirClient:
+    """A client for the caller's fhirServer, or 412: only a server registered for the caller's
+    issuer is ever called (no SSRF), and only with the token the caller handed over."""
+    server = hook.get("fhirServer")
+    auth = hook.get("fhirAuthorization")
+    token = auth.get("access_token") if isinstance(auth, dict) else None
+    allowed = {b.rstrip("/") for b in caller.client.fhir_bases}
+    if not isinstance(server, str) or server.rstrip("/") not in allowed:
+        raise PreconditionFailed(
+            "Prefetch lacks data this service needs, and no FHIR server registered for the "
+            "caller was given to fetch it from."
+        )
+    if not isinstance(token, str) and caller.client.iss != "unauthenticated":
+        raise PreconditionFailed("Prefetch lacks data and no fhirAuthorization was given.")
+    auth = BearerAuth(token) if isinstance(token, str) else request.app.state.ehr_auth
+    return fhir_client(settings, request.app.state.http, server, auth)
+
+
+async def _screen(
+    request: Request,
+    fetched: FetchedRecord,
+    as_of: date,
+    now: datetime,
+    caller: Caller,
+    instance: str,
+    ids: list[str] | None = None,
+) -> list[Json]:
+    """Screen against every trial, store each screening, and return the cards to show. With
+    ``ids`` (the pending path) the screenings take those ids and each keeps a card uuid, since the
+    pending card already linked to them and feedback may refer to it."""
+    settings: Settings = request.app.state.settings
+    catalog: Catalog = request.app.state.catalog
+    stored: list[NewScreening] = []
+    cards: list[Json] = []
+    for n, trial in enumerate(catalog.trials.values()):
+        screening = evaluate(trial, fetched.record, as_of)
+        screening_id = ids[n] if ids else str(uuid.uuid4())
+        shown = shows_card(screening, settings.cds_show_ineligible)
+        stored.append(
+            describe(
+                screening,
+                fetched,
+                settings,
+                now,
+                requested_by=f"cds:{caller.client.iss}",
+                card_uuid=card_uuid(screening_id) if shown or ids else None,
+                screening_id=screening_id,
+            )
+        )
+        if shown:
+            base = settings.public_base_url.rstrip("/")
+            cards.append(card(screening, screening_id, base, settings.canonical_base))
+    done = audit.event(
+        action="E",
+        interaction="cds-hook",
+        outcome="0",
+        agent=caller.client.iss,
+        description=f"patient-view hook {instance}: {len(cards)} card(s)"
+        + (" after a pending card" if ids else ""),
+        patient_ref=fetched.record.patient.ref,
+        entities=tuple(f"GuidanceResponse/{s.guidance['id']}" for s in stored),
+    )
+    store: Store = request.app.state.store
+    await asyncio.to_thread(store.save, stored, done)
+    return cards
+
+
+def _pending(
+    request: Request,
+    task: "asyncio.Future[tuple[Json | None, list[tuple[Search, SearchOutcome]]]]",
+    parts: list[tuple[Search, list[Json], str | None]],
+    as_of: date,
+    now: datetime,
+    caller: Caller,
+    instance: str,
+) -> JSONResponse:
+    """The EHR is slower than the hook's time: answer now, finish in the background, and store
+    each trial's report under the id the card already links to."""
+    settings: Settings = request.app.state.settings
+    catalog: Catalog = request.app.state.catalog
+    trials = list(catalog.trials.values())
+    ids = [str(uuid.uuid4()) for _ in trials]
+
+    async def finish() -> None:
+        try:
+            patient, outcomes = await task
+            assert patient is not None
+            fetched = assemble(patient, parts + [(s, o.resources, o.problem) for s, o in outcomes])
+            await _screen(request, fetched, as_of, now, caller, instance, ids)
+        except Exception as exc:
+            log.warning("hook %s: background screening failed (%s)", instance, type(exc).__name__)
+
+    background: set[asyncio.Task[None]] = request.app.state.background
+    job = asyncio.create_task(finish())
+    background.add(job)
+    job.add_done_callback(background.discard)
+    log.info("hook %s: EHR too slow, answered with a pending card", instance)
+    reports = [(t.spec.acronym, sid) for t, sid in zip(trials, ids, strict=True)]
+    base = settings.public_base_url.rstrip("/")
+    # The pending card answers for the first trial's screening: feedback on it lands there.
+    pending = pending_card(reports, base, settings.canonical_base, card_uuid(ids[0]))
+    return JSONResponse({"cards": [pending]})
+
+
+def _timestamp(value: Any) -> datetime:
+    if isinstance(value, str):
+        try:
+            return datetime.fromisoformat(value)
+        except ValueError:
+            pass
+    return datetime.now(UTC)

@@ -1,0 +1,125 @@
+"""The service's one typed settings object, read from the environment (prefix ``TRIALSCREEN_``)."""
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+from zoneinfo import ZoneInfo
+
+from pydantic import BaseModel, ConfigDict, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_ROOT = Path(__file__).resolve().parents[2]
+
+
+class CdsClient(BaseModel):
+    """An EHR allowed to call the CDS Hooks service (one entry per JWT issuer)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    iss: str
+    jwks_url: str | None = None
+    """Where the issuer's public keys are published (fetched, cached, refreshed on unknown kid)."""
+    jwks: dict[str, Any] | None = None
+    """Or the keys themselves (a JWK Set)."""
+    jku_allowlist: tuple[str, ...] = ()
+    """``jku`` header values accepted for this issuer; any other jku is refused, never fetched."""
+    fhir_bases: tuple[str, ...] = ()
+    """FHIR base URLs this issuer may send as ``fhirServer``; any other is never called."""
+    tenant: str | None = None
+    """If set, the JWT's ``tenant`` claim must equal it."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TRIALSCREEN_", frozen=True)
+
+    canonical_base: str = "https://trialscreen.org/fhir"
+    """Base of the canonical URLs the service publishes (PlanDefinition, ValueSet, CodeSystem)."""
+
+    criteria_dir: Path = _ROOT / "criteria"
+    mappings_dir: Path = _ROOT / "fhir_mappings"
+
+    database_url: str = f"sqlite:///{_ROOT / 'var' / 'trialscreen.db'}"
+    """Where screenings are kept: an SQLite file by default, PostgreSQL in production."""
+
+    public_base_url: str = "http://127.0.0.1:8000"
+    """How clients reach this service: absolute links in CDS cards, and the ``aud`` a CDS
+    client's JWT must carry."""
+
+    # --- who may call the REST API ------------------------------------------------------------
+    auth_issuer: str | None = None
+    """Issuer of the OAuth2 access tokens callers present (their ``iss``)."""
+    auth_jwks_url: str | None = None
+    """Where that issuer publishes its keys."""
+    auth_jwks: dict[str, Any] | None = None
+    """Or its keys themselves (a JWK Set)."""
+    auth_audience: str | None = None
+    """Required ``aud``; defaults to public_base_url."""
+    auth_algorithms: tuple[str, ...] = ("RS256", "RS384", "ES256", "ES384")
+    rate_limit_per_minute: int = 120
+    """Requests each client may make per minute on the protected API (0: no limit)."""
+    rate_limit_burst: int = 30
+
+    # --- CDS Hooks -------------------------------------------------------------------------------
+    cds_clients: tuple[CdsClient, ...] = ()
+    """EHRs allowed to call the CDS Hooks service (JSON list)."""
+    allow_unauthenticated: bool = False
+    """Development only: serve the REST API and CDS Hooks calls without a token (a warning is
+    logged at start); fhirServer is then used only when it equals ehr_base_url."""
+    cds_fetch_budget: float = 0.35
+    """Seconds a hook call may spend fetching what prefetch lacked before it answers with a
+    'screening pending' card (CDS Hooks asks for answers on the order of 500 ms)."""
+    cds_show_ineligible: bool = False
+    """Also show a card when the patient is ineligible."""
+    cors_origins: tuple[str, ...] = ()
+    """Browser origins (e.g. the CDS Hooks sandbox) allowed to call the service."""
+
+    timezone: str = "UTC"
+    """Time zone whose calendar day is "today" when a request gives no as-of date."""
+
+    max_body_bytes: int = 64 * 1024 * 1024
+    """Largest request body accepted. A large Synthea record is about 7 MB; 64 MiB leaves room for
+    long hospital histories while bounding memory per request."""
+
+    # --- the EHR's FHIR server, for $screen by patient id ---------------------------------------
+    ehr_base_url: str | None = None
+    """FHIR base URL of the EHR. Unset: patients are read from the bundled demo records."""
+    ehr_auth: Literal["none", "bearer", "smart"] = "none"
+    ehr_token: SecretStr | None = None
+    """Static bearer token (ehr_auth=bearer)."""
+    smart_client_id: str | None = None
+    smart_private_key: SecretStr | None = None
+    """PEM private key for the SMART Backend Services client assertion (ehr_auth=smart)."""
+    smart_key_id: str | None = None
+    smart_algorithm: Literal["RS384", "ES384"] = "RS384"
+    smart_scopes: str = (
+        "system/Patient.rs system/Observation.rs system/Condition.rs "
+        "system/MedicationRequest.rs system/MedicationAdministration.rs system/Immunization.rs "
+        "system/Procedure.rs system/AllergyIntolerance.rs"
+    )
+    ehr_headers: dict[str, str] = {}
+    """Extra headers on every EHR request (e.g. Epic-Client-ID; Prefer: handling=strict)."""
+    ehr_medication_types: tuple[str, ...] = ("MedicationRequest", "MedicationAdministration")
+    """Medication resource types fetched (MedicationStatement is not a US Core search)."""
+    ehr_page_size: int = 100
+    """_count asked per page (Oracle allows up to 200)."""
+    ehr_max_pages: int = 50
+    """Pages followed per search before the search counts as incomplete."""
+    ehr_codes_per_search: int = 40
+    """Observation codes per search, keeping URLs short enough for every EHR."""
+    ehr_connect_timeout: float = 5.0
+    ehr_read_timeout: float = 20.0
+    ehr_deadline: float = 30.0
+    """Seconds one screening may spend fetching, retries included."""
+    ehr_max_attempts: int = 4
+    """Tries per request on 429, 502-504 and connection errors."""
+    ehr_max_response_bytes: int = 32 * 1024 * 1024
+    """Largest single EHR response read."""
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
+
+
+def zone_of(settings: Settings) -> ZoneInfo:
+    return ZoneInfo(settings.timezone)

@@ -1,0 +1,425 @@
+"""Read one patient's record out of a FHIR R4 Bundle (already JSON-decoded) into the lean record.
+
+Only the fields the engine uses are read; everything else is left alone, so a full Synthea record
+of thousands of resources reads in milliseconds. A field that is present but of the wrong shape is
+an :class:`InvalidInput` naming its path: a record is screened as sent or not at all.
+"""
+
+import hashlib
+from collections.abc import Callable
+from datetime import date
+from typing import Any
+
+import orjson
+
+from app.core.errors import InvalidInput, UnprocessableInput
+from app.core.fhir_dates import parse_fhir_date
+from app.engine.record import (
+    Allergy,
+    Coding,
+    Condition,
+    Dose,
+    Immunization,
+    MedicationUse,
+    Observation,
+    Patient,
+    PatientRecord,
+    Procedure,
+    Quantity,
+)
+
+_UCUM = "http://unitsofmeasure.org"
+_OBSERVATION_COUNTS = {"final", "amended", "corrected"}
+_CONDITION_VOID = {"refuted", "entered-in-error"}
+_MEDICATION_VOID = {"entered-in-error", "cancelled", "draft", "not-taken", "not-done"}
+_MEDICATION_USES = {"MedicationRequest", "MedicationStatement", "MedicationAdministration"}
+_EVENT_VOID = {"entered-in-error", "not-done", "preparation", "cancelled"}
+
+Json = dict[str, Any]
+
+
+class _Reader:
+    """Field access with the path of the resource being read, for error messages."""
+
+    def __init__(self, where: str, ref: str = "") -> None:
+        self.where = where
+        self.ref = ref
+        """How the results cite the resource: ``Type/id``, else the entry's fullUrl."""
+
+    def at(self, key: str) -> "_Reader":
+        return _Reader(f"{self.where}.{key}", self.ref)
+
+    def fail(self, field: str, expected: str) -> InvalidInput:
+        return InvalidInput(
+            f"{self.where}.{field} must be {expected}.", expression=f"{self.where}.{field}"
+        )
+
+    def obj(self, data: Json, key: str) -> Json | None:
+        value = data.get(key)
+        if value is None or isinstance(value, dict):
+            return value
+        raise self.fail(key, "an object")
+
+    def objs(self, data: Json, key: str) -> list[Json]:
+        value = data.get(key)
+        if value is None:
+            return []
+        if isinstance(value, list) and all(isinstance(v, dict) for v in value):
+            return value
+        raise self.fail(key, "an array of objects")
+
+    def text(self, data: Json, key: str) -> str | None:
+        value = data.get(key)
+        if value is None or isinstance(value, str):
+            return value
+        raise self.fail(key, "a string")
+
+    def number(self, data: Json, key: str) -> float | None:
+        value = data.get(key)
+        if value is None:
+            return None
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        raise self.fail(key, "a number")
+
+    def day(self, data: Json, key: str) -> date | None:
+        value = self.text(data, key)
+        if value is None:
+            return None
+        try:
+            return parse_fhir_date(value)
+        except ValueError:
+            raise self.fail(key, f"a FHIR date or dateTime (got {value!r})") from None
+
+    def period_start(self, data: Json, key: str) -> date | None:
+        period = self.obj(data, key)
+        return None if period is None else self.at(key).day(period, "start")
+
+    def period_end(self, data: Json, key: str) -> date | None:
+        period = self.obj(data, key)
+        return None if period is None else self.at(key).day(period, "end")
+
+    def concept(self, data: Json, key: str) -> tuple[tuple[Coding, ...], str]:
+        cc = self.obj(data, key)
+        if cc is None:
+            return (), ""
+        inner = self.at(key)
+        codings = tuple(
+            (c.get("system") or "", c["code"])
+            for c in inner.objs(cc, "coding")
+            if isinstance(c.get("code"), str)
+        )
+        label = inner.text(cc, "text") or next(
+            (c["display"] for c in inner.objs(cc, "coding") if isinstance(c.get("display"), str)),
+            "",
+        )
+        return codings, label
+
+    def concepts(self, data: Json, key: str) -> tuple[Coding, ...]:
+        out: list[Coding] = []
+        inner = self.at(key)
+        for cc in self.objs(data, key):
+            out.extend(
+                (c.get("system") or "", c["code"])
+                for c in inner.objs(cc, "coding")
+                if isinstance(c.get("code"), str)
+            )
+        return tuple(out)
+
+    def quantity(self, data: Json, key: str) -> Quantity | None:
+        q = self.obj(data, key)
+        if q is None:
+            return None
+        inner = self.at(key)
+        value = inner.number(q, "value")
+        if value is None:
+            return None
+        code = inner.text(q, "code")
+        ucum = code is not None and q.get("system", _UCUM) == _UCUM
+        unit = code if ucum else inner.text(q, "unit")
+        return Quantity(value, unit or "", inner.text(q, "comparator"))
+
+    def status_code(self, data: Json, key: str) -> str | None:
+        codings, _ = self.concept(data, key)
+        return codings[0][1] if codings else None
+
+
+def read_bundle(bundle: Any) -> PatientRecord:
+    """The record of the one patient the Bundle is about."""
+    if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
+        raise InvalidInput("The 'bundle' parameter must hold a FHIR Bundle resource.")
+    resources: list[tuple[_Reader, Json]] = []
+    medications: dict[str, Json] = {}
+    for i, entry in enumerate(_Reader("Bundle").objs(bundle, "entry")):
+        where = f"Bundle.entry[{i}].resource"
+        resource = entry.get("resource")
+        if resource is None:
+            continue
+        if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
+            raise InvalidInput(
+                f"{where} is not a FHIR resource (no resourceType).", expression=where
+            )
+        full_url = entry.get("fullUrl") if isinstance(entry.get("fullUrl"), str) else None
+        rid = resource.get("id")
+        ref = f"{resource['resourceType']}/{rid}" if isinstance(rid, str) else full_url
+        # A resource with neither id nor fullUrl cannot be cited; its results carry no reference.
+        resources.append((_Reader(where, ref or ""), resource))
+        if resource["resourceType"] == "Medication":
+            for key in (ref, full_url):
+                if key:
+                    medications[key] = resource
+
+    patients = [(w, r) for w, r in resources if r["resourceType"] == "Patient"]
+    if len(patients) != 1:
+        found = "no Patient" if not patients else f"{len(patients)} Patients"
+        raise UnprocessableInput(
+            f"The Bundle must hold exactly one Patient resource; it holds {found}.",
+            expression="Bundle.entry",
+        )
+    by_kind: dict[str, list[Any]] = {kind: [] for kind in (*_READERS, "Medication*")}
+    for read, resource in resources:
+        kind = resource["resourceType"]
+        if kind in _MEDICATION_USES:
+            by_kind["Medication*"].extend(_medication(read, resource, medications))
+        elif (reader := _READERS.get(kind)) is not None:
+            by_kind[kind].extend(reader(read, resource))
+    return PatientRecord(
+        patient=_patient(*patients[0]),
+        observations=tuple(by_kind["Observation"]),
+        conditions=tuple(by_kind["Condition"]),
+        medications=tuple(by_kind["Medication*"]),
+        immunizations=tuple(by_kind["Immunization"]),
+        procedures=tuple(by_kind["Procedure"]),
+        allergies=tuple(by_kind["AllergyIntolerance"]),
+    )
+
+
+def _patient(read: _Reader, r: Json) -> Patient:
+    return Patient(read.ref, read.day(r, "birthDate"), read.text(r, "gender"))
+
+
+def _observations(read: _Reader, r: Json) -> list[Observation]:
+    if read.text(r, "status") not in _OBSERVATION_COUNTS:
+        return []
+    when = read.day(r, "effectiveDateTime") or read.period_start(r, "effectivePeriod")
+    when = when or read.day(r, "effectiveInstant") or read.day(r, "issued")
+    if when is None:
+        return []
+    ref = read.ref
+    ranges = read.objs(r, "referenceRange")
+    low = read.quantity(ranges[0], "low") if ranges else None
+    high = read.quantity(ranges[0], "high") if ranges else None
+    interpretation = read.concepts(r, "interpretation")
+    codes, text = read.concept(r, "code")
+    out = [_observation(read, r, ref, codes, text, when, interpretation, low, high)]
+    for i, component in enumerate(read.objs(r, "component")):
+        sub = read.at(f"component[{i}]")
+        c_codes, c_text = sub.concept(component, "code")
+        c_ranges = sub.objs(component, "referenceRange")
+        out.append(
+            _observation(
+                sub,
+                component,
+                ref,
+                c_codes,
+                c_text,
+                when,
+                sub.concepts(component, "interpretation"),
+                sub.quantity(c_ranges[0], "low") if c_ranges else None,
+                sub.quantity(c_ranges[0], "high") if c_ranges else None,
+            )
+        )
+    return out
+
+
+def _observation(
+    read: _Reader,
+    data: Json,
+    ref: str,
+    codes: tuple[Coding, ...],
+    text: str,
+    when: date,
+    interpretation: tuple[Coding, ...],
+    low: Quantity | None,
+    high: Quantity | None,
+) -> Observation:
+    quantity = read.quantity(data, "valueQuantity")
+    integer = data.get("valueInteger")
+    if quantity is None and integer is not None:
+        number = read.number(data, "valueInteger")
+        quantity = None if number is None else Quantity(number, "")
+    value_codes, value_label = read.concept(data, "valueCodeableConcept")
+    value_text = read.text(data, "valueString") or value_label or None
+    ratio = read.obj(data, "valueRatio")
+    if ratio is not None:
+        num, den = read.quantity(ratio, "numerator"), read.quantity(ratio, "denominator")
+        if num is not None and den is not None:
+            value_text = f"{num.value:g}:{den.value:g}"
+    flag = data.get("valueBoolean")
+    if flag is not None and not isinstance(flag, bool):
+        raise read.fail("valueBoolean", "true or false")
+    return Observation(
+        ref=ref,
+        codes=codes,
+        text=text,
+        when=when,
+        quantity=quantity,
+        value_codes=value_codes,
+        value_text=value_text.strip().lower() if value_text else None,
+        value_bool=flag,
+        interpretation=interpretation,
+        ref_low=low,
+        ref_high=high,
+    )
+
+
+def _conditions(read: _Reader, r: Json) -> list[Condition]:
+    if read.status_code(r, "verificationStatus") in _CONDITION_VOID:
+        return []
+    codes, text = read.concept(r, "code")
+    onset = read.day(r, "onsetDateTime") or read.period_start(r, "onsetPeriod")
+    abated = read.day(r, "abatementDateTime") or read.period_end(r, "abatementPeriod")
+    return [
+        Condition(
+            ref=read.ref,
+            codes=codes,
+            text=text,
+            onset=onset,
+            recorded=read.day(r, "recordedDate"),
+            abated=abated,
+            clinical_status=read.status_code(r, "clinicalStatus"),
+        )
+    ]
+
+
+def _medication(read: _Reader, r: Json, medications: dict[str, Json]) -> list[MedicationUse]:
+    status = read.text(r, "status") or "unknown"
+    if status in _MEDICATION_VOID:
+        return []
+    codes, text = read.concept(r, "medicationCodeableConcept")
+    strengths: tuple[float, ...] = ()
+    reference = read.obj(r, "medicationReference")
+    if reference is not None and isinstance(reference.get("reference"), str):
+        target = _resolve(reference["reference"], r, medications)
+        if target is not None:
+            m_read = read.at("medicationReference")
+            codes, text = m_read.concept(target, "code")
+            strengths = _strengths(m_read, target)
+    start = (
+        read.day(r, "authoredOn")
+        or read.day(r, "effectiveDateTime")
+        or read.period_start(r, "effectivePeriod")
+        or read.day(r, "dateAsserted")
+    )
+    end = read.period_end(r, "effectivePeriod")
+    dispense = read.obj(r, "dispenseRequest")
+    if end is None and dispense is not None:
+        end = read.period_end(dispense, "validityPeriod")
+    dosages = read.objs(r, "dosageInstruction") or read.objs(r, "dosage")
+    routes: tuple[Coding, ...] = ()
+    dose = None
+    if dosages:
+        routes, dose = _dosage(read.at("dosage[0]"), dosages[0])
+    elif (adm := read.obj(r, "dosage")) is not None:
+        routes, dose = _dosage(read.at("dosage"), adm)
+    return [MedicationUse(read.ref, codes, text, status, start, end, routes, dose, strengths)]
+
+
+def _resolve(reference: str, owner: Json, medications: dict[str, Json]) -> Json | None:
+    """The Medication a reference points to: contained ("#id"), by fullUrl, or relative."""
+    if reference.startswith("#"):
+        contained = owner.get("contained")
+        if isinstance(contained, list):
+            for item in contained:
+                if isinstance(item, dict) and f"#{item.get('id')}" == reference:
+                    return item
+        return None
+    return medications.get(reference) or medications.get("/".join(reference.split("/")[-2:]))
+
+
+def _strengths(read: _Reader, medication: Json) -> tuple[float, ...]:
+    out = []
+    for ing in read.objs(medication, "ingredient"):
+        ratio = read.obj(ing, "strength")
+        if ratio is None:
+            continue
+        num, den = read.quantity(ratio, "numerator"), read.quantity(ratio, "denominator")
+        if num is not None and num.unit == "mg" and (den is None or den.value == 1):
+            out.append(num.value)
+    return tuple(out)
+
+
+def _dosage(read: _Reader, dosage: Json) -> tuple[tuple[Coding, ...], Dose | None]:
+    routes, _ = read.concept(dosage, "route")
+    quantity = None
+    for dr in read.objs(dosage, "doseAndRate"):
+        quantity = read.quantity(dr, "doseQuantity")
+        if quantity is not None:
+            break
+    quantity = quantity or read.quantity(dosage, "dose")
+    if quantity is None:
+        return routes, None
+    timing = read.obj(dosage, "timing")
+    repeat = read.obj(timing, "repeat") if timing else None
+    if repeat is None:
+        return routes, Dose(quantity.value, quantity.unit, 1, 1.0, "d") if timing is None else None
+    frequency = read.number(repeat, "frequency") or 1
+    period = read.number(repeat, "period")
+    unit = read.text(repeat, "periodUnit")
+    if period is None or unit is None:
+        return routes, None
+    return routes, Dose(quantity.value, quantity.unit, int(frequency), period, unit)
+
+
+def _immunizations(read: _Reader, r: Json) -> list[Immunization]:
+    if read.text(r, "status") in _EVENT_VOID:
+        return []
+    when = read.day(r, "occurrenceDateTime") or read.day(r, "recorded")
+    if when is None:
+        return []
+    codes, text = read.concept(r, "vaccineCode")
+    return [Immunization(read.ref, codes, text, when)]
+
+
+def _procedures(read: _Reader, r: Json) -> list[Procedure]:
+    if read.text(r, "status") in _EVENT_VOID:
+        return []
+    when = read.day(r, "performedDateTime") or read.period_start(r, "performedPeriod")
+    codes, text = read.concept(r, "code")
+    return [Procedure(read.ref, codes, text, when)]
+
+
+def _allergies(read: _Reader, r: Json) -> list[Allergy]:
+    if read.status_code(r, "verificationStatus") in _CONDITION_VOID:
+        return []
+    codes, text = read.concept(r, "code")
+    reactions = read.objs(r, "reaction")
+    manifestations = tuple(
+        m for x in reactions for m in read.at("reaction").concepts(x, "manifestation")
+    )
+    substances = tuple(c for x in reactions for c in read.concept(x, "substance")[0])
+    return [
+        Allergy(
+            ref=read.ref,
+            codes=codes + substances,
+            text=text,
+            when=read.day(r, "onsetDateTime") or read.day(r, "recordedDate"),
+            criticality=read.text(r, "criticality"),
+            severe_reaction=any(x.get("severity") == "severe" for x in reactions),
+            manifestations=manifestations,
+        )
+    ]
+
+
+_READERS: dict[str, Callable[[_Reader, Json], list[Any]]] = {
+    "Observation": _observations,
+    "Condition": _conditions,
+    "Immunization": _immunizations,
+    "Procedure": _procedures,
+    "AllergyIntolerance": _allergies,
+}
+
+
+def record_digest(bundle: dict[str, Any]) -> str:
+    """SHA-256 of the record as received (keys sorted), kept with each screening."""
+    return hashlib.sha256(orjson.dumps(bundle, option=orjson.OPT_SORT_KEYS)).hexdigest()

@@ -1,0 +1,42 @@
+"""One screening as the service issues it: the GuidanceResponse and what is kept of it. Shared by
+the REST operation and the CDS Hooks service."""
+
+import uuid
+from datetime import datetime
+
+from app.core.observability import count_screening
+from app.core.settings import Settings
+from app.ehr.record_source import FetchedRecord
+from app.engine import Screening
+from app.fhir_io.report import guidance_response
+from app.store.database import NewScreening
+
+
+def describe(
+    screening: Screening,
+    fetched: FetchedRecord,
+    settings: Settings,
+    now: datetime,
+    requested_by: str,
+    card_uuid: str | None = None,
+    screening_id: str | None = None,
+) -> NewScreening:
+    guidance = guidance_response(
+        screening,
+        response_id=screening_id or str(uuid.uuid4()),
+        canonical_base=settings.canonical_base,
+        issued=now,
+        warnings=fetched.problems,
+    )
+    count_screening(screening.trial.id, screening.eligibility.value)
+    return NewScreening(
+        guidance=guidance,
+        trial_id=screening.trial.id,
+        criteria_version=screening.trial.spec.version,
+        as_of=screening.as_of,
+        patient_ref=screening.patient_ref,
+        eligibility=screening.eligibility.value,
+        record_digest=fetched.digest,
+        requested_by=requested_by,
+        card_uuid=card_uuid,
+    )

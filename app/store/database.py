@@ -1,0 +1,199 @@
+"""Where screenings, CDS Hooks feedback and the audit trail are kept: SQLModel tables on the
+database named by ``TRIALSCREEN_DATABASE_URL`` (an SQLite file by default, PostgreSQL in
+production). The schema is Alembic's (``app/store/migrations``), brought up to date when a
+Store opens.
+
+Calls are synchronous (SQLAlchemy sessions) and short; the API runs them in a worker thread.
+Each write is one transaction: a screening is stored whole or not at all.
+"""
+
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import DateTime, Engine, event, func
+from sqlmodel import Field, Session, SQLModel, col, create_engine, select
+
+_MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+_WHEN = DateTime(timezone=True)
+
+
+class StoredScreening(SQLModel, table=True):
+    __tablename__ = "screening"
+
+    id: str = Field(primary_key=True)
+    """The GuidanceResponse id."""
+    trial_id: str = Field(index=True)
+    criteria_version: str
+    as_of: date
+    patient_ref: str = Field(index=True)
+    eligibility: str
+    record_digest: str
+    """SHA-256 of the record as screened (canonical JSON), to tell re-screenings apart."""
+    requested_by: str
+    created: datetime = Field(sa_type=_WHEN, index=True)
+    card_uuid: str | None = Field(default=None, index=True)
+    guidance: bytes
+    """The GuidanceResponse as issued (JSON)."""
+
+
+class StoredFeedback(SQLModel, table=True):
+    __tablename__ = "cds_feedback"
+
+    id: int | None = Field(default=None, primary_key=True)
+    screening_id: str = Field(foreign_key="screening.id", index=True)
+    card_uuid: str
+    outcome: str
+    override_reason: bytes | None = None
+    outcome_timestamp: datetime = Field(sa_type=_WHEN)
+    received: datetime = Field(sa_type=_WHEN)
+
+
+class StoredAuditEvent(SQLModel, table=True):
+    """One access to patient data: who, which patient, what action, outcome, when. No PHI
+    beyond the patient reference, no tokens, no bodies."""
+
+    __tablename__ = "audit_event"
+
+    id: str = Field(primary_key=True)
+    recorded: datetime = Field(sa_type=_WHEN, index=True)
+    action: str = Field(max_length=1)
+    """FHIR AuditEvent.action: C create, R read, E execute."""
+    interaction: str
+    """What was done: screen, cds-hook, cds-feedback, read, search, audit-read."""
+    outcome: str = Field(max_length=2)
+    """FHIR AuditEvent.outcome: 0 success, 4 minor failure, 8 serious failure."""
+    agent: str = Field(index=True)
+    patient_ref: str | None = Field(default=None, index=True)
+    entity_ref: str | None = None
+    description: str
+
+
+@dataclass(frozen=True, slots=True)
+class NewScreening:
+    guidance: dict[str, Any]
+    trial_id: str
+    criteria_version: str
+    as_of: date
+    patient_ref: str
+    eligibility: str
+    record_digest: str
+    requested_by: str
+    card_uuid: str | None = None
+
+
+class Store:
+    def __init__(self, url: str) -> None:
+        if url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:"):
+            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        connect_args = {"check_same_thread": False} if url.startswith("sqlite") else {}
+        self.engine: Engine = create_engine(url, connect_args=connect_args)
+        if url.startswith("sqlite"):
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        self.migrate()
+
+    def migrate(self) -> None:
+        """Bring the schema to the newest migration (idempotent)."""
+        config = Config()
+        config.set_main_option("script_location", str(_MIGRATIONS))
+        with self.engine.begin() as connection:
+            config.attributes["connection"] = connection
+            command.upgrade(config, "head")
+
+    def save(self, screenings: list[NewScreening], audit: "StoredAuditEvent | None" = None) -> None:
+        """The screenings and the audit row recording them: all in one transaction or none."""
+        now = datetime.now(UTC)
+        with Session(self.engine, expire_on_commit=False) as session, session.begin():
+            if audit is not None:
+                session.add(audit)
+            for s in screenings:
+                session.add(
+                    StoredScreening(
+                        id=s.guidance["id"],
+                        trial_id=s.trial_id,
+                        criteria_version=s.criteria_version,
+                        as_of=s.as_of,
+                        patient_ref=s.patient_ref,
+                        eligibility=s.eligibility,
+                        record_digest=s.record_digest,
+                        requested_by=s.requested_by,
+                        created=now,
+                        card_uuid=s.card_uuid,
+                        guidance=orjson.dumps(s.guidance),
+                    )
+                )
+
+    def guidance(self, screening_id: str) -> bytes | None:
+        row = self.screening(screening_id)
+        return None if row is None else row.guidance
+
+    def screening(self, screening_id: str) -> StoredScreening | None:
+        with Session(self.engine) as session:
+            return session.get(StoredScreening, screening_id)
+
+    def screening_for_card(self, card_uuid: str) -> str | None:
+        with Session(self.engine) as session:
+            query = select(StoredScreening.id).where(StoredScreening.card_uuid == card_uuid)
+            return session.exec(query).first()
+
+    def screenings_for(
+        self, patient_ref: str | None, trial_id: str | None, offset: int, count: int
+    ) -> tuple[int, list[bytes]]:
+        """(total, GuidanceResponses newest first) of the patient's screenings."""
+        query = select(StoredScreening)
+        if patient_ref is not None:
+            query = query.where(StoredScreening.patient_ref == patient_ref)
+        if trial_id is not None:
+            query = query.where(StoredScreening.trial_id == trial_id)
+        with Session(self.engine) as session:
+            total = session.exec(select(func.count()).select_from(query.subquery())).one()
+            page = query.order_by(col(StoredScreening.created).desc(), col(StoredScreening.id))
+            rows = session.exec(page.offset(offset).limit(count)).all()
+            return total, [r.guidance for r in rows]
+
+    def save_audit(self, item: StoredAuditEvent) -> None:
+        with Session(self.engine, expire_on_commit=False) as session, session.begin():
+            session.add(item)
+
+    def audit_events(
+        self, patient_ref: str | None, offset: int, count: int
+    ) -> tuple[int, list[StoredAuditEvent]]:
+        query = select(StoredAuditEvent)
+        if patient_ref is not None:
+            query = query.where(StoredAuditEvent.patient_ref == patient_ref)
+        with Session(self.engine) as session:
+            total = session.exec(select(func.count()).select_from(query.subquery())).one()
+            page = query.order_by(col(StoredAuditEvent.recorded).desc(), col(StoredAuditEvent.id))
+            return total, list(session.exec(page.offset(offset).limit(count)).all())
+
+    def save_feedback(self, items: list[StoredFeedback]) -> None:
+        with Session(self.engine, expire_on_commit=False) as session, session.begin():
+            session.add_all(items)
+
+    def feedback_for(self, screening_id: str) -> list[StoredFeedback]:
+        with Session(self.engine) as session:
+            query = select(StoredFeedback).where(StoredFeedback.screening_id == screening_id)
+            return list(session.exec(query).all())
+
+    def ping(self) -> bool:
+        """Whether the database answers (readiness)."""
+        try:
+            with self.engine.connect() as connection:
+                connection.exec_driver_sql("SELECT 1")
+        except Exception:
+            return False
+        return True
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def _sqlite_pragmas(connection: Any, _: Any) -> None:
+    cursor = connection.cursor()
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.close()

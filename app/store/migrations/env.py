@@ -1,0 +1,15 @@
+"""Alembic environment: the Store hands over its connection; the models' metadata is the target."""
+
+from alembic import context
+from sqlmodel import SQLModel
+
+from app.store import database  # noqa: F401 - registers the tables on SQLModel.metadata
+
+connection = context.config.attributes["connection"]
+context.configure(
+    connection=connection,
+    target_metadata=SQLModel.metadata,
+    render_as_batch=connection.dialect.name == "sqlite",
+)
+with context.begin_transaction():
+    context.run_migrations()
