@@ -192,36 +192,45 @@ BAD_REQUESTS: list[tuple[str, bytes | dict[str, Any], int, str]] = [
         "patientId",
     ),
     (
-        "entry without resourceType",
+        "only an entry without resourceType",
         parameters({"resourceType": "Bundle", "entry": [{"resource": {"id": "x"}}]}),
-        400,
-        "entry[0]",
-    ),
-    (
-        "birthDate not a date",
-        parameters(_bundle_with({**PATIENT, "birthDate": "01/02/1980"})),
-        400,
-        "birthDate",
-    ),
-    (
-        "value of the wrong type",
-        parameters(
-            _bundle_with(
-                PATIENT,
-                {
-                    "resourceType": "Observation",
-                    "status": "final",
-                    "code": {"coding": [{"system": "http://loinc.org", "code": "718-7"}]},
-                    "effectiveDateTime": "2026-01-01",
-                    "valueQuantity": {"value": "eleven", "unit": "g/dL"},
-                },
-            )
-        ),
-        400,
-        "valueQuantity.value",
+        422,
+        "no Patient",
     ),
     ("entries not an array", parameters({"resourceType": "Bundle", "entry": {}}), 400, "entry"),
 ]
+
+
+def test_unreadable_resources_are_named_not_refused(client: TestClient) -> None:
+    """A resource of the wrong shape is one bad resource, not a bad request: the screening goes on,
+    names each such resource in evaluationMessage, and cannot come out eligible on the rest."""
+    bad_hb = {
+        "resourceType": "Observation",
+        "id": "hb",
+        "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "718-7"}]},
+        "effectiveDateTime": "2026-01-01",
+        "valueQuantity": {"value": "eleven", "unit": "g/dL"},
+    }
+    bundle = _bundle_with({**PATIENT, "birthDate": "01/02/1980"}, bad_hb)
+    bundle["entry"].append({"resource": {"id": "x"}})
+    response = client.post(
+        SCREEN, content=json.dumps(parameters(bundle, "2026-02-01")), headers=FHIR_JSON
+    )
+    assert response.status_code == 200, response.text
+    guidance = response.json()
+    validate_r4(guidance)
+    messages = next(c for c in guidance["contained"] if c["resourceType"] == "OperationOutcome")
+    said = " ".join(i["diagnostics"] for i in messages["issue"])
+    for path in (
+        "entry[0].resource.birthDate",
+        "entry[1].resource.valueQuantity.value",
+        "entry[2]",
+    ):
+        assert path in said
+    result = next(c for c in guidance["contained"] if c["resourceType"] == "Parameters")
+    eligibility = next(p["valueCode"] for p in result["parameter"] if p["name"] == "eligibility")
+    assert eligibility != "eligible"
 
 
 @pytest.mark.parametrize(

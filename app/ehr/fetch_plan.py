@@ -13,14 +13,11 @@ from datetime import date
 from app.catalog.mappings import Mappings
 from app.catalog.schema import (
     Check,
-    CreatinineClearanceCheck,
     Duration,
     GroupCheck,
-    LabFindingCheck,
-    MeasurementCheck,
 )
 from app.catalog.trial import LoadedTrial
-from app.engine.sources import MEDICATIONS, source_of
+from app.engine.sources import MEDICATIONS, analytes_of, source_of
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +81,7 @@ def plan_for(
     needs_medications = False
     for trial in trials:
         for check in (c for criterion in trial.spec.criteria for c in _walk(criterion.checks)):
-            analytes = _analytes(check)
+            analytes = analytes_of(check)
             if analytes:
                 lookback.append(getattr(check, "within", None) or trial.spec.screening_window)
                 for name in analytes:
@@ -109,17 +106,6 @@ def _key(resource_type: str) -> str:
     """MedicationRequest -> medication-requests."""
     words = "".join(f"-{c.lower()}" if c.isupper() else c for c in resource_type).strip("-")
     return f"{words}s"
-
-
-def _analytes(check: Check) -> tuple[str, ...]:
-    if isinstance(check, MeasurementCheck):
-        extra = (check.percent_of.percent, check.percent_of.total) if check.percent_of else ()
-        return (check.analyte, *extra)
-    if isinstance(check, LabFindingCheck):
-        return check.analytes
-    if isinstance(check, CreatinineClearanceCheck):
-        return ("creatinine_clearance_cg", "creatinine", "body_weight")
-    return ()
 
 
 def _walk(checks: tuple[Check, ...]) -> Iterator[Check]:

@@ -32,7 +32,7 @@ from app.engine import history, measurements, medications
 from app.engine.context import Context
 from app.engine.record import PatientRecord
 from app.engine.results import DataRequest, Result, Status, Value, kleene_all, kleene_any
-from app.engine.sources import MEDICATIONS, source_of
+from app.engine.sources import MEDICATIONS, bears_on, source_of
 
 
 class Eligibility(StrEnum):
@@ -125,7 +125,7 @@ def _check(check: Check, ctx: Context) -> Result:
             children=children,
         )
     else:
-        result = _LEAVES[type(check)](check, ctx)
+        result = _held_back(check, _LEAVES[type(check)](check, ctx), ctx)
     if check.expect == "absent":
         result = _negated(result)
     review = check.review
@@ -147,6 +147,44 @@ def _unfetched(check: Check, source: str, problem: str) -> Result:
         "cannot be decided.",
         review=check.review,
         data_requests=(DataRequest(request_type, (), f"complete {source} data from the EHR"),),
+    )
+
+
+# Coded history only grows: a record that was found stays found whatever else the record holds.
+_FOUND_STANDS = (
+    ConditionCheck,
+    ProcedureCheck,
+    ImmunizationCheck,
+    AllergyCheck,
+    MedicationCheck,
+    DistinctDrugsCheck,
+)
+
+
+def _held_back(check: Check, result: Result, ctx: Context) -> Result:
+    """Unknown instead of a definite answer that an unreadable resource could overturn: one that
+    may be the missing record, a newer measurement, or another dose to add."""
+    if result.status not in {Status.MET, Status.NOT_MET}:
+        return result
+    if result.status is Status.MET and isinstance(check, _FOUND_STANDS):
+        return result
+    source = source_of(check)
+    blocking = [
+        u
+        for u in ctx.record.unreadable
+        if u.source in {None, source} and bears_on(check, u.codes, ctx.mappings)
+    ]
+    if not blocking:
+        return result
+    listed = "; ".join(u.describe() for u in blocking[:3])
+    more = f" and {len(blocking) - 3} more" if len(blocking) > 3 else ""
+    return replace(
+        result,
+        status=Status.UNKNOWN,
+        reason=f"{result.reason} Not decided: the record also holds a resource that could not be "
+        f"read and may bear on this: {listed}{more}.",
+        evidence=result.evidence + tuple(u.ref for u in blocking if u.ref),
+        review=(*result.review, f"{check.label}: check the unreadable resource {listed}{more}"),
     )
 
 

@@ -138,6 +138,26 @@ class Patient:
 
 
 @dataclass(frozen=True, slots=True)
+class Unreadable:
+    """A resource the reader could not read as FHIR says it should be. It is kept, not dropped:
+    the checks that read its part of the record (and, when its codes could be read, only those
+    its codes bear on) cannot rule it out, so they are not decided on the rest alone."""
+
+    ref: str
+    source: str | None
+    """The part of the record it belongs to (a resource type, or "Medication"); None when not
+    even its type is known."""
+    codes: tuple[Coding, ...]
+    """Its codes where they could still be read; empty means it may be about anything."""
+    text: str
+    problem: str
+
+    def describe(self) -> str:
+        label = f"{self.text} " if self.text else ""
+        return f"{label}({self.ref or 'a resource without id'}): {self.problem}"
+
+
+@dataclass(frozen=True, slots=True)
 class PatientRecord:
     patient: Patient
     observations: tuple[Observation, ...] = ()
@@ -148,6 +168,7 @@ class PatientRecord:
     allergies: tuple[Allergy, ...] = ()
     incomplete: Mapping[str, str] = field(default_factory=dict)
     """Parts of the record the EHR did not fully deliver (source -> what went wrong)."""
+    unreadable: tuple[Unreadable, ...] = ()
     _by_code: Mapping[Coding, tuple[Observation, ...]] = field(
         default_factory=dict, compare=False, repr=False
     )

@@ -1,8 +1,10 @@
 """Read one patient's record out of a FHIR R4 Bundle (already JSON-decoded) into the lean record.
 
 Only the fields the engine uses are read; everything else is left alone, so a full Synthea record
-of thousands of resources reads in milliseconds. A field that is present but of the wrong shape is
-an :class:`InvalidInput` naming its path: a record is screened as sent or not at all.
+of thousands of resources reads in milliseconds. A resource with a field of the wrong shape does
+not sink the record: it is kept as :class:`Unreadable` (with its path and whatever codes could be
+read), and the checks it may bear on are left undecided. Only a Bundle that is not a Bundle, or
+that does not hold exactly one Patient, is refused.
 """
 
 import hashlib
@@ -26,7 +28,9 @@ from app.engine.record import (
     PatientRecord,
     Procedure,
     Quantity,
+    Unreadable,
 )
+from app.engine.sources import MEDICATIONS
 
 _UCUM = "http://unitsofmeasure.org"
 _OBSERVATION_COUNTS = {"final", "amended", "corrected"}
@@ -150,15 +154,17 @@ def read_bundle(bundle: Any) -> PatientRecord:
         raise InvalidInput("The 'bundle' parameter must hold a FHIR Bundle resource.")
     resources: list[tuple[_Reader, Json]] = []
     medications: dict[str, Json] = {}
+    unreadable: list[Unreadable] = []
     for i, entry in enumerate(_Reader("Bundle").objs(bundle, "entry")):
         where = f"Bundle.entry[{i}].resource"
         resource = entry.get("resource")
         if resource is None:
             continue
         if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
-            raise InvalidInput(
-                f"{where} is not a FHIR resource (no resourceType).", expression=where
-            )
+            # Not even its type is known: it may be about anything the criteria read.
+            problem = f"{where} is not a FHIR resource (no resourceType)."
+            unreadable.append(Unreadable("", None, (), "", problem))
+            continue
         full_url = entry.get("fullUrl") if isinstance(entry.get("fullUrl"), str) else None
         rid = resource.get("id")
         ref = f"{resource['resourceType']}/{rid}" if isinstance(rid, str) else full_url
@@ -176,22 +182,57 @@ def read_bundle(bundle: Any) -> PatientRecord:
             f"The Bundle must hold exactly one Patient resource; it holds {found}.",
             expression="Bundle.entry",
         )
-    by_kind: dict[str, list[Any]] = {kind: [] for kind in (*_READERS, "Medication*")}
+    by_kind: dict[str, list[Any]] = {kind: [] for kind in (*_READERS, MEDICATIONS)}
     for read, resource in resources:
         kind = resource["resourceType"]
-        if kind in _MEDICATION_USES:
-            by_kind["Medication*"].extend(_medication(read, resource, medications))
-        elif (reader := _READERS.get(kind)) is not None:
-            by_kind[kind].extend(reader(read, resource))
+        try:
+            if kind in _MEDICATION_USES:
+                by_kind[MEDICATIONS].extend(_medication(read, resource, medications))
+            elif (reader := _READERS.get(kind)) is not None:
+                by_kind[kind].extend(reader(read, resource))
+        except InvalidInput as exc:
+            unreadable.append(_unreadable(read, resource, exc))
+    read, resource = patients[0]
+    try:
+        patient = _patient(read, resource)
+    except InvalidInput as exc:
+        unreadable.append(_unreadable(read, resource, exc))
+        gender = resource.get("gender")
+        patient = Patient(read.ref, None, gender if isinstance(gender, str) else None)
     return PatientRecord(
-        patient=_patient(*patients[0]),
+        patient=patient,
         observations=tuple(by_kind["Observation"]),
         conditions=tuple(by_kind["Condition"]),
-        medications=tuple(by_kind["Medication*"]),
+        medications=tuple(by_kind[MEDICATIONS]),
         immunizations=tuple(by_kind["Immunization"]),
         procedures=tuple(by_kind["Procedure"]),
         allergies=tuple(by_kind["AllergyIntolerance"]),
+        unreadable=tuple(unreadable),
     )
+
+
+_CODE_KEYS = {
+    "Observation": "code",
+    "Condition": "code",
+    "Procedure": "code",
+    "Immunization": "vaccineCode",
+    "AllergyIntolerance": "code",
+    "MedicationRequest": "medicationCodeableConcept",
+    "MedicationStatement": "medicationCodeableConcept",
+    "MedicationAdministration": "medicationCodeableConcept",
+}
+
+
+def _unreadable(read: _Reader, resource: Json, exc: InvalidInput) -> Unreadable:
+    """What can still be said of a resource that failed to read: its part of the record and,
+    if they are well-formed, its codes (so that only the checks they bear on are held back)."""
+    kind = resource["resourceType"]
+    try:
+        codes, text = read.concept(resource, _CODE_KEYS.get(kind, "code"))
+    except InvalidInput:
+        codes, text = (), ""
+    source = MEDICATIONS if kind in _MEDICATION_USES else kind
+    return Unreadable(read.ref, source, codes, text, exc.message)
 
 
 def _patient(read: _Reader, r: Json) -> Patient:

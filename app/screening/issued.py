@@ -26,7 +26,8 @@ def describe(
         response_id=screening_id or str(uuid.uuid4()),
         canonical_base=settings.canonical_base,
         issued=now,
-        warnings=fetched.problems,
+        warnings=fetched.problems
+        + tuple(f"Not read: {u.describe()}" for u in fetched.record.unreadable),
     )
     count_screening(screening.trial.id, screening.eligibility.value)
     return NewScreening(
