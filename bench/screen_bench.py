@@ -13,6 +13,7 @@ import asyncio
 import gc
 import gzip
 import statistics
+import tempfile
 import time
 import tracemalloc
 from collections.abc import Callable
@@ -100,7 +101,14 @@ def main() -> None:
     parser.add_argument("--as-of", type=date.fromisoformat, default=date(2025, 11, 1))
     args = parser.parse_args()
 
-    settings = Settings()
+    # The benchmark configures its own service: no token needed (the development setting), no
+    # rate limit, and screenings kept in a throw-away database rather than var/.
+    work = Path(tempfile.mkdtemp(prefix="screen-bench-"))
+    settings = Settings(
+        allow_unauthenticated=True,
+        rate_limit_per_minute=0,
+        database_url=f"sqlite:///{work / 'bench.db'}",
+    )
     catalog = load_catalog(settings)
     body = request_bytes(args.record, args.as_of)
     resources = len(orjson.loads(body)["parameter"][0]["resource"].get("entry", []))
