@@ -190,6 +190,10 @@ def test_the_published_value_set_says_what_it_includes_and_expands_it(catalog: C
         ("cns_involvement", "G45.9", False),
         ("asthma", "J45.0", True),  # WHO-only subcategory, through the J45 prefix row
         ("sle", "M32.0", False),
+        ("hiv_infection", "B20.1", True),  # WHO subdivision of the ICD-10-CM category B20
+        ("hiv_infection", "B24", True),  # WHO-only category (icd10 row)
+        ("cns_involvement", "F05.1", True),  # WHO subdivision of F05 (Dementia expansion)
+        ("malignancy_excepted", "C61", True),
     ],
 )
 def test_a_who_icd10_coding_is_read_through_the_icd10cm_rows(

@@ -213,19 +213,18 @@ def load_mappings(directory: Path, canonical_base: str) -> Mappings:
         prefixes: list[tuple[str, str]] = []
         for r in rows:
             (exact.add if r.match == "exact" else prefixes.append)((uri(r, where), r.code))
-        # WHO ICD-10 reads the ICD-10-CM entries of WHO length (README: "WHO ICD-10").
+        # WHO ICD-10 reads the ICD-10-CM entries of WHO length (README: "WHO ICD-10"); an exact
+        # ICD-10-CM category without subdivisions (B20, F05) stands for WHO's subdivisions of it.
         no_twin = {r.code for r in rows if r.system == "icd10cm" and not r.who}
         if who is not None and icd10cm is not None:
-            exact |= {
-                (who, c)
-                for s, c in list(exact)
-                if s == icd10cm and len(c) <= WHO_MAX_LEN and c not in no_twin
-            }
-            prefixes += [
-                (who, c)
-                for s, c in list(prefixes)
+            twins = [
+                (c, kind)
+                for kind, pairs in (("exact", exact), ("prefix", prefixes))
+                for s, c in list(pairs)
                 if s == icd10cm and len(c) <= WHO_MAX_LEN and c not in no_twin
             ]
+            exact |= {(who, c) for c, kind in twins if kind == "exact" and len(c) > 3}
+            prefixes += [(who, c) for c, kind in twins if kind == "prefix" or len(c) == 3]
         return frozenset(exact), tuple(prefixes)
 
     def matcher(
