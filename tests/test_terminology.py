@@ -92,6 +92,10 @@ def test_excepted_tumours_take_the_skin_and_prostate_codes_the_expansion_adds(
     # what malignancy leaves out must land in malignancy_excepted (review), not in "no record"
     assert _matches(catalog, "malignancy_excepted", SNOMED, "402507001")
     assert _matches(catalog, "malignancy_excepted", SNOMED, "399490008")  # prostate adenoca
+    # skin cancer of unstated type is ICD-10-CM C44 territory: review, like C44
+    assert _matches(catalog, "malignancy_excepted", SNOMED, "372130007")
+    assert not _matches(catalog, "malignancy", SNOMED, "372130007")
+    assert _matches(catalog, "malignancy", SNOMED, "449309003")  # skin of scrotum is C63
     assert not _matches(catalog, "malignancy_excepted", SNOMED, "254637007")
 
 
