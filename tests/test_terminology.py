@@ -310,3 +310,14 @@ def test_a_dimensionless_analyte_takes_only_its_own_units(catalog: Catalog) -> N
     for a in scores:
         assert a.factor("%") is None
         assert a.factor("") == 1.0
+
+
+def test_every_published_value_set_is_valid_r4(catalog: Catalog) -> None:
+    from fhir.resources.R4B.valueset import ValueSet
+
+    m = catalog.mappings
+    for code_set in m.code_sets.values():
+        resource = value_set(code_set, m, "https://example.org/fhir")
+        ValueSet.model_validate(resource)
+        if code_set.value_sets:
+            assert resource["expansion"]["contains"], code_set.name
