@@ -166,16 +166,24 @@ def load_value_sets(directory: Path, systems: dict[str, str]) -> dict[str, Value
                 raise CatalogError(f"{path}: unknown system {parts[0]!r} (see systems.yaml)")
             codes.append((systems[parts[0]], parts[1], parts[2]))
         out[spec.id] = ValueSet(spec, tuple(codes))
+    short = {uri: name for name, uri in systems.items()}
     for vs in out.values():
-        parent = vs.spec.subset_of
-        if parent is not None:
-            if parent not in out:
-                raise CatalogError(f"valuesets/{vs.spec.id}.json: subset of unknown {parent!r}")
-            missing = set(vs.codes) - set(out[parent].codes)
-            if missing:
-                raise CatalogError(
-                    f"valuesets/{vs.spec.id}.json: codes not in {parent}: {sorted(missing)[:5]}"
-                )
+        parent, rule = vs.spec.subset_of, vs.spec.select
+        if parent is None or rule is None:
+            continue
+        if parent not in out:
+            raise CatalogError(f"valuesets/{vs.spec.id}.json: subset of unknown {parent!r}")
+        missing = set(vs.codes) - set(out[parent].codes)
+        if missing:
+            raise CatalogError(
+                f"valuesets/{vs.spec.id}.json: codes not in {parent}: {sorted(missing)[:5]}"
+            )
+        selected = {c for c in out[parent].codes if rule.selects(short[c[0]], c[2])}
+        if selected != set(vs.codes):
+            raise CatalogError(
+                f"valuesets/{vs.spec.id}.json: its rule does not select exactly its codes "
+                f"(rebuild with build.py): {sorted(selected ^ set(vs.codes))[:5]}"
+            )
     return out
 
 

@@ -9,7 +9,7 @@ fail with a :class:`CatalogError` naming the file and entry.
 import math
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import Any, Literal
 
@@ -70,6 +70,22 @@ class ValueSetSource(StrictSpec):
     commit: str = Field(pattern=r"^[0-9a-f]{40}$")
 
 
+class SubsetRule(StrictSpec):
+    """How a subset was selected from its parent: display matches ``match`` and not ``unless``
+    (Python regexes, case-insensitive), in ``systems`` (short names; empty = any)."""
+
+    match: str
+    unless: str = ""
+    systems: tuple[str, ...] = ()
+
+    def selects(self, system: str, display: str) -> bool:
+        if self.systems and system not in self.systems:
+            return False
+        if not re.search(self.match, display, re.IGNORECASE):
+            return False
+        return not (self.unless and re.search(self.unless, display, re.IGNORECASE))
+
+
 class ValueSetFile(StrictSpec):
     """One checked-in value set expansion (``fhir_mappings/valuesets/<id>.json``).
 
@@ -85,6 +101,8 @@ class ValueSetFile(StrictSpec):
     source: ValueSetSource | None = None
     subset_of: str | None = None
     rule: str = ""
+    select: SubsetRule | None = None
+    """The subset's rule in machine-readable form (applied to codes a terminology server adds)."""
     codes: tuple[str, ...] = Field(min_length=1)
     """``system|code|display`` with the short system names of systems.yaml."""
 
@@ -92,7 +110,7 @@ class ValueSetFile(StrictSpec):
     def _provenance(self) -> "ValueSetFile":
         if (self.source is None) == (self.subset_of is None):
             raise ValueError("a value set names its source, or the value set it is a subset of")
-        if self.subset_of is not None and not self.rule:
+        if self.subset_of is not None and (not self.rule or self.select is None):
             raise ValueError("a subset says by which rule it was selected")
         return self
 
@@ -178,13 +196,19 @@ class CodeMatcher:
     excluded_exact: frozenset[tuple[str, str]] = frozenset()
     excluded_prefixes: tuple[tuple[str, str], ...] = ()
 
-    def matches(self, system: str, code: str) -> bool:
+    def excluded(self, system: str, code: str) -> bool:
+        """Whether an exclusion row removes the code (whatever includes it)."""
         if system in ICD_SYSTEMS:
             code = icd_code(code)
-        if (system, code) in self.excluded_exact or any(
+        return (system, code) in self.excluded_exact or any(
             s == system and code.startswith(p) for s, p in self.excluded_prefixes
-        ):
+        )
+
+    def matches(self, system: str, code: str) -> bool:
+        if self.excluded(system, code):
             return False
+        if system in ICD_SYSTEMS:
+            code = icd_code(code)
         if (system, code) in self.exact:
             return True
         return any(s == system and code.startswith(p) for s, p in self.prefixes)
@@ -325,6 +349,16 @@ class Mappings:
     """(system URI, code) of a route of administration (SNOMED CT, HL7 v3) -> route name."""
     value_sets: Mapping[str, ValueSet] = field(default_factory=dict)
     """Every checked-in expansion by id (fhir_mappings/valuesets/)."""
+
+    def with_codes(self, learned: Mapping[str, frozenset[tuple[str, str]]]) -> "Mappings":
+        """These mappings with more exact (system URI, code) members in the named code sets (codes
+        a terminology server placed in their value sets). Exclusions still win."""
+        code_sets = dict(self.code_sets)
+        for name, codes in learned.items():
+            cs = code_sets[name]
+            matcher = replace(cs.matcher, exact=cs.matcher.exact | codes)
+            code_sets[name] = replace(cs, matcher=matcher)
+        return replace(self, code_sets=code_sets)
 
     def route_of(self, codings: Iterable[tuple[str, str]]) -> Route | None:
         """The route named by the first recognised coding; None when none is recognised."""

@@ -97,6 +97,11 @@ def main(mirror: str) -> int:
             "expansion_timestamp": parent_header["expansion_timestamp"],
             "subset_of": rule["subset_of"],
             "rule": described,
+            "select": {
+                "match": rule["match"],
+                "unless": rule.get("unless", ""),
+                "systems": sorted(systems),
+            },
         }
         _write(HERE / f"{sub_id}.json", header, chosen)
     return 0
