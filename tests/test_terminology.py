@@ -162,6 +162,16 @@ def test_the_lint_fails_on_a_subset_code_its_parent_does_not_hold(tmp_path: Path
         load_catalog(Settings(mappings_dir=target))
 
 
+def test_the_lint_fails_on_a_subset_its_rule_does_not_reproduce(tmp_path: Path) -> None:
+    target = _broken(tmp_path)
+    path = target / "valuesets" / "trialscreen-cancer-nmsc.json"
+    data = json.loads(path.read_text(encoding="utf-8"))
+    data["codes"] = data["codes"][1:]  # a hand edit that drops a code the rule selects
+    path.write_text(json.dumps(data), encoding="utf-8")
+    with pytest.raises(CatalogError, match="does not select exactly its codes"):
+        load_catalog(Settings(mappings_dir=target))
+
+
 def test_the_published_value_set_says_what_it_includes_and_expands_it(catalog: Catalog) -> None:
     m = catalog.mappings
     vs = value_set(m.code_sets["malignancy"], m, "https://example.org/fhir")
