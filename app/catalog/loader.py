@@ -215,7 +215,7 @@ def load_mappings(directory: Path, canonical_base: str) -> Mappings:
         return tuple(out)
 
     def keys(
-        rows: Iterable[CodeRow], sets: Iterable[ValueSet], where: str
+        rows: tuple[CodeRow, ...], sets: Iterable[ValueSet], where: str
     ) -> tuple[frozenset[tuple[str, str]], tuple[tuple[str, str], ...]]:
         exact: set[tuple[str, str]] = {(s, c) for vs in sets for s, c, _ in vs.codes}
         prefixes: list[tuple[str, str]] = []
@@ -236,8 +236,8 @@ def load_mappings(directory: Path, canonical_base: str) -> Mappings:
         return frozenset(exact), tuple(prefixes)
 
     def matcher(
-        rows: Iterable[CodeRow],
-        excluded: Iterable[CodeRow],
+        rows: tuple[CodeRow, ...],
+        excluded: tuple[CodeRow, ...],
         where: str,
         sets: Iterable[ValueSet] = (),
         excluded_sets: Iterable[ValueSet] = (),
