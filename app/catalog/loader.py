@@ -26,6 +26,7 @@ from app.catalog.mappings import (
     Mappings,
     MedicationsSpec,
     StrictSpec,
+    TermMatcher,
 )
 from app.catalog.schema import (
     AgeCheck,
@@ -175,6 +176,7 @@ def load_mappings(directory: Path, canonical_base: str) -> Mappings:
                 rows=spec.codes,
                 matcher=matcher(spec.codes, spec.exclude, where),
                 strings=frozenset(s.lower() for s in spec.strings),
+                terms=TermMatcher.of(spec.terms),
             )
 
     analytes: dict[str, Analyte] = {}
@@ -271,7 +273,7 @@ def _check_problems(check: Check, criterion_id: str, seen: set[str], m: Mappings
             if not child.id.startswith(f"{check.id}."):
                 yield f"{child.id}: nested ids start with their group id ({check.id}.)"
     if isinstance(check, ConditionCheck | ProcedureCheck | ImmunizationCheck):
-        excepted = check.except_codes if isinstance(check, ConditionCheck) else ()
+        excepted = check.except_codes if not isinstance(check, ImmunizationCheck) else ()
         for name in (*check.codes, *excepted):
             if name not in m.code_sets:
                 yield f"{where}: unknown code set {name!r}"

@@ -6,8 +6,9 @@ keys, unknown system names, duplicate names, empty sets and analytes without the
 fail with a :class:`CatalogError` naming the file and entry.
 """
 
+import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -46,6 +47,10 @@ class CodeSetSpec(StrictSpec):
     codes: tuple[CodeRow, ...] = Field(min_length=1)
     exclude: tuple[CodeRow, ...] = ()
     strings: tuple[str, ...] = ()
+    terms: tuple[str, ...] = ()
+    """Words that name the concept in a resource's text or coding displays (synonyms,
+    abbreviations). Matched whole-word and case-insensitively by :class:`TermMatcher`; a hit on an
+    entry the codes do not recognise sends the check to review, never to a definite answer."""
 
 
 class AnalyteSpec(StrictSpec):
@@ -119,12 +124,44 @@ class CodeMatcher:
 
 
 @dataclass(frozen=True, slots=True)
+class TermMatcher:
+    """Whole-word, case-insensitive search for any of a list of terms in free text. A term's
+    own spaces match any run of whitespace or hyphens ("non invasive" finds "non-invasive");
+    word boundaries keep "CVA" out of "CVAD" and "TB" out of "TBD"."""
+
+    terms: tuple[str, ...]
+    _pattern: "re.Pattern[str] | None" = field(default=None, compare=False, repr=False)
+
+    @classmethod
+    def of(cls, terms: Iterable[str]) -> "TermMatcher":
+        terms = tuple(t.strip() for t in terms if t.strip())
+        if not terms:
+            return cls(())
+        words = sorted(
+            (r"[\s\-]+".join(re.escape(w) for w in t.split()) for t in terms), key=len, reverse=True
+        )
+        pattern = re.compile(r"(?<![\w])(?:" + "|".join(words) + r")(?![\w])", re.IGNORECASE)
+        return cls(terms, pattern)
+
+    def first_in(self, labels: Iterable[str]) -> str | None:
+        """The first term found in any of the labels, as written there; None if none."""
+        if self._pattern is None:
+            return None
+        for label in labels:
+            found = self._pattern.search(label)
+            if found:
+                return found.group(0)
+        return None
+
+
+@dataclass(frozen=True, slots=True)
 class CodeSet:
     name: str
     description: str
     rows: tuple[CodeRow, ...]
     matcher: CodeMatcher
     strings: frozenset[str]
+    terms: TermMatcher = TermMatcher(())
 
 
 @dataclass(frozen=True, slots=True)

@@ -92,12 +92,19 @@ class ConditionCheck(_Matching):
     """Only conditions whose clinical status is active / recurrence / relapse count."""
     onset_at_least: Duration | None = None
     """The earliest matching onset must be at least this long before the as-of date."""
+    current_within: Duration | None = None
+    """For states that end by themselves (pregnancy, lactation): an entry counts as current only
+    when dated inside this window (replaces ``within``); an older one still marked active goes to
+    review, an older one without a clinical status has lapsed."""
 
 
 class ProcedureCheck(_Matching):
     check: Literal["procedure"]
     codes: tuple[str, ...] = Field(min_length=1)
+    except_codes: tuple[str, ...] = ()
+    """Code sets that do not count even when ``codes`` match (left to a sibling review check)."""
     within: Duration | None = None
+    """Performed inside the window (a performedPeriod that overlaps it, or in progress)."""
 
 
 class ImmunizationCheck(_Matching):

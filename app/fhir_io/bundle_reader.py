@@ -119,6 +119,18 @@ class _Reader:
         )
         return codings, label
 
+    def displays(self, data: Json, key: str) -> tuple[str, ...]:
+        """Every coding display of a CodeableConcept (``concept`` keeps only one label): an EHR
+        may put the words that name the concept in any of them."""
+        cc = self.obj(data, key)
+        if cc is None:
+            return ()
+        return tuple(
+            c["display"]
+            for c in self.at(key).objs(cc, "coding")
+            if isinstance(c.get("display"), str) and c["display"]
+        )
+
     def concepts(self, data: Json, key: str) -> tuple[Coding, ...]:
         out: list[Coding] = []
         inner = self.at(key)
@@ -329,6 +341,8 @@ def _conditions(read: _Reader, r: Json) -> list[Condition]:
             recorded=read.day(r, "recordedDate"),
             abated=abated,
             clinical_status=read.status_code(r, "clinicalStatus"),
+            verification=read.status_code(r, "verificationStatus"),
+            displays=read.displays(r, "code"),
         )
     ]
 
@@ -415,19 +429,21 @@ def _dosage(read: _Reader, dosage: Json) -> tuple[tuple[Coding, ...], Dose | Non
 def _immunizations(read: _Reader, r: Json) -> list[Immunization]:
     if read.text(r, "status") in _EVENT_VOID:
         return []
+    # Only occurrenceString: the vaccine was given, when is not machine-readable. It is kept
+    # undated (a check with a window then asks for review), never dropped as if absent.
     when = read.day(r, "occurrenceDateTime") or read.day(r, "recorded")
-    if when is None:
-        return []
     codes, text = read.concept(r, "vaccineCode")
-    return [Immunization(read.ref, codes, text, when)]
+    return [Immunization(read.ref, codes, text, when, read.displays(r, "vaccineCode"))]
 
 
 def _procedures(read: _Reader, r: Json) -> list[Procedure]:
     if read.text(r, "status") in _EVENT_VOID:
         return []
     when = read.day(r, "performedDateTime") or read.period_start(r, "performedPeriod")
+    end = read.period_end(r, "performedPeriod")
     codes, text = read.concept(r, "code")
-    return [Procedure(read.ref, codes, text, when)]
+    status = read.text(r, "status")
+    return [Procedure(read.ref, codes, text, when, end, status, read.displays(r, "code"))]
 
 
 def _allergies(read: _Reader, r: Json) -> list[Allergy]:
@@ -439,6 +455,14 @@ def _allergies(read: _Reader, r: Json) -> list[Allergy]:
         m for x in reactions for m in read.at("reaction").concepts(x, "manifestation")
     )
     substances = tuple(c for x in reactions for c in read.concept(x, "substance")[0])
+    reaction = read.at("reaction")
+    manifestation_text: list[str] = []
+    displays = list(read.displays(r, "code"))
+    for x in reactions:
+        for cc in reaction.objs(x, "manifestation"):
+            manifestation_text.extend(_labels(reaction.at("manifestation"), cc))
+        if (substance := reaction.obj(x, "substance")) is not None:
+            displays.extend(_labels(reaction.at("substance"), substance))
     return [
         Allergy(
             ref=read.ref,
@@ -448,8 +472,19 @@ def _allergies(read: _Reader, r: Json) -> list[Allergy]:
             criticality=read.text(r, "criticality"),
             severe_reaction=any(x.get("severity") == "severe" for x in reactions),
             manifestations=manifestations,
+            clinical_status=read.status_code(r, "clinicalStatus"),
+            verification=read.status_code(r, "verificationStatus"),
+            displays=tuple(displays),
+            manifestation_text=tuple(manifestation_text),
         )
     ]
+
+
+def _labels(read: _Reader, cc: Json) -> list[str]:
+    """The text and every coding display of one CodeableConcept."""
+    text = read.text(cc, "text")
+    displays = [c["display"] for c in read.objs(cc, "coding") if isinstance(c.get("display"), str)]
+    return ([text] if text else []) + displays
 
 
 _READERS: dict[str, Callable[[_Reader, Json], list[Any]]] = {
