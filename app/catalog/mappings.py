@@ -122,6 +122,14 @@ class CodeMatcher:
     def matches_any(self, codings: Iterable[tuple[str, str]]) -> bool:
         return any(self.matches(s, c) for s, c in codings)
 
+    def excludes_any(self, codings: Iterable[tuple[str, str]]) -> bool:
+        """Whether a coding is on the set's ``exclude`` list: known, and known not to count."""
+        return any(
+            (s, c) in self.excluded_exact
+            or any(s == es and c.startswith(p) for es, p in self.excluded_prefixes)
+            for s, c in codings
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class TermMatcher:

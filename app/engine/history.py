@@ -147,7 +147,8 @@ def _named_in_words(
     sets = [ctx.mappings.code_sets[n] for n in check.codes]
     out = []
     for item in candidates:
-        if any(s.matcher.matches_any(item.codes) for s in sets):
+        # A code the set lists, or explicitly excludes, is recognised: words do not overrule it.
+        if any(s.matcher.matches_any(item.codes) or s.matcher.excludes_any(item.codes) for s in sets):
             continue
         labels = _labels(item)
         term = next((t for s in sets if (t := s.terms.first_in(labels)) is not None), None)
