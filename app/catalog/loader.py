@@ -176,7 +176,7 @@ def load_mappings(directory: Path, canonical_base: str) -> Mappings:
                 rows=spec.codes,
                 matcher=matcher(spec.codes, spec.exclude, where),
                 strings=frozenset(s.lower() for s in spec.strings),
-                terms=TermMatcher.of(spec.terms),
+                terms=TermMatcher.of(spec.terms, spec.codes),
             )
 
     analytes: dict[str, Analyte] = {}

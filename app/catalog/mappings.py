@@ -131,6 +131,11 @@ class CodeMatcher:
         )
 
 
+_SEMANTIC_TAG = re.compile(
+    r"\s*\((disorder|finding|procedure|situation|event|morphologic abnormality)\)\s*$"
+)
+
+
 @dataclass(frozen=True, slots=True)
 class TermMatcher:
     """Whole-word, case-insensitive search for any of a list of terms in free text. A term's
@@ -141,8 +146,11 @@ class TermMatcher:
     _pattern: "re.Pattern[str] | None" = field(default=None, compare=False, repr=False)
 
     @classmethod
-    def of(cls, terms: Iterable[str]) -> "TermMatcher":
-        terms = tuple(t.strip() for t in terms if t.strip())
+    def of(cls, terms: Iterable[str], rows: Iterable[CodeRow] = ()) -> "TermMatcher":
+        """The terms, plus each row's display without its SNOMED semantic tag: a code replaced
+        by its own display is still recognised as naming the concept."""
+        displays = (_SEMANTIC_TAG.sub("", r.display) for r in rows if r.display)
+        terms = tuple(dict.fromkeys(t.strip() for t in (*terms, *displays) if t.strip()))
         if not terms:
             return cls(())
         words = sorted(

@@ -114,11 +114,18 @@ def _select_dated(
 def _in_window(
     items: Sequence[_T], since: date | None, counts_anyway: Callable[[_T], bool]
 ) -> tuple[list[_T], list[_T]]:
+    """(inside the window, cannot be placed): undated, or dated so coarsely (a year, a month, a
+    period without an end) that it may or may not reach into the window."""
     if since is None:
         return list(items), []
     inside = [i for i in items if (i.when is not None and i.when >= since) or counts_anyway(i)]
-    undated = [i for i in items if i.when is None and i not in inside]
-    return inside, undated
+    vague = [i for i in items if i not in inside and (i.when is None or _may_reach(i, since))]
+    return inside, vague
+
+
+def _may_reach(item: _Dated, since: date) -> bool:
+    latest: date | None = getattr(item, "latest", None)
+    return latest is not None and latest >= since
 
 
 def _undated(check_id: str, label: str, what: str, undated: Sequence[_Dated]) -> Result:
@@ -127,7 +134,7 @@ def _undated(check_id: str, label: str, what: str, undated: Sequence[_Dated]) ->
         check_id,
         label,
         Status.UNKNOWN,
-        f"Found {what} without a date, so it cannot be placed in the window: {listed}.",
+        f"Found {what} without a date precise enough to place it in the window: {listed}.",
         evidence=tuple(u.ref for u in undated),
         review=(f"{label}: date of {listed}",),
     )
@@ -148,7 +155,9 @@ def _named_in_words(
     out = []
     for item in candidates:
         # A code the set lists, or explicitly excludes, is recognised: words do not overrule it.
-        if any(s.matcher.matches_any(item.codes) or s.matcher.excludes_any(item.codes) for s in sets):
+        if any(
+            s.matcher.matches_any(item.codes) or s.matcher.excludes_any(item.codes) for s in sets
+        ):
             continue
         labels = _labels(item)
         term = next((t for s in sets if (t := s.terms.first_in(labels)) is not None), None)
@@ -210,6 +219,9 @@ def condition(check: ConditionCheck, ctx: Context) -> Result:
         why = f"{_what(check.codes)} is recorded only as a provisional or unconfirmed diagnosis"
         return _to_review(check, [*inside, *undated], why)
     inside, undated = _in_window(pool, window, present_in_window)
+    if check.current_within is not None:
+        # Still marked active though older than the window: as for coded entries, review.
+        undated += [c for c in pool if c.clinical_status in _ACTIVE and c not in inside]
     return _safety_net(check, ctx, result, [*inside, *undated])
 
 
@@ -230,11 +242,12 @@ def _condition_in(
             c
             for c in pool
             if c not in inside
+            and c not in undated
             and c.when is not None
             and c.clinical_status in _ACTIVE
             and any(m.matches_any(c.codes) for m in matchers)
         ]
-        if not inside and stale:
+        if not inside and not undated and stale:
             why = (
                 f"{what} is still marked active but was recorded more than "
                 f"{check.current_within} ago"
@@ -246,6 +259,10 @@ def _condition_in(
         if not dated:
             return _undated(check.id, check.label, what, inside)
         first = min(dated, key=lambda c: c.when or date.max)
+        surely = [c for c in dated if (c.latest or c.when or date.max) <= latest_onset]
+        if not surely and first.when is not None and first.when <= latest_onset:
+            # A partial date ("2025") that may fall on either side of the limit.
+            return _undated(check.id, check.label, what, [first])
         if first.when is not None and first.when > latest_onset:
             return Result(
                 check.id,

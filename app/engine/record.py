@@ -56,6 +56,8 @@ class Condition:
     """verificationStatus code; None when not recorded (read as confirmed)."""
     displays: tuple[str, ...] = ()
     """Every coding display, beside ``text``: what the text safety net reads."""
+    latest: date | None = None
+    """The last day ``when`` can stand for when it is a partial date ("2024", "2024-05")."""
 
     @property
     def when(self) -> date | None:
@@ -117,6 +119,8 @@ class Immunization:
     when: date | None
     """None when the date is only written as text (occurrenceString): present, not placeable."""
     displays: tuple[str, ...] = ()
+    latest: date | None = None
+    """The last day ``when`` can stand for when it is a partial date ("2024", "2024-05")."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +134,9 @@ class Procedure:
     """The end of performedPeriod: the procedure counts over the whole period."""
     status: str | None = None
     displays: tuple[str, ...] = ()
+    latest: date | None = None
+    """The latest day it may have been going on when the record does not say exactly: the end of
+    a partial date's span, or ``date.max`` for a period with a start and no end."""
 
     def ongoing(self) -> bool:
         """In progress by its status: happening at the as-of date whatever its start."""

@@ -7,6 +7,7 @@ read), and the checks it may bear on are left undecided. Only a Bundle that is n
 that does not hold exactly one Patient, is refused.
 """
 
+import calendar
 import hashlib
 from collections.abc import Callable
 from datetime import date
@@ -94,6 +95,18 @@ class _Reader:
             return parse_fhir_date(value)
         except ValueError:
             raise self.fail(key, f"a FHIR date or dateTime (got {value!r})") from None
+
+    def last_day(self, data: Json, key: str) -> date | None:
+        """The last day a partial date ("2024", "2024-05") can stand for; None when the day is
+        written (or the field is absent). ``day`` gives the first: together, the span."""
+        value = self.text(data, key)
+        if value is None or len(value) not in (4, 7):
+            return None
+        first = self.day(data, key)
+        if first is None:
+            return None
+        month = 12 if len(value) == 4 else first.month
+        return date(first.year, month, calendar.monthrange(first.year, month)[1])
 
     def period_start(self, data: Json, key: str) -> date | None:
         period = self.obj(data, key)
@@ -332,6 +345,13 @@ def _conditions(read: _Reader, r: Json) -> list[Condition]:
     codes, text = read.concept(r, "code")
     onset = read.day(r, "onsetDateTime") or read.period_start(r, "onsetPeriod")
     abated = read.day(r, "abatementDateTime") or read.period_end(r, "abatementPeriod")
+    if onset is not None:
+        period = read.obj(r, "onsetPeriod")
+        latest = read.last_day(r, "onsetDateTime") or (
+            read.at("onsetPeriod").last_day(period, "start") if period else None
+        )
+    else:
+        latest = read.last_day(r, "recordedDate")
     return [
         Condition(
             ref=read.ref,
@@ -343,6 +363,7 @@ def _conditions(read: _Reader, r: Json) -> list[Condition]:
             clinical_status=read.status_code(r, "clinicalStatus"),
             verification=read.status_code(r, "verificationStatus"),
             displays=read.displays(r, "code"),
+            latest=latest,
         )
     ]
 
@@ -432,8 +453,10 @@ def _immunizations(read: _Reader, r: Json) -> list[Immunization]:
     # Only occurrenceString: the vaccine was given, when is not machine-readable. It is kept
     # undated (a check with a window then asks for review), never dropped as if absent.
     when = read.day(r, "occurrenceDateTime") or read.day(r, "recorded")
+    key = "occurrenceDateTime" if r.get("occurrenceDateTime") is not None else "recorded"
     codes, text = read.concept(r, "vaccineCode")
-    return [Immunization(read.ref, codes, text, when, read.displays(r, "vaccineCode"))]
+    displays = read.displays(r, "vaccineCode")
+    return [Immunization(read.ref, codes, text, when, displays, read.last_day(r, key))]
 
 
 def _procedures(read: _Reader, r: Json) -> list[Procedure]:
@@ -443,7 +466,17 @@ def _procedures(read: _Reader, r: Json) -> list[Procedure]:
     end = read.period_end(r, "performedPeriod")
     codes, text = read.concept(r, "code")
     status = read.text(r, "status")
-    return [Procedure(read.ref, codes, text, when, end, status, read.displays(r, "code"))]
+    # The latest day it may have been going on, when the record does not say exactly: the end of
+    # a partial date's span, or (a period with a start and no end) any day up to now.
+    latest = read.last_day(r, "performedDateTime")
+    if (period := read.obj(r, "performedPeriod")) is not None:
+        inner = read.at("performedPeriod")
+        spans = [d for d in (inner.last_day(period, "start"), inner.last_day(period, "end")) if d]
+        if when is not None and period.get("end") is None:
+            spans.append(date.max)
+        latest = max(spans, default=None)
+    displays = read.displays(r, "code")
+    return [Procedure(read.ref, codes, text, when, end, status, displays, latest)]
 
 
 def _allergies(read: _Reader, r: Json) -> list[Allergy]:
