@@ -235,6 +235,18 @@ def _condition_in(
     matchers = _matcher(ctx, check.codes)
     what = _what(check.codes)
     inside, undated = _select_dated(pool, matchers, since, present_in_window)
+    if check.or_active and since is not None:
+        # Ended (remission, resolved) without an abatement date, diagnosed before the window:
+        # it may have been present during it.
+        undated += [
+            c
+            for c in pool
+            if c not in inside
+            and c not in undated
+            and c.abated is None
+            and c.when is not None
+            and any(m.matches_any(c.codes) for m in matchers)
+        ]
     if check.current_within is not None:
         # Older than the window yet still marked active: most likely never closed, but the
         # status says current, so a clinician decides (without a status it simply lapsed).

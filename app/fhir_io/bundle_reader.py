@@ -344,7 +344,13 @@ def _conditions(read: _Reader, r: Json) -> list[Condition]:
         return []
     codes, text = read.concept(r, "code")
     onset = read.day(r, "onsetDateTime") or read.period_start(r, "onsetPeriod")
-    abated = read.day(r, "abatementDateTime") or read.period_end(r, "abatementPeriod")
+    # A partial abatement ("2026") is not known to have come before any day of its span: it is
+    # read as the span's last day, so the condition is not ended early on a guess.
+    abated = (
+        read.last_day(r, "abatementDateTime")
+        or read.day(r, "abatementDateTime")
+        or read.period_end(r, "abatementPeriod")
+    )
     if onset is not None:
         period = read.obj(r, "onsetPeriod")
         latest = read.last_day(r, "onsetDateTime") or (
