@@ -131,7 +131,11 @@ class AllergyCheck(_Matching):
     substances: tuple[str, ...] = ()
     """Drug classes whose ingredients count as the allergen; empty: any substance."""
     severe: bool = False
-    """Only high-criticality allergies, severe reactions or anaphylaxis count."""
+    """Only allergies with a severe reaction or anaphylaxis recorded count; high criticality alone
+    (a potential, not a reaction) goes to review."""
+    reaction: Literal["severe_or_anaphylaxis", "anaphylaxis"] = "severe_or_anaphylaxis"
+    """With ``severe``: what the protocol calls severe. ``anaphylaxis``: only an anaphylactic
+    reaction counts; a severe reaction of another kind goes to review."""
 
 
 class PercentOf(_Strict):

@@ -210,15 +210,23 @@ def condition(check: ConditionCheck, ctx: Context) -> Result:
         return result
     # A provisional / differential / unconfirmed diagnosis neither establishes nor rules out.
     tentative = [c for c in pool if c.tentative]
-    # With onset_at_least any date may bear on the answer: an earlier onset lengthens the history.
+    # With onset_at_least an entry bears on the answer if it may be old enough: it may lengthen
+    # the history the confirmed entries show.
     window = since if check.onset_at_least is None else None
+    limit = check.onset_at_least.before(ctx.as_of) if check.onset_at_least else date.max
+
+    def may_count(c: Condition) -> bool:
+        return c.when is None or c.when <= limit
+
     inside, undated = _select_dated(
         tentative, _matcher(ctx, check.codes), window, present_in_window
     )
+    inside = [c for c in inside if may_count(c)]
     if inside or undated:
         why = f"{_what(check.codes)} is recorded only as a provisional or unconfirmed diagnosis"
         return _to_review(check, [*inside, *undated], why)
     inside, undated = _in_window(pool, window, present_in_window)
+    inside = [c for c in inside if may_count(c)]
     if check.current_within is not None:
         # Still marked active though older than the window: as for coded entries, review.
         undated += [c for c in pool if c.clinical_status in _ACTIVE and c not in inside]
@@ -361,12 +369,16 @@ def allergy(check: AllergyCheck, ctx: Context) -> Result:
                 if term is None:
                     continue
                 doubts.append(f"substance named in words ('{term}'), not by a recognised code")
-        if check.severe and not (
-            a.severe_reaction or anaphylaxis.matcher.matches_any(a.manifestations)
-        ):
+        anaphylactic = anaphylaxis.matcher.matches_any(a.manifestations)
+        severe_enough = anaphylactic or (
+            a.severe_reaction and check.reaction == "severe_or_anaphylaxis"
+        )
+        if check.severe and not severe_enough:
             term = anaphylaxis.terms.first_in(a.manifestation_text)
             if term is not None:
                 doubts.append(f"reaction written as '{term}', not coded")
+            elif a.severe_reaction:
+                doubts.append("a severe reaction, not recorded as anaphylaxis")
             elif a.criticality == "high":
                 doubts.append("high criticality, but no severe reaction or anaphylaxis recorded")
             else:
