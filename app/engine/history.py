@@ -119,7 +119,8 @@ def _in_window(
     if since is None:
         return list(items), []
     inside = [i for i in items if (i.when is not None and i.when >= since) or counts_anyway(i)]
-    vague = [i for i in items if i not in inside and (i.when is None or _may_reach(i, since))]
+    placed = {id(i) for i in inside}
+    vague = [i for i in items if id(i) not in placed and (i.when is None or _may_reach(i, since))]
     return inside, vague
 
 
@@ -229,7 +230,8 @@ def condition(check: ConditionCheck, ctx: Context) -> Result:
     inside = [c for c in inside if may_count(c)]
     if check.current_within is not None:
         # Still marked active though older than the window: as for coded entries, review.
-        undated += [c for c in pool if c.clinical_status in _ACTIVE and c not in inside]
+        placed = {id(c) for c in (*inside, *undated)}
+        undated += [c for c in pool if c.clinical_status in _ACTIVE and id(c) not in placed]
     return _safety_net(check, ctx, result, [*inside, *undated])
 
 
@@ -243,14 +245,14 @@ def _condition_in(
     matchers = _matcher(ctx, check.codes)
     what = _what(check.codes)
     inside, undated = _select_dated(pool, matchers, since, present_in_window)
+    seen = {id(c) for c in (*inside, *undated)}
     if check.or_active and since is not None:
         # Ended (remission, resolved) without an abatement date, diagnosed before the window:
         # it may have been present during it.
         undated += [
             c
             for c in pool
-            if c not in inside
-            and c not in undated
+            if id(c) not in seen
             and c.abated is None
             and c.when is not None
             and any(m.matches_any(c.codes) for m in matchers)
@@ -258,11 +260,11 @@ def _condition_in(
     if check.current_within is not None:
         # Older than the window yet still marked active: most likely never closed, but the
         # status says current, so a clinician decides (without a status it simply lapsed).
+        seen = {id(c) for c in (*inside, *undated)}
         stale = [
             c
             for c in pool
-            if c not in inside
-            and c not in undated
+            if id(c) not in seen
             and c.when is not None
             and c.clinical_status in _ACTIVE
             and any(m.matches_any(c.codes) for m in matchers)
