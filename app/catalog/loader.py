@@ -30,6 +30,7 @@ from app.catalog.mappings import (
     Route,
     RoutesSpec,
     StrictSpec,
+    TermMatcher,
     ValueSet,
     ValueSetFile,
 )
@@ -265,6 +266,7 @@ def load_mappings(directory: Path, canonical_base: str) -> Mappings:
                 value_sets=included,
                 excluded_rows=spec.exclude,
                 excluded_value_sets=removed,
+                terms=TermMatcher.of(spec.terms, spec.codes),
             )
 
     analytes: dict[str, Analyte] = {}
@@ -373,7 +375,7 @@ def _check_problems(check: Check, criterion_id: str, seen: set[str], m: Mappings
             if not child.id.startswith(f"{check.id}."):
                 yield f"{child.id}: nested ids start with their group id ({check.id}.)"
     if isinstance(check, ConditionCheck | ProcedureCheck | ImmunizationCheck):
-        excepted = check.except_codes if isinstance(check, ConditionCheck) else ()
+        excepted = check.except_codes if not isinstance(check, ImmunizationCheck) else ()
         for name in (*check.codes, *excepted):
             if name not in m.code_sets:
                 yield f"{where}: unknown code set {name!r}"

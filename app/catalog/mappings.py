@@ -56,6 +56,10 @@ class CodeSetSpec(StrictSpec):
     exclude_value_sets: tuple[str, ...] = ()
     """Ids of checked-in expansions whose codes are removed (like ``exclude`` rows)."""
     strings: tuple[str, ...] = ()
+    terms: tuple[str, ...] = ()
+    """Words that name the concept in a resource's text or coding displays (synonyms,
+    abbreviations). Matched whole-word and case-insensitively by :class:`TermMatcher`; a hit on an
+    entry the codes do not recognise sends the check to review, never to a definite answer."""
 
     @model_validator(mode="after")
     def _not_empty(self) -> "CodeSetSpec":
@@ -216,6 +220,53 @@ class CodeMatcher:
     def matches_any(self, codings: Iterable[tuple[str, str]]) -> bool:
         return any(self.matches(s, c) for s, c in codings)
 
+    def excludes_any(self, codings: Iterable[tuple[str, str]]) -> bool:
+        """Whether a coding is on the set's ``exclude`` list: known, and known not to count."""
+        return any(
+            (s, c) in self.excluded_exact
+            or any(s == es and c.startswith(p) for es, p in self.excluded_prefixes)
+            for s, c in codings
+        )
+
+
+_SEMANTIC_TAG = re.compile(
+    r"\s*\((disorder|finding|procedure|situation|event|morphologic abnormality)\)\s*$"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class TermMatcher:
+    """Whole-word, case-insensitive search for any of a list of terms in free text. A term's
+    own spaces match any run of whitespace or hyphens ("non invasive" finds "non-invasive");
+    word boundaries keep "CVA" out of "CVAD" and "TB" out of "TBD"."""
+
+    terms: tuple[str, ...]
+    _pattern: "re.Pattern[str] | None" = field(default=None, compare=False, repr=False)
+
+    @classmethod
+    def of(cls, terms: Iterable[str], rows: Iterable[CodeRow] = ()) -> "TermMatcher":
+        """The terms, plus each row's display without its SNOMED semantic tag: a code replaced
+        by its own display is still recognised as naming the concept."""
+        displays = (_SEMANTIC_TAG.sub("", r.display) for r in rows if r.display)
+        terms = tuple(dict.fromkeys(t.strip() for t in (*terms, *displays) if t.strip()))
+        if not terms:
+            return cls(())
+        words = sorted(
+            (r"[\s\-]+".join(re.escape(w) for w in t.split()) for t in terms), key=len, reverse=True
+        )
+        pattern = re.compile(r"(?<![\w])(?:" + "|".join(words) + r")(?![\w])", re.IGNORECASE)
+        return cls(terms, pattern)
+
+    def first_in(self, labels: Iterable[str]) -> str | None:
+        """The first term found in any of the labels, as written there; None if none."""
+        if self._pattern is None:
+            return None
+        for label in labels:
+            found = self._pattern.search(label)
+            if found:
+                return found.group(0)
+        return None
+
 
 @dataclass(frozen=True, slots=True)
 class ValueSet:
@@ -235,6 +286,7 @@ class CodeSet:
     value_sets: tuple[ValueSet, ...] = ()
     excluded_rows: tuple[CodeRow, ...] = ()
     excluded_value_sets: tuple[ValueSet, ...] = ()
+    terms: TermMatcher = TermMatcher(())
 
     def entries(self, systems: Mapping[str, str]) -> frozenset[tuple[str, str, str]]:
         """(system URI, code, match) of every entry, exclusions applied: hand rows (a prefix row

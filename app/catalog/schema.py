@@ -92,12 +92,19 @@ class ConditionCheck(_Matching):
     """Only conditions whose clinical status is active / recurrence / relapse count."""
     onset_at_least: Duration | None = None
     """The earliest matching onset must be at least this long before the as-of date."""
+    current_within: Duration | None = None
+    """For states that end by themselves (pregnancy, lactation): an entry counts as current only
+    when dated inside this window (replaces ``within``); an older one still marked active goes to
+    review, an older one without a clinical status has lapsed."""
 
 
 class ProcedureCheck(_Matching):
     check: Literal["procedure"]
     codes: tuple[str, ...] = Field(min_length=1)
+    except_codes: tuple[str, ...] = ()
+    """Code sets that do not count even when ``codes`` match (left to a sibling review check)."""
     within: Duration | None = None
+    """Performed inside the window (a performedPeriod that overlaps it, or in progress)."""
 
 
 class ImmunizationCheck(_Matching):
@@ -124,7 +131,11 @@ class AllergyCheck(_Matching):
     substances: tuple[str, ...] = ()
     """Drug classes whose ingredients count as the allergen; empty: any substance."""
     severe: bool = False
-    """Only high-criticality allergies, severe reactions or anaphylaxis count."""
+    """Only allergies with a severe reaction or anaphylaxis recorded count; high criticality alone
+    (a potential, not a reaction) goes to review."""
+    reaction: Literal["severe_or_anaphylaxis", "anaphylaxis"] = "severe_or_anaphylaxis"
+    """With ``severe``: what the protocol calls severe. ``anaphylaxis``: only an anaphylactic
+    reaction counts; a severe reaction of another kind goes to review."""
 
 
 class PercentOf(_Strict):

@@ -7,6 +7,7 @@ read), and the checks it may bear on are left undecided. Only a Bundle that is n
 that does not hold exactly one Patient, is refused.
 """
 
+import calendar
 import hashlib
 from collections.abc import Callable
 from datetime import date
@@ -95,6 +96,18 @@ class _Reader:
         except ValueError:
             raise self.fail(key, f"a FHIR date or dateTime (got {value!r})") from None
 
+    def last_day(self, data: Json, key: str) -> date | None:
+        """The last day a partial date ("2024", "2024-05") can stand for; None when the day is
+        written (or the field is absent). ``day`` gives the first: together, the span."""
+        value = self.text(data, key)
+        if value is None or len(value) not in (4, 7):
+            return None
+        first = self.day(data, key)
+        if first is None:
+            return None
+        month = 12 if len(value) == 4 else first.month
+        return date(first.year, month, calendar.monthrange(first.year, month)[1])
+
     def period_start(self, data: Json, key: str) -> date | None:
         period = self.obj(data, key)
         return None if period is None else self.at(key).day(period, "start")
@@ -118,6 +131,18 @@ class _Reader:
             "",
         )
         return codings, label
+
+    def displays(self, data: Json, key: str) -> tuple[str, ...]:
+        """Every coding display of a CodeableConcept (``concept`` keeps only one label): an EHR
+        may put the words that name the concept in any of them."""
+        cc = self.obj(data, key)
+        if cc is None:
+            return ()
+        return tuple(
+            c["display"]
+            for c in self.at(key).objs(cc, "coding")
+            if isinstance(c.get("display"), str) and c["display"]
+        )
 
     def concepts(self, data: Json, key: str) -> tuple[Coding, ...]:
         out: list[Coding] = []
@@ -319,7 +344,20 @@ def _conditions(read: _Reader, r: Json) -> list[Condition]:
         return []
     codes, text = read.concept(r, "code")
     onset = read.day(r, "onsetDateTime") or read.period_start(r, "onsetPeriod")
-    abated = read.day(r, "abatementDateTime") or read.period_end(r, "abatementPeriod")
+    # A partial abatement ("2026") is not known to have come before any day of its span: it is
+    # read as the span's last day, so the condition is not ended early on a guess.
+    abated = (
+        read.last_day(r, "abatementDateTime")
+        or read.day(r, "abatementDateTime")
+        or read.period_end(r, "abatementPeriod")
+    )
+    if onset is not None:
+        period = read.obj(r, "onsetPeriod")
+        latest = read.last_day(r, "onsetDateTime") or (
+            read.at("onsetPeriod").last_day(period, "start") if period else None
+        )
+    else:
+        latest = read.last_day(r, "recordedDate")
     return [
         Condition(
             ref=read.ref,
@@ -329,6 +367,9 @@ def _conditions(read: _Reader, r: Json) -> list[Condition]:
             recorded=read.day(r, "recordedDate"),
             abated=abated,
             clinical_status=read.status_code(r, "clinicalStatus"),
+            verification=read.status_code(r, "verificationStatus"),
+            displays=read.displays(r, "code"),
+            latest=latest,
         )
     ]
 
@@ -415,19 +456,33 @@ def _dosage(read: _Reader, dosage: Json) -> tuple[tuple[Coding, ...], Dose | Non
 def _immunizations(read: _Reader, r: Json) -> list[Immunization]:
     if read.text(r, "status") in _EVENT_VOID:
         return []
+    # Only occurrenceString: the vaccine was given, when is not machine-readable. It is kept
+    # undated (a check with a window then asks for review), never dropped as if absent.
     when = read.day(r, "occurrenceDateTime") or read.day(r, "recorded")
-    if when is None:
-        return []
+    key = "occurrenceDateTime" if r.get("occurrenceDateTime") is not None else "recorded"
     codes, text = read.concept(r, "vaccineCode")
-    return [Immunization(read.ref, codes, text, when)]
+    displays = read.displays(r, "vaccineCode")
+    return [Immunization(read.ref, codes, text, when, displays, read.last_day(r, key))]
 
 
 def _procedures(read: _Reader, r: Json) -> list[Procedure]:
     if read.text(r, "status") in _EVENT_VOID:
         return []
     when = read.day(r, "performedDateTime") or read.period_start(r, "performedPeriod")
+    end = read.period_end(r, "performedPeriod")
     codes, text = read.concept(r, "code")
-    return [Procedure(read.ref, codes, text, when)]
+    status = read.text(r, "status")
+    # The latest day it may have been going on, when the record does not say exactly: the end of
+    # a partial date's span, or (a period with a start and no end) any day up to now.
+    latest = read.last_day(r, "performedDateTime")
+    if (period := read.obj(r, "performedPeriod")) is not None:
+        inner = read.at("performedPeriod")
+        spans = [d for d in (inner.last_day(period, "start"), inner.last_day(period, "end")) if d]
+        if when is not None and period.get("end") is None:
+            spans.append(date.max)
+        latest = max(spans, default=None)
+    displays = read.displays(r, "code")
+    return [Procedure(read.ref, codes, text, when, end, status, displays, latest)]
 
 
 def _allergies(read: _Reader, r: Json) -> list[Allergy]:
@@ -439,6 +494,14 @@ def _allergies(read: _Reader, r: Json) -> list[Allergy]:
         m for x in reactions for m in read.at("reaction").concepts(x, "manifestation")
     )
     substances = tuple(c for x in reactions for c in read.concept(x, "substance")[0])
+    reaction = read.at("reaction")
+    manifestation_text: list[str] = []
+    displays = list(read.displays(r, "code"))
+    for x in reactions:
+        for cc in reaction.objs(x, "manifestation"):
+            manifestation_text.extend(_labels(reaction.at("manifestation"), cc))
+        if (substance := reaction.obj(x, "substance")) is not None:
+            displays.extend(_labels(reaction.at("substance"), substance))
     return [
         Allergy(
             ref=read.ref,
@@ -448,8 +511,19 @@ def _allergies(read: _Reader, r: Json) -> list[Allergy]:
             criticality=read.text(r, "criticality"),
             severe_reaction=any(x.get("severity") == "severe" for x in reactions),
             manifestations=manifestations,
+            clinical_status=read.status_code(r, "clinicalStatus"),
+            verification=read.status_code(r, "verificationStatus"),
+            displays=tuple(displays),
+            manifestation_text=tuple(manifestation_text),
         )
     ]
+
+
+def _labels(read: _Reader, cc: Json) -> list[str]:
+    """The text and every coding display of one CodeableConcept."""
+    text = read.text(cc, "text")
+    displays = [c["display"] for c in read.objs(cc, "coding") if isinstance(c.get("display"), str)]
+    return ([text] if text else []) + displays
 
 
 _READERS: dict[str, Callable[[_Reader, Json], list[Any]]] = {
