@@ -9,13 +9,17 @@ from app.catalog.schema import (
     CreatinineClearanceCheck,
     LabFindingCheck,
     MeasurementCheck,
+    RoomAir,
 )
-from app.engine.compare import satisfies, satisfies_censored, symbol
+from app.engine.compare import satisfies, satisfies_censored, satisfies_range, symbol
 from app.engine.context import Context
 from app.engine.record import Observation
+from app.engine.result_text import VERDICTS, TextResult, Verdict, read_result_text
 from app.engine.results import DataRequest, Result, Status, Value
 
-_POSITIVE, _NEGATIVE, _INDETERMINATE = "positive", "negative", "indeterminate"
+_POSITIVE: Verdict = "positive"
+_NEGATIVE: Verdict = "negative"
+_INDETERMINATE: Verdict = "indeterminate"
 
 
 def _fmt(value: float) -> str:
@@ -38,6 +42,52 @@ def _missing(
 
 
 @dataclass(frozen=True, slots=True)
+class _Number:
+    """A result's number: from valueQuantity, or read from its text ("<0.5", "5-10 mg/dL")."""
+
+    value: float
+    unit: str
+    censor: str | None = None
+    high: float | None = None
+    """Upper end when the result is a range (``value`` is then the lower end)."""
+
+
+def _text(ctx: Context, obs: Observation) -> TextResult | None:
+    if not obs.value_text:
+        return None
+    words = {v: ctx.mappings.code_sets[v].strings for v in VERDICTS}
+    return read_result_text(obs.value_text, words)
+
+
+def _number(ctx: Context, obs: Observation) -> _Number | None:
+    """The result's number, from the quantity or else from a text that is only a number."""
+    q = obs.quantity
+    if q is not None:
+        return _Number(q.value, q.unit, q.comparator)
+    read = _text(ctx, obs)
+    if read is None or read.value is None or read.verdict is not None:
+        return None
+    return _Number(read.value, read.unit, read.comparator, read.high)
+
+
+def _plain(ctx: Context, obs: Observation) -> _Number | None:
+    """The result's number when it is exact (neither censored nor a range)."""
+    n = _number(ctx, obs)
+    return n if n is not None and n.censor is None and n.high is None else None
+
+
+def _undated(obs: Observation, since: date) -> str | None:
+    """Why a result dated only to a month or year cannot be used in a window, if it cannot: it
+    may fall before the window, or be newer or older than a result dated to the day."""
+    if obs.when_latest is None:
+        return None
+    return (
+        f"{obs.ref} is dated only between {obs.when} and {obs.when_latest}, so it cannot be "
+        f"placed in the window from {since}"
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class _Reading:
     """A value ready to compare: in the check's unit (or x ULN), with what it came from."""
 
@@ -46,6 +96,10 @@ class _Reading:
     censor: str | None
     evidence: tuple[str, ...]
     how: str = ""
+    high: float | None = None
+    """Upper end when the result was written as a range."""
+    note: str = ""
+    """What a clinician should confirm about this reading (e.g. room air not documented)."""
 
 
 def _readings(
@@ -55,28 +109,84 @@ def _readings(
     analyte = ctx.mappings.analytes[check.analyte]
     readings: list[_Reading] = []
     for obs in ctx.results_for(analyte):
-        if obs.when < since:
-            break
-        if obs.quantity is None:
-            unusable.append((obs.when, f"{obs.ref} has no numeric value"))
+        if (obs.when_latest or obs.when) < since:
+            continue
+        undated = _undated(obs, since)
+        if undated is not None:
+            unusable.append((min(obs.when_latest or obs.when, ctx.as_of), undated))
+            continue
+        number = _number(ctx, obs)
+        if number is None:
+            shown = f" ({obs.value_text!r} is not a number)" if obs.value_text else ""
+            unusable.append((obs.when, f"{obs.ref} has no numeric value{shown}"))
             continue
         if check.uln_multiple:
-            observed = _uln_ratio(analyte, obs)
-            if observed is None:
+            ends = [_uln_ratio(analyte, obs, v, number.unit) for v in _ends(number)]
+            if any(e is None for e in ends):
                 unusable.append((obs.when, f"{obs.ref} reports no upper limit of normal"))
                 continue
+            observed = [e for e in ends if e is not None]
         else:
             assert check.unit is not None  # schema: unit is given unless uln_multiple
-            canonical = analyte.to_canonical(obs.quantity.value, obs.quantity.unit)
-            if canonical is None:
-                problem = f"{obs.ref} is in unit {obs.quantity.unit!r}, not convertible"
+            canonical = [analyte.to_canonical(v, number.unit) for v in _ends(number)]
+            if any(c is None for c in canonical):
+                problem = f"{obs.ref} is in unit {number.unit!r}, not convertible"
                 unusable.append((obs.when, problem))
                 continue
-            observed = canonical / analyte.factors[check.unit]
-        readings.append(_Reading(obs.when, observed, obs.quantity.comparator, (obs.ref,)))
+            observed = [c / analyte.factors[check.unit] for c in canonical if c is not None]
+        note = ""
+        if check.room_air is not None:
+            air, what = _on_room_air(check.room_air, ctx, obs)
+            if air is False:
+                unusable.append((obs.when, f"{obs.ref} was measured {what}: not on room air"))
+                continue
+            note = "" if air else what
+        high = observed[1] if len(observed) > 1 else None
+        readings.append(
+            _Reading(obs.when, observed[0], number.censor, (obs.ref,), high=high, note=note)
+        )
     if check.percent_of is not None and check.unit is not None:
         readings += _derived(check, ctx, since)
     return sorted(readings, key=lambda r: r.when, reverse=True)
+
+
+def _ends(number: _Number) -> list[float]:
+    return [number.value] if number.high is None else [number.value, number.high]
+
+
+def _on_room_air(rule: RoomAir, ctx: Context, obs: Observation) -> tuple[bool | None, str]:
+    """(True: on room air, False: on supplemental oxygen, None: not documented; how it reads).
+
+    The reading's own components decide first (US Core pulse oximetry carries the flow 3151-8
+    and concentration 3150-0 as components), then its code (59410-1 "--on room air"), then an
+    inspired-oxygen result of the same day (the record holds days, not times: oxygen given that
+    day makes the reading not comparable, since it cannot be shown to precede the oxygen)."""
+    own_code = ctx.mappings.code_sets[rule.codes].matcher.matches_any(obs.codes)
+    same_day: list[tuple[bool, str]] = []
+    for oxygen in rule.supplemental_oxygen:
+        analyte = ctx.mappings.analytes[oxygen.analyte]
+        for o2 in ctx.results_for(analyte):
+            if o2.when != obs.when or o2.when_latest is not None:
+                continue
+            n = _plain(ctx, o2)
+            value = None if n is None else analyte.to_canonical(n.value, n.unit)
+            if value is None:
+                continue
+            limit = analyte.to_canonical(oxygen.above, oxygen.unit)
+            assert n is not None and limit is not None  # lint: the unit converts
+            shown = f"{analyte.display} {_fmt(n.value)} {n.unit}"
+            given = satisfies(value, ">", limit)
+            if o2.ref == obs.ref:
+                return (False, f"with {shown.strip()}") if given else (True, "")
+            same_day.append((given, f"{shown.strip()} ({o2.ref})"))
+    if own_code:
+        return True, ""
+    given_that_day = [what for given, what in same_day if given]
+    if given_that_day:
+        return False, f"on a day with {', '.join(given_that_day)}"
+    if same_day:
+        return True, ""
+    return None, f"{obs.ref}: room air not documented (no inspired-oxygen value or room-air code)"
 
 
 def _derived(check: MeasurementCheck, ctx: Context, since: date) -> list[_Reading]:
@@ -90,15 +200,15 @@ def _derived(check: MeasurementCheck, ctx: Context, since: date) -> list[_Readin
     )
     totals: dict[date, tuple[Observation, float]] = {}
     for obs in ctx.results_for(total):
-        q = obs.quantity
-        value = total.to_canonical(q.value, q.unit) if q and q.comparator is None else None
-        if value is not None and obs.when >= since:
+        q = _plain(ctx, obs)
+        value = total.to_canonical(q.value, q.unit) if q else None
+        if value is not None and obs.when >= since and obs.when_latest is None:
             totals.setdefault(obs.when, (obs, value))
     out = []
     for obs in ctx.results_for(percent):
-        q = obs.quantity
-        pct = percent.to_canonical(q.value, q.unit) if q and q.comparator is None else None
-        if pct is None or obs.when < since or obs.when not in totals:
+        q = _plain(ctx, obs)
+        pct = percent.to_canonical(q.value, q.unit) if q else None
+        if pct is None or obs.when < since or obs.when not in totals or obs.when_latest:
             continue
         total_obs, total_value = totals[obs.when]
         assert total.unit is not None  # analytes with units have a canonical unit
@@ -132,9 +242,13 @@ def measurement(check: MeasurementCheck, ctx: Context) -> Result:
     latest = readings[0]
     unit = "× ULN" if check.uln_multiple else str(check.unit)
     threshold = f"{symbol(check.comparator)} {_fmt(check.value)} {unit}"
-    shown = f"{latest.censor or ''}{_fmt(latest.value)} {unit}"
+    shown = f"{latest.censor or ''}{_fmt(latest.value)}"
+    if latest.high is not None:
+        shown += f"-{_fmt(latest.high)}"
+    shown += f" {unit}"
     if latest.how:
         shown += f" ({latest.how})"
+    noted = (latest.note,) if latest.note else ()
     base = Result(
         check.id,
         check.label,
@@ -144,50 +258,106 @@ def measurement(check: MeasurementCheck, ctx: Context) -> Result:
         values=(Value(analyte.display, latest.value, unit),),
         threshold=threshold,
     )
-    verdict = satisfies_censored(latest.value, latest.censor, check.comparator, check.value)
+    verdict = _verdict(latest, check)
     if verdict is None:
         return _with(
             base,
             Status.UNKNOWN,
             f"{analyte.display} was reported as {shown} on {latest.when}, which cannot be "
             f"compared with {threshold}.",
-            review=(f"{analyte.display} {shown}: compare with {threshold}",),
+            review=(f"{analyte.display} {shown}: compare with {threshold}", *noted),
+        )
+    if verdict and check.repeated is not None:
+        run = _satisfying_run(readings, check)
+        days = sorted({r.when for r in run})
+        if len(days) < check.repeated:
+            return _with(
+                replace(base, evidence=tuple(e for r in run for e in r.evidence)),
+                Status.UNKNOWN,
+                f"{analyte.display} {shown} on {latest.when} is {threshold}, but only "
+                f"{len(days)} of the latest readings (on different days) are; the protocol asks "
+                f"for a sustained value ({check.repeated} readings on different days decide).",
+                review=(
+                    f"{check.label}: one reading {shown} on {latest.when}; confirm with repeated "
+                    "readings",
+                    *noted,
+                ),
+            )
+        listed = ", ".join(f"{_fmt(r.value)} on {r.when}" for r in run)
+        return _with(
+            replace(base, evidence=tuple(e for r in run for e in r.evidence)),
+            Status.MET,
+            f"{analyte.display} {threshold} on {len(days)} days in a row: {listed}.",
+            review=noted,
         )
     status = Status.MET if verdict else Status.NOT_MET
     word = "meets" if verdict else "does not meet"
-    return _with(base, status, f"{analyte.display} {shown} on {latest.when} {word} {threshold}.")
+    return _with(
+        base,
+        status,
+        f"{analyte.display} {shown} on {latest.when} {word} {threshold}.",
+        review=noted,
+    )
+
+
+def _verdict(reading: _Reading, check: MeasurementCheck) -> bool | None:
+    if reading.high is not None:
+        return satisfies_range(reading.value, reading.high, check.comparator, check.value)
+    return satisfies_censored(reading.value, reading.censor, check.comparator, check.value)
+
+
+def _satisfying_run(readings: list[_Reading], check: MeasurementCheck) -> list[_Reading]:
+    """The latest readings, newest first, up to the first that does not satisfy the check."""
+    run = []
+    for reading in readings:
+        if not _verdict(reading, check):
+            break
+        run.append(reading)
+    return run
 
 
 def _with(base: Result, status: Status, reason: str, review: tuple[str, ...] = ()) -> Result:
     return replace(base, status=status, reason=reason, review=review)
 
 
-def _uln_ratio(analyte: Analyte, obs: Observation) -> float | None:
+def _uln_ratio(analyte: Analyte, obs: Observation, value: float, unit: str) -> float | None:
+    """``value`` as a multiple of the result's upper reference limit. No default limit is
+    assumed: a result without one is for review (codes.md §1.1 I7c "ULN missing -> manual")."""
     high = obs.ref_high
-    if obs.quantity is None or high is None or high.value <= 0:
+    if high is None or high.value <= 0:
         return None
-    if high.unit == obs.quantity.unit:
-        return obs.quantity.value / high.value
-    value = analyte.to_canonical(obs.quantity.value, obs.quantity.unit)
+    if high.unit == unit:
+        return value / high.value
+    canonical = analyte.to_canonical(value, unit)
     limit = analyte.to_canonical(high.value, high.unit)
-    return None if value is None or not limit else value / limit
+    return None if canonical is None or not limit else canonical / limit
 
 
 def lab_finding(check: LabFindingCheck, ctx: Context) -> Result:
-    """The latest result of each listed analyte (alternative tests for one finding) in the window:
-    met if any reads as the finding, unknown if any cannot be read, not-met if all read as not."""
+    """The latest result of each listed analyte (alternative tests for one finding) in the window,
+    or with ``history`` every result in it: met if any reads as the finding, unknown if any
+    cannot be read, not-met if all read as not."""
     analytes = [ctx.mappings.analytes[name] for name in check.analytes]
     since = ctx.since(check.within)
-    latest = [next((o for o in ctx.results_for(a) if o.when >= since), None) for a in analytes]
-    read = [
-        (o, *_classify(check, ctx, o, a), a.display)
-        for o, a in zip(latest, analytes, strict=True)
-        if o is not None
-    ]
+    read = []
+    for analyte in analytes:
+        for obs in _considered(check, ctx, analyte, since):
+            verdict, shown = _classify(check, ctx, obs, analyte)
+            if obs.when < since:  # dated only to a month or year that reaches into the window
+                verdict, shown = _INDETERMINATE, f"{shown} (may be before {since})"
+            read.append((obs, verdict, shown, analyte.display))
     if not read:
+        if check.if_none == "not_met":
+            names = " or ".join(a.display for a in analytes)
+            return Result(
+                check.id,
+                check.label,
+                Status.NOT_MET,
+                f"No {names} result since {since.isoformat()}.",
+            )
         return _missing(check.id, check.label, ctx, analytes, since)
-    described = "; ".join(f"{name} {shown} on {o.when}" for o, _, shown, name in read)
-    evidence = tuple(o.ref for o, *_ in read)
+    described = "; ".join(f"{name} {shown} on {_day(o)}" for o, _, shown, name in read)
+    evidence = tuple(dict.fromkeys(o.ref for o, *_ in read))
     hits = [r for r in read if r[1] == _POSITIVE]
     unclear = [r for r in read if r[1] == _INDETERMINATE]
     finding = {
@@ -195,21 +365,23 @@ def lab_finding(check: LabFindingCheck, ctx: Context) -> Result:
         "low": "below the lower reference limit",
         "coded": f"in {check.result_codes}",
     }[check.finding]
+    which = "A result in the window" if check.history else "Latest result"
     if hits:
         return Result(
             check.id,
             check.label,
             Status.MET,
-            f"Latest result reads as {finding}: {described}.",
+            f"{which} reads as {finding}: {described}.",
             evidence=evidence,
         )
     if unclear:
-        listed = "; ".join(f"{name} {shown} on {o.when}" for o, _, shown, name in unclear)
+        listed = "; ".join(f"{name} {shown} on {_day(o)}" for o, _, shown, name in unclear)
         return Result(
             check.id,
             check.label,
             Status.UNKNOWN,
-            f"Cannot tell whether the latest result is {finding}: {described}.",
+            f"Cannot tell whether the {'results' if check.history else 'latest result'} "
+            f"{'are' if check.history else 'is'} {finding}: {described}.",
             evidence=evidence,
             review=(f"Interpret {listed}",),
         )
@@ -217,9 +389,33 @@ def lab_finding(check: LabFindingCheck, ctx: Context) -> Result:
         check.id,
         check.label,
         Status.NOT_MET,
-        f"Latest result is not {finding}: {described}.",
+        f"{'No result in the window reads as' if check.history else 'Latest result is not'} "
+        f"{finding}: {described}.",
         evidence=evidence,
     )
+
+
+def _day(obs: Observation) -> str:
+    return str(obs.when) if obs.when_latest is None else f"{obs.when}..{obs.when_latest}"
+
+
+def _considered(
+    check: LabFindingCheck, ctx: Context, analyte: Analyte, since: date
+) -> list[Observation]:
+    """The results of one analyte that decide: every one that may lie in the window with
+    ``history``; else the latest, together with any result dated only to a month or year that
+    may be as recent (which of them is the latest cannot be told)."""
+    results = [o for o in ctx.results_for(analyte) if (o.when_latest or o.when) >= since]
+    if check.history or not results:
+        return results
+    exact = [o for o in results if o.when_latest is None]
+    newest = exact[0].when if exact else None
+    return [
+        o
+        for o in results
+        if o is (exact[0] if exact else None)
+        or (o.when_latest is not None and (newest is None or o.when_latest >= newest))
+    ]
 
 
 def _classify(
@@ -232,56 +428,73 @@ def _classify(
         assert check.result_codes is not None  # schema: coded findings name their code set
         if not obs.value_codes:
             return _INDETERMINATE, shown
-        hit = sets[check.result_codes].matcher.matches_any(obs.value_codes)
-        return (_POSITIVE if hit else _NEGATIVE), shown
+        if sets[check.result_codes].matcher.matches_any(obs.value_codes):
+            return _POSITIVE, shown
+        if check.negative_codes is None:
+            return _NEGATIVE, shown
+        negative = sets[check.negative_codes].matcher.matches_any(obs.value_codes)
+        return (_NEGATIVE if negative else _INDETERMINATE), shown
+    number = _number(ctx, obs)
     if check.finding == "low":
         if sets["low_interpretation"].matcher.matches_any(obs.interpretation):
             return _POSITIVE, shown
-        q, low = obs.quantity, obs.ref_low
-        if q is None or low is None:
+        low = obs.ref_low
+        if number is None or low is None or number.high is not None:
             return _INDETERMINATE, shown
-        same_unit = low.unit == q.unit  # else e.g. C3 in mg/dL against a range in g/L
-        value = q.value if same_unit else analyte.to_canonical(q.value, q.unit)
+        same_unit = low.unit == number.unit  # else e.g. C3 in mg/dL against a range in g/L
+        value = number.value if same_unit else analyte.to_canonical(number.value, number.unit)
         limit = low.value if same_unit else analyte.to_canonical(low.value, low.unit)
         if value is None or limit is None:
             return _INDETERMINATE, shown
-        return (_POSITIVE if satisfies(value, "<", limit) else _NEGATIVE), shown
+        below = satisfies_censored(value, number.censor, "<", limit)
+        return (_INDETERMINATE if below is None else _POSITIVE if below else _NEGATIVE), shown
     for verdict in (_POSITIVE, _NEGATIVE, _INDETERMINATE):
-        vocabulary = sets[verdict]
-        if vocabulary.matcher.matches_any(obs.value_codes) or obs.value_text in vocabulary.strings:
+        if sets[verdict].matcher.matches_any(obs.value_codes):
             return verdict, shown
     if obs.value_bool is not None:
         return (_POSITIVE if obs.value_bool else _NEGATIVE), shown
-    if obs.value_text and ":" in obs.value_text and check.titer_cutoff is not None:
-        titer = _titer(obs.value_text)
-        if titer is not None:
-            return (_POSITIVE if titer >= check.titer_cutoff else _NEGATIVE), shown
+    text = _text(ctx, obs)  # None also when written in a shape the parser does not read
+    if text is not None and text.titer is not None:
+        by_titer = _by_titer(check, text)
+        if by_titer is not None:
+            return by_titer, shown
+    if text is not None and text.verdict is not None:
+        return text.verdict, shown
     # The lab's own reading (DET / NEG) wins over our reading of the number: a viral load of
     # "<20 IU/mL" flagged DET is detected but below the limit of quantification.
     if sets["positive"].matcher.matches_any(obs.interpretation):
         return _POSITIVE, shown
     if sets["negative"].matcher.matches_any(obs.interpretation):
         return _NEGATIVE, shown
-    if obs.quantity is not None:
-        q = obs.quantity
+    if number is not None:
         if check.numeric == "detected":
             # A viral load below the assay's limit comes back as "<20"; a number is a detection.
-            below = q.comparator in {"<", "<="} or q.value <= 0
+            below = number.censor in {"<", "<="} or number.value <= 0
             return (_NEGATIVE if below else _POSITIVE), shown
-        if obs.ref_high is not None and obs.ref_high.unit == q.unit:
-            verdict_high = satisfies(q.value, ">", obs.ref_high.value)
-            return (_POSITIVE if verdict_high else _NEGATIVE), shown
+        high = obs.ref_high
+        if high is not None and high.unit == number.unit:
+            if number.high is not None:
+                above = satisfies_range(number.value, number.high, ">", high.value)
+            else:
+                above = satisfies_censored(number.value, number.censor, ">", high.value)
+            if above is not None:
+                return (_POSITIVE if above else _NEGATIVE), shown
     if sets["abnormal_high_interpretation"].matcher.matches_any(obs.interpretation):
         return _POSITIVE, shown
     return _INDETERMINATE, shown
 
 
-def _titer(text: str) -> float | None:
-    left, _, right = text.partition(":")
-    try:
-        return float(right) / float(left)
-    except (ValueError, ZeroDivisionError):
+def _by_titer(check: LabFindingCheck, text: TextResult) -> Verdict | None:
+    """A titer against the protocol's cut-off: it decides over the lab's word, unless the word
+    says negative while the titer reaches the cut-off (contradictory: for review). Without a
+    cut-off, None: the lab's word or interpretation decides."""
+    assert text.titer is not None
+    if check.titer_cutoff is None:
         return None
+    reaches = satisfies_censored(text.titer, text.titer_comparator, ">=", check.titer_cutoff)
+    if reaches is None or (reaches and text.verdict == _NEGATIVE):
+        return _INDETERMINATE
+    return _POSITIVE if reaches else _NEGATIVE
 
 
 def _shown(obs: Observation) -> str:
@@ -356,9 +569,26 @@ def creatinine_clearance(check: CreatinineClearanceCheck, ctx: Context) -> Resul
     (scr_obs, scr), (wt_obs, kg) = creatinine, weight
     if scr <= 0:
         return Result(check.id, check.label, Status.UNKNOWN, f"{scr_obs.ref} has creatinine 0.")
-    age = patient.age_on(scr_obs.when)
-    assert age is not None  # birth date checked above
-    clearance = (140 - age) * kg / (72 * scr) * (0.85 if patient.gender == "female" else 1.0)
+    ages = patient.age_range_on(scr_obs.when)
+    assert ages is not None  # birth date checked above
+    sex_factor = 0.85 if patient.gender == "female" else 1.0
+    youngest, age = ages
+    clearance = (140 - age) * kg / (72 * scr) * sex_factor
+    highest = (140 - youngest) * kg / (72 * scr) * sex_factor
+    if satisfies(clearance, check.comparator, check.value) != satisfies(
+        highest, check.comparator, check.value
+    ):
+        return Result(
+            check.id,
+            check.label,
+            Status.UNKNOWN,
+            f"Cockcroft-Gault gives {_fmt(clearance)}-{_fmt(highest)} mL/min for an age of "
+            f"{youngest}-{age} (the birth date is recorded only as {patient.birth_date} to "
+            f"{patient.birth_latest}), on both sides of {threshold}.",
+            evidence=(scr_obs.ref, wt_obs.ref, patient.ref),
+            data_requests=(DataRequest("Patient", (), "exact birth date"),),
+            threshold=threshold,
+        )
     return decide(
         clearance,
         f"Cockcroft-Gault from creatinine {_fmt(scr)} mg/dL on {scr_obs.when}, weight "
@@ -373,10 +603,10 @@ def _latest_in(ctx: Context, analyte: Analyte, since: date) -> tuple[Observation
     An unreadable newest result is not passed over for an older one: the value is then missing
     (so the check asks for a new result rather than deciding on stale data)."""
     for obs in ctx.results_for(analyte):
-        if obs.when < since:
-            return None
-        q = obs.quantity
-        if q is None or q.comparator is not None:
+        if (obs.when_latest or obs.when) < since:
+            continue
+        q = _plain(ctx, obs) if obs.when_latest is None else None
+        if q is None:
             return None
         value = analyte.to_canonical(q.value, q.unit)
         return None if value is None else (obs, value)

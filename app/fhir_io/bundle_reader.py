@@ -9,13 +9,14 @@ that does not hold exactly one Patient, is refused.
 
 import hashlib
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import date
 from typing import Any
 
 import orjson
 
 from app.core.errors import InvalidInput, UnprocessableInput
-from app.core.fhir_dates import parse_fhir_date
+from app.core.fhir_dates import parse_fhir_date, parse_fhir_date_range
 from app.engine.record import (
     Allergy,
     Coding,
@@ -92,6 +93,16 @@ class _Reader:
             return None
         try:
             return parse_fhir_date(value)
+        except ValueError:
+            raise self.fail(key, f"a FHIR date or dateTime (got {value!r})") from None
+
+    def day_range(self, data: Json, key: str) -> tuple[date, date] | None:
+        """The first and last day a (possibly partial) date may be."""
+        value = self.text(data, key)
+        if value is None:
+            return None
+        try:
+            return parse_fhir_date_range(value)
         except ValueError:
             raise self.fail(key, f"a FHIR date or dateTime (got {value!r})") from None
 
@@ -236,16 +247,24 @@ def _unreadable(read: _Reader, resource: Json, exc: InvalidInput) -> Unreadable:
 
 
 def _patient(read: _Reader, r: Json) -> Patient:
-    return Patient(read.ref, read.day(r, "birthDate"), read.text(r, "gender"))
+    born = read.day_range(r, "birthDate")
+    if born is None:
+        return Patient(read.ref, None, read.text(r, "gender"))
+    first, last = born
+    return Patient(read.ref, first, read.text(r, "gender"), last if last != first else None)
 
 
 def _observations(read: _Reader, r: Json) -> list[Observation]:
     if read.text(r, "status") not in _OBSERVATION_COUNTS:
         return []
-    when = read.day(r, "effectiveDateTime") or read.period_start(r, "effectivePeriod")
+    # A partial effectiveDateTime ("2026-05") keeps its last possible day too: the engine does
+    # not place it inside a window on a day the source did not write.
+    span = read.day_range(r, "effectiveDateTime")
+    when = span[0] if span else read.period_start(r, "effectivePeriod")
     when = when or read.day(r, "effectiveInstant") or read.day(r, "issued")
     if when is None:
         return []
+    when_latest = span[1] if span and span[1] != span[0] else None
     ref = read.ref
     ranges = read.objs(r, "referenceRange")
     low = read.quantity(ranges[0], "low") if ranges else None
@@ -270,6 +289,8 @@ def _observations(read: _Reader, r: Json) -> list[Observation]:
                 sub.quantity(c_ranges[0], "high") if c_ranges else None,
             )
         )
+    if when_latest is not None:
+        out = [replace(o, when_latest=when_latest) for o in out]
     return out
 
 
@@ -306,7 +327,7 @@ def _observation(
         when=when,
         quantity=quantity,
         value_codes=value_codes,
-        value_text=value_text.strip().lower() if value_text else None,
+        value_text=value_text.strip() or None if value_text else None,
         value_bool=flag,
         interpretation=interpretation,
         ref_low=low,
