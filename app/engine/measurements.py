@@ -367,11 +367,12 @@ def lab_finding(check: LabFindingCheck, ctx: Context) -> Result:
     }[check.finding]
     which = "A result in the window" if check.history else "Latest result"
     if hits:
+        shown_hits = "; ".join(f"{name} {shown} on {_day(o)}" for o, _, shown, name in hits)
         return Result(
             check.id,
             check.label,
             Status.MET,
-            f"{which} reads as {finding}: {described}.",
+            f"{which} reads as {finding}: {shown_hits if check.history else described}.",
             evidence=evidence,
         )
     if unclear:

@@ -60,8 +60,6 @@ _SYMBOLS = str.maketrans(
         "μ": "u",
         "(": " ",
         ")": " ",
-        "[": " ",
-        "]": " ",
     }
 )
 _SUPERSCRIPT = re.compile("[⁰¹²³⁴⁵⁶⁷⁸⁹]+")
@@ -118,6 +116,8 @@ def read_result_text(text: str, words: Mapping[Verdict, frozenset[str]]) -> Text
         low, high = float(match["lo"]), match["hi"]
         if high is not None and (match["cmp"] or float(high) < low):
             return None
+        if match["unit"] and _verdict_of(match["unit"], words) is not None:
+            return None  # "12 positive": a word after the number, not a unit
         result = TextResult(
             value=low,
             comparator=_cmp(match["cmp"]) if match["cmp"] else None,
