@@ -146,7 +146,7 @@ def _readings(
             _Reading(obs.when, observed[0], number.censor, (obs.ref,), high=high, note=note)
         )
     if check.percent_of is not None and check.unit is not None:
-        readings += _derived(check, ctx, since)
+        readings += _derived(check, ctx, since, unusable)
     return sorted(readings, key=lambda r: r.when, reverse=True)
 
 
@@ -166,11 +166,17 @@ def _on_room_air(rule: RoomAir, ctx: Context, obs: Observation) -> tuple[bool | 
     for oxygen in rule.supplemental_oxygen:
         analyte = ctx.mappings.analytes[oxygen.analyte]
         for o2 in ctx.results_for(analyte):
-            if o2.when != obs.when or o2.when_latest is not None:
+            if not o2.when <= obs.when <= (o2.when_latest or o2.when):
                 continue
             n = _plain(ctx, o2)
             value = None if n is None else analyte.to_canonical(n.value, n.unit)
-            if value is None:
+            if value is None or o2.when_latest is not None:
+                # Oxygen recorded that day (or in a month that holds it) that cannot be read:
+                # room air cannot be shown.
+                shown = f"{analyte.display} {_shown(o2)} ({o2.ref}, {_day(o2)})"
+                if o2.ref == obs.ref:
+                    return False, f"with {shown}, which cannot be read"
+                same_day.append((True, f"{shown}, which cannot be read"))
                 continue
             limit = analyte.to_canonical(oxygen.above, oxygen.unit)
             assert n is not None and limit is not None  # lint: the unit converts
@@ -189,8 +195,12 @@ def _on_room_air(rule: RoomAir, ctx: Context, obs: Observation) -> tuple[bool | 
     return None, f"{obs.ref}: room air not documented (no inspired-oxygen value or room-air code)"
 
 
-def _derived(check: MeasurementCheck, ctx: Context, since: date) -> list[_Reading]:
-    """Values computed as percent x total from results of the same day (the same draw)."""
+def _derived(
+    check: MeasurementCheck, ctx: Context, since: date, unusable: list[tuple[date, str]]
+) -> list[_Reading]:
+    """Values computed as percent x total from results of the same day (the same draw). A
+    percentage, or the total it needs, that is there but cannot be used goes to ``unusable``; a
+    percentage with no total of its day at all is not a reading (as before: nothing to derive)."""
     assert check.percent_of is not None and check.unit is not None
     analytes = ctx.mappings.analytes
     target, percent, total = (
@@ -198,19 +208,42 @@ def _derived(check: MeasurementCheck, ctx: Context, since: date) -> list[_Readin
         analytes[check.percent_of.percent],
         analytes[check.percent_of.total],
     )
-    totals: dict[date, tuple[Observation, float]] = {}
+    totals: dict[date, tuple[Observation, float] | None] = {}
+    undated_totals: list[Observation] = []
     for obs in ctx.results_for(total):
+        if (obs.when_latest or obs.when) < since:
+            continue
+        if obs.when_latest is not None:
+            undated_totals.append(obs)
+            continue
         q = _plain(ctx, obs)
         value = total.to_canonical(q.value, q.unit) if q else None
-        if value is not None and obs.when >= since and obs.when_latest is None:
-            totals.setdefault(obs.when, (obs, value))
+        totals.setdefault(obs.when, None if value is None else (obs, value))
     out = []
     for obs in ctx.results_for(percent):
+        if (obs.when_latest or obs.when) < since:
+            continue
+        undated = _undated(obs, since)
+        if undated is not None:
+            unusable.append((min(obs.when_latest or obs.when, ctx.as_of), undated))
+            continue
         q = _plain(ctx, obs)
         pct = percent.to_canonical(q.value, q.unit) if q else None
-        if pct is None or obs.when < since or obs.when not in totals or obs.when_latest:
+        if pct is None:
+            unusable.append((obs.when, f"{obs.ref} ({_shown(obs)}) is not a usable percentage"))
             continue
-        total_obs, total_value = totals[obs.when]
+        unclear = [t for t in undated_totals if t.when <= obs.when <= (t.when_latest or t.when)]
+        if obs.when not in totals and unclear:
+            unusable.append((obs.when, f"{obs.ref}: {total.display} of its day is undated"))
+            continue
+        if obs.when not in totals:
+            continue
+        pair = totals[obs.when]
+        if pair is None:
+            problem = f"{obs.ref}: the {total.display} of {obs.when} cannot be used"
+            unusable.append((obs.when, problem))
+            continue
+        total_obs, total_value = pair
         assert total.unit is not None  # analytes with units have a canonical unit
         canonical = target.to_canonical(pct / 100 * total_value, total.unit)
         if canonical is None:
@@ -341,11 +374,17 @@ def lab_finding(check: LabFindingCheck, ctx: Context) -> Result:
     since = ctx.since(check.within)
     read = []
     for analyte in analytes:
+        entries = []
         for obs in _considered(check, ctx, analyte, since):
             verdict, shown = _classify(check, ctx, obs, analyte)
             if obs.when < since:  # dated only to a month or year that reaches into the window
                 verdict, shown = _INDETERMINATE, f"{shown} (may be before {since})"
-            read.append((obs, verdict, shown, analyte.display))
+            entries.append((obs, verdict, shown, analyte.display))
+        if not check.history and len({e[1] for e in entries}) > 1:
+            # Which one is the latest cannot be told (a result dated only to the month), and
+            # they read differently.
+            entries = [(o, _INDETERMINATE, f"{s} (latest?)", n) for o, _, s, n in entries]
+        read += entries
     if not read:
         if check.if_none == "not_met":
             names = " or ".join(a.display for a in analytes)
@@ -532,13 +571,29 @@ def creatinine_clearance(check: CreatinineClearanceCheck, ctx: Context) -> Resul
             threshold=threshold,
         )
 
-    reported = _latest_in(ctx, analytes["creatinine_clearance_cg"], since)
-    creatinine = _latest_in(ctx, analytes["creatinine"], since)
-    if reported is not None and (creatinine is None or reported[0].when >= creatinine[0].when):
-        # The lab's own Cockcroft-Gault value, unless a newer creatinine supersedes it.
-        obs, value = reported
-        return decide(value, f"reported by the lab on {obs.when}", (obs.ref,), ())
-    weight = _latest_in(ctx, analytes["body_weight"], since)
+    newest_reported = _newest_in(ctx, analytes["creatinine_clearance_cg"], since)
+    newest_creatinine = _newest_in(ctx, analytes["creatinine"], since)
+    if newest_reported is not None and (
+        newest_creatinine is None or _last_day(newest_reported) >= _last_day(newest_creatinine)
+    ):
+        # The lab's own Cockcroft-Gault value, unless a newer creatinine supersedes it; a newest
+        # value that cannot be used is not passed over for an older one.
+        obs, reported_value = newest_reported
+        if reported_value is None:
+            problem = f"{obs.ref} ({_shown(obs)}, {_day(obs)}) cannot be used"
+            return Result(
+                check.id,
+                check.label,
+                Status.UNKNOWN,
+                f"The newest reported creatinine clearance {problem}.",
+                evidence=(obs.ref,),
+                review=(f"Creatinine clearance: {problem}",),
+                data_requests=(ctx.request_for([analytes["creatinine_clearance_cg"]], since),),
+                threshold=threshold,
+            )
+        return decide(reported_value, f"reported by the lab on {obs.when}", (obs.ref,), ())
+    creatinine = _usable(newest_creatinine)
+    weight = _usable(_newest_in(ctx, analytes["body_weight"], since))
     patient = ctx.record.patient
     requests: list[DataRequest] = []
     if creatinine is None:
@@ -599,16 +654,26 @@ def creatinine_clearance(check: CreatinineClearanceCheck, ctx: Context) -> Resul
     )
 
 
-def _latest_in(ctx: Context, analyte: Analyte, since: date) -> tuple[Observation, float] | None:
-    """The newest result in the window, if it has an uncensored value in a convertible unit.
-    An unreadable newest result is not passed over for an older one: the value is then missing
-    (so the check asks for a new result rather than deciding on stale data)."""
-    for obs in ctx.results_for(analyte):
-        if (obs.when_latest or obs.when) < since:
-            continue
-        q = _plain(ctx, obs) if obs.when_latest is None else None
-        if q is None:
-            return None
-        value = analyte.to_canonical(q.value, q.unit)
-        return None if value is None else (obs, value)
-    return None
+def _newest_in(
+    ctx: Context, analyte: Analyte, since: date
+) -> tuple[Observation, float | None] | None:
+    """The newest result in the window (a result dated only to a month counts from the last day
+    it may be), with its value in the canonical unit, or None for the value when it cannot be
+    used (no exact number, a unit that does not convert, a partial date): the value is then
+    missing, and an older result is not used in its place."""
+    found = [o for o in ctx.results_for(analyte) if (o.when_latest or o.when) >= since]
+    if not found:
+        return None
+    obs = max(found, key=lambda o: (o.when_latest or o.when, o.when_latest is not None))
+    q = _plain(ctx, obs) if obs.when_latest is None else None
+    return obs, None if q is None else analyte.to_canonical(q.value, q.unit)
+
+
+def _last_day(found: tuple[Observation, float | None]) -> date:
+    return found[0].when_latest or found[0].when
+
+
+def _usable(found: tuple[Observation, float | None] | None) -> tuple[Observation, float] | None:
+    if found is None or found[1] is None:
+        return None
+    return found[0], found[1]
