@@ -129,3 +129,46 @@ def test_less_complete_never_favours_eligibility(
     assert not moved, moved
     if before.eligibility is not Eligibility.ELIGIBLE:
         assert after.eligibility is not Eligibility.ELIGIBLE
+
+
+def _born(case: GoldenCase) -> object:
+    return case.bundle["entry"][0]["resource"].get("birthDate")
+
+
+def _birth_cases() -> list[GoldenCase]:
+    """Each baseline, and every case whose patient has a birth date of its own."""
+    cases = load_cases()
+    baselines = [_baseline(t)[0] for t in sorted({c.trial for c in cases})]
+    usual = {b.trial: _born(b) for b in baselines}
+    own = [c for c in cases if isinstance(_born(c), str) and _born(c) != usual[c.trial]]
+    return baselines + own
+
+
+BORN = _birth_cases()
+
+
+@pytest.mark.parametrize("case", BORN, ids=[f"{c.trial}: {c.name}" for c in BORN])
+@pytest.mark.parametrize("keep", [4, 7], ids=["year", "month"])
+def test_a_blurred_birth_date_never_favours_eligibility(
+    case: GoldenCase, keep: int, catalog: Catalog
+) -> None:
+    """The birth date blurred to its year or month: ages (and Cockcroft-Gault) decide only when
+    every possible birthday agrees."""
+    bundle = copy.deepcopy(case.bundle)
+    patient = bundle["entry"][0]["resource"]
+    assert patient["resourceType"] == "Patient"
+    patient["birthDate"] = patient["birthDate"][:keep]
+    key = (case.trial, case.name)
+    if key not in _BEFORE:
+        _BEFORE[key] = _screen(catalog, case, case.bundle)
+    before = _BEFORE[key]
+    after = _screen(catalog, case, bundle)
+    moved = [
+        f"{b.criterion.id}: {b.result.status} -> {a.result.status} ({a.result.reason})"
+        for b, a in zip(before.criteria, after.criteria, strict=True)
+        if not _favours(b.criterion.kind, b.result.status)
+        and _favours(a.criterion.kind, a.result.status)
+    ]
+    assert not moved, moved
+    if before.eligibility is not Eligibility.ELIGIBLE:
+        assert after.eligibility is not Eligibility.ELIGIBLE

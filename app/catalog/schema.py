@@ -180,7 +180,7 @@ class MeasurementCheck(_Check):
         return self
 
 
-class LabFindingCheck(_Check):
+class LabFindingCheck(_Matching):
     check: Literal["lab_finding"]
     analytes: tuple[str, ...] = Field(min_length=1)
     finding: Literal["positive", "low", "coded"]

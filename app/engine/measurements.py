@@ -407,6 +407,16 @@ def lab_finding(check: LabFindingCheck, ctx: Context) -> Result:
     which = "A result in the window" if check.history else "Latest result"
     if hits:
         shown_hits = "; ".join(f"{name} {shown} on {_day(o)}" for o, _, shown, name in hits)
+        if check.on_match == "review":
+            return Result(
+                check.id,
+                check.label,
+                Status.UNKNOWN,
+                f"{which} reads as {finding}: {shown_hits}. A clinician must judge whether it "
+                "counts.",
+                evidence=evidence,
+                review=(f"{check.label}: {shown_hits}",),
+            )
         return Result(
             check.id,
             check.label,
