@@ -1,11 +1,14 @@
 """The result-text parser against strings as laboratories write them (valueString and
-valueCodeableConcept.text), with the shipped vocabularies of fhir_mappings/results.yaml."""
+valueCodeableConcept.text), with the shipped vocabularies of fhir_mappings/results.yaml; and the
+partial FHIR dates results and birth dates are written with."""
 
 from collections.abc import Mapping
+from datetime import date
 
 import pytest
 
 from app.catalog.loader import Catalog
+from app.core.fhir_dates import parse_fhir_date, parse_fhir_date_range
 from app.engine.result_text import VERDICTS, TextResult, Verdict, read_result_text
 
 
@@ -121,3 +124,24 @@ def test_words_come_from_the_vocabulary_not_the_parser() -> None:
     assert read_result_text("Positivo", {"positive": frozenset({"positivo"})}) == TextResult(
         verdict="positive"
     )
+
+
+@pytest.mark.parametrize(
+    ("written", "first", "last"),
+    [
+        ("1956", "1956-01-01", "1956-12-31"),
+        ("2008-03", "2008-03-01", "2008-03-31"),
+        ("2024-02", "2024-02-01", "2024-02-29"),
+        ("2026-05-20", "2026-05-20", "2026-05-20"),
+        ("2026-05-20T23:30:00-05:00", "2026-05-20", "2026-05-20"),
+    ],
+)
+def test_partial_dates_span_every_day_they_may_be(written: str, first: str, last: str) -> None:
+    assert parse_fhir_date_range(written) == (date.fromisoformat(first), date.fromisoformat(last))
+    assert parse_fhir_date(written) == date.fromisoformat(first)
+
+
+@pytest.mark.parametrize("written", ["2026-13", "26-05-20", "2026/05/20", "May 2026", ""])
+def test_not_a_fhir_date(written: str) -> None:
+    with pytest.raises(ValueError):
+        parse_fhir_date_range(written)

@@ -83,7 +83,7 @@ def _undated(obs: Observation, since: date) -> str | None:
         return None
     return (
         f"{obs.ref} is dated only between {obs.when} and {obs.when_latest}, so it cannot be "
-        f"placed in the window from {since}"
+        f"placed in the window from {since} or ordered against results dated to the day"
     )
 
 
@@ -123,7 +123,13 @@ def _readings(
         if check.uln_multiple:
             ends = [_uln_ratio(analyte, obs, v, number.unit) for v in _ends(number)]
             if any(e is None for e in ends):
-                unusable.append((obs.when, f"{obs.ref} reports no upper limit of normal"))
+                problem = (
+                    f"{obs.ref} reports no upper limit of normal"
+                    if obs.ref_high is None
+                    else f"{obs.ref} is in unit {number.unit!r}, not comparable with its "
+                    f"upper limit of normal in {obs.ref_high.unit!r}"
+                )
+                unusable.append((obs.when, problem))
                 continue
             observed = [e for e in ends if e is not None]
         else:
