@@ -316,7 +316,8 @@ def _observation(
     if ratio is not None:
         num, den = read.quantity(ratio, "numerator"), read.quantity(ratio, "denominator")
         if num is not None and den is not None:
-            value_text = f"{num.value:g}:{den.value:g}"
+            # A titer as a ratio; a censored one ("<1:40") keeps its comparator.
+            value_text = f"{num.comparator or ''}{num.value:g}:{den.value:g}"
     flag = data.get("valueBoolean")
     if flag is not None and not isinstance(flag, bool):
         raise read.fail("valueBoolean", "true or false")
