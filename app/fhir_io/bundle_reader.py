@@ -260,8 +260,10 @@ def _observations(read: _Reader, r: Json) -> list[Observation]:
     # A partial effectiveDateTime ("2026-05") keeps its last possible day too: the engine does
     # not place it inside a window on a day the source did not write.
     span = read.day_range(r, "effectiveDateTime")
-    when = span[0] if span else read.period_start(r, "effectivePeriod")
-    when = when or read.day(r, "effectiveInstant") or read.day(r, "issued")
+    period = read.obj(r, "effectivePeriod")
+    if span is None and period is not None:
+        span = read.at("effectivePeriod").day_range(period, "start")
+    when = span[0] if span else read.day(r, "effectiveInstant") or read.day(r, "issued")
     if when is None:
         return []
     when_latest = span[1] if span and span[1] != span[0] else None
