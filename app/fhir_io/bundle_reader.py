@@ -96,16 +96,6 @@ class _Reader:
         except ValueError:
             raise self.fail(key, f"a FHIR date or dateTime (got {value!r})") from None
 
-    def day_range(self, data: Json, key: str) -> tuple[date, date] | None:
-        """The first and last day a (possibly partial) date may be."""
-        value = self.text(data, key)
-        if value is None:
-            return None
-        try:
-            return parse_fhir_date_range(value)
-        except ValueError:
-            raise self.fail(key, f"a FHIR date or dateTime (got {value!r})") from None
-
     def period_start(self, data: Json, key: str) -> date | None:
         period = self.obj(data, key)
         return None if period is None else self.at(key).day(period, "start")
@@ -157,6 +147,16 @@ class _Reader:
     def status_code(self, data: Json, key: str) -> str | None:
         codings, _ = self.concept(data, key)
         return codings[0][1] if codings else None
+
+    def day_range(self, data: Json, key: str) -> tuple[date, date] | None:
+        """The first and last day a (possibly partial) date may be."""
+        value = self.text(data, key)
+        if value is None:
+            return None
+        try:
+            return parse_fhir_date_range(value)
+        except ValueError:
+            raise self.fail(key, f"a FHIR date or dateTime (got {value!r})") from None
 
 
 def read_bundle(bundle: Any) -> PatientRecord:
