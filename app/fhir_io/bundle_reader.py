@@ -9,7 +9,6 @@ that does not hold exactly one Patient, is refused.
 
 import hashlib
 from collections.abc import Callable
-from dataclasses import replace
 from datetime import date
 from typing import Any
 
@@ -273,7 +272,7 @@ def _observations(read: _Reader, r: Json) -> list[Observation]:
     high = read.quantity(ranges[0], "high") if ranges else None
     interpretation = read.concepts(r, "interpretation")
     codes, text = read.concept(r, "code")
-    out = [_observation(read, r, ref, codes, text, when, interpretation, low, high)]
+    out = [_observation(read, r, ref, codes, text, when, interpretation, low, high, when_latest)]
     for i, component in enumerate(read.objs(r, "component")):
         sub = read.at(f"component[{i}]")
         c_codes, c_text = sub.concept(component, "code")
@@ -289,10 +288,9 @@ def _observations(read: _Reader, r: Json) -> list[Observation]:
                 sub.concepts(component, "interpretation"),
                 sub.quantity(c_ranges[0], "low") if c_ranges else None,
                 sub.quantity(c_ranges[0], "high") if c_ranges else None,
+                when_latest,
             )
         )
-    if when_latest is not None:
-        out = [replace(o, when_latest=when_latest) for o in out]
     return out
 
 
@@ -306,6 +304,7 @@ def _observation(
     interpretation: tuple[Coding, ...],
     low: Quantity | None,
     high: Quantity | None,
+    when_latest: date | None = None,
 ) -> Observation:
     quantity = read.quantity(data, "valueQuantity")
     integer = data.get("valueInteger")
@@ -335,6 +334,7 @@ def _observation(
         interpretation=interpretation,
         ref_low=low,
         ref_high=high,
+        when_latest=when_latest,
     )
 
 
