@@ -264,7 +264,10 @@ def _observations(read: _Reader, r: Json) -> list[Observation]:
         span = read.at("effectivePeriod").day_range(period, "start")
     when = span[0] if span else read.day(r, "effectiveInstant") or read.day(r, "issued")
     if when is None:
-        return []
+        # A result with no date cannot be placed in any window, but it is not nothing: it may
+        # be the newest result or the positive one. Kept as unreadable, it holds back the checks
+        # its code bears on (unknown + review) instead of vanishing.
+        raise read.fail("effective[x]", "a date (effective[x] or issued) for a final result")
     when_latest = span[1] if span and span[1] != span[0] else None
     ref = read.ref
     ranges = read.objs(r, "referenceRange")
