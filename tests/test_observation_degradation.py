@@ -2,9 +2,10 @@
 
 Each golden case's Observations are degraded the ways real EHR data degrades: the effective date
 blurred to its month, the value replaced by a text no parser should read, a coded value reduced to
-its text. For every criterion, a degraded record may move the answer toward unknown or against
-eligibility, never from unknown or against eligibility to an answer that favours it (inclusion met,
-exclusion not-met), and a screening that was not eligible never becomes eligible.
+its text, the test's code replaced by its name. For every criterion, a degraded record may move
+the answer toward unknown or against eligibility, never from unknown or against eligibility to an
+answer that favours it (inclusion met, exclusion not-met), and a screening that was not eligible
+never becomes eligible.
 """
 
 import copy
@@ -53,10 +54,35 @@ def _code_to_text(obs: Json) -> bool:
     return True
 
 
+def _analyte_displays() -> dict[str, str]:
+    """LOINC code -> its display in fhir_mappings/analytes.yaml."""
+    analytes = yaml.safe_load((GOLDEN.parents[1] / "fhir_mappings" / "analytes.yaml").read_text())
+    return {
+        row["code"]: row["display"]
+        for body in analytes.values()
+        for row in body["codes"]
+        if row["system"] == "loinc"
+    }
+
+
+_DISPLAYS = _analyte_displays()
+
+
+def _name_only(obs: Json) -> bool:
+    """The test's code dropped, its name kept (as a lab with local codes sends it)."""
+    codes = [c.get("code") for c in obs.get("code", {}).get("coding", [])]
+    name = next((_DISPLAYS[c] for c in codes if c in _DISPLAYS), None)
+    if name is None:
+        return False
+    obs["code"] = {"text": name}
+    return True
+
+
 _DEGRADE: dict[str, Callable[[Json], bool]] = {
     "date blurred to the month": _blur_date,
     "value replaced by unreadable text": _unreadable_text,
     "coded value reduced to text": _code_to_text,
+    "test code replaced by its name": _name_only,
 }
 
 

@@ -9,11 +9,17 @@ from app.engine.compare import satisfies, symbol
 from app.engine.context import Context
 from app.engine.record import Observation
 from app.engine.results import DataRequest, Result, Status, Value
+from app.engine.sources import analytes_of
 
 
 def creatinine_clearance(check: CreatinineClearanceCheck, ctx: Context) -> Result:
-    analytes = ctx.mappings.analytes
     since = ctx.since(check.within)
+    inputs = [ctx.mappings.analytes[name] for name in analytes_of(check)]
+    return observed.held_for_names(_clearance(check, ctx, since), ctx, inputs, since)
+
+
+def _clearance(check: CreatinineClearanceCheck, ctx: Context, since: date) -> Result:
+    analytes = ctx.mappings.analytes
     threshold = f"{symbol(check.comparator)} {observed.fmt(check.value)} mL/min"
 
     def decide(

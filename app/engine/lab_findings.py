@@ -23,6 +23,12 @@ def lab_finding(check: LabFindingCheck, ctx: Context) -> Result:
     cannot be read, not-met if all read as not."""
     analytes = [ctx.mappings.analytes[name] for name in check.analytes]
     since = ctx.since(check.within)
+    return observed.held_for_names(_lab_finding(check, ctx, analytes, since), ctx, analytes, since)
+
+
+def _lab_finding(
+    check: LabFindingCheck, ctx: Context, analytes: list[Analyte], since: date
+) -> Result:
     read = []
     for analyte in analytes:
         entries = []

@@ -15,6 +15,7 @@ from app.engine.context import Context
 from app.engine.lab_findings import lab_finding
 from app.engine.record import Observation
 from app.engine.results import Result, Status, Value
+from app.engine.sources import analytes_of
 
 __all__ = ["creatinine_clearance", "lab_finding", "measurement"]
 
@@ -195,8 +196,13 @@ def _derived(
 
 
 def measurement(check: MeasurementCheck, ctx: Context) -> Result:
-    analyte = ctx.mappings.analytes[check.analyte]
     since = ctx.since(check.within)
+    analytes = [ctx.mappings.analytes[name] for name in analytes_of(check)]
+    return observed.held_for_names(_measurement(check, ctx, since), ctx, analytes, since)
+
+
+def _measurement(check: MeasurementCheck, ctx: Context, since: date) -> Result:
+    analyte = ctx.mappings.analytes[check.analyte]
     unusable: list[tuple[date, str]] = []
     readings = _readings(check, ctx, since, unusable)
     # A newer result that cannot be read may be the deciding one: never fall back past it.

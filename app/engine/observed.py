@@ -2,7 +2,7 @@
 from a text read by :mod:`app.engine.result_text`), how it is shown in a reason, and whether its
 date is exact enough to place it in a window."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date
 
 from app.catalog.mappings import Analyte
@@ -93,3 +93,43 @@ def shown(obs: Observation) -> str:
 
 def day(obs: Observation) -> str:
     return str(obs.when) if obs.when_latest is None else f"{obs.when}..{obs.when_latest}"
+
+
+def _name(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
+def named_only(ctx: Context, analytes: list[Analyte], since: date) -> list[Observation]:
+    """Results in the window known only by their name: no LOINC coding and no code any analyte
+    knows (uncoded, or a local code), but a name that is exactly one of these analytes' names
+    (its display or a LOINC display, case and spacing aside). Such a result may be the deciding
+    one; a check it could change goes to review (words never decide a check, codes do)."""
+    names = {_name(n) for a in analytes for n in (a.display, *(r.display for r in a.rows)) if n}
+    loinc = ctx.mappings.systems["loinc"]
+    known = {c for a in ctx.mappings.analytes.values() for c in a.codes}
+    return [
+        o
+        for o in ctx.record.observations
+        if o.text
+        and (o.when_latest or o.when) >= since
+        and not any(system == loinc or (system, code) in known for system, code in o.codes)
+        and _name(o.text) in names
+    ]
+
+
+def held_for_names(result: Result, ctx: Context, analytes: list[Analyte], since: date) -> Result:
+    """A definite result turned to review when a result known only by its name may overturn it."""
+    if result.status not in {Status.MET, Status.NOT_MET}:
+        return result
+    found = named_only(ctx, analytes, since)
+    if not found:
+        return result
+    listed = "; ".join(f"{o.text!r} {shown(o)} on {day(o)} ({o.ref})" for o in found[:3])
+    return replace(
+        result,
+        status=Status.UNKNOWN,
+        reason=f"{result.reason} Not decided: the record also holds a result known only by its "
+        f"name, which may bear on this: {listed}.",
+        evidence=result.evidence + tuple(o.ref for o in found),
+        review=(*result.review, f"{result.label}: interpret {listed} (not coded)"),
+    )
