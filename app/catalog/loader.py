@@ -374,6 +374,8 @@ def _check_problems(check: Check, criterion_id: str, seen: set[str], m: Mappings
         for child in check.checks:
             if not child.id.startswith(f"{check.id}."):
                 yield f"{child.id}: nested ids start with their group id ({check.id}.)"
+        if check.review_not_met and check.check != "any":
+            yield f"{where}: review_not_met is for 'any' groups"
     if isinstance(check, ConditionCheck | ProcedureCheck | ImmunizationCheck):
         excepted = check.except_codes if not isinstance(check, ImmunizationCheck) else ()
         for name in (*check.codes, *excepted):
@@ -405,12 +407,20 @@ def _check_problems(check: Check, criterion_id: str, seen: set[str], m: Mappings
                 yield f"{where}: percent_of.percent names an analyte reported in %"
             if total is None or total.unit not in analyte.factors:
                 yield f"{where}: percent_of.total must convert to {analyte.name}'s units"
+        if check.room_air is not None:
+            if check.room_air.codes not in m.code_sets:
+                yield f"{where}: unknown code set {check.room_air.codes!r}"
+            for oxygen in check.room_air.supplemental_oxygen:
+                o2 = m.analytes.get(oxygen.analyte)
+                if o2 is None or oxygen.unit not in o2.factors:
+                    yield f"{where}: {oxygen.analyte!r} is not an analyte in {oxygen.unit!r}"
     if isinstance(check, LabFindingCheck):
         for name in check.analytes:
             if name not in m.analytes:
                 yield f"{where}: unknown analyte {name!r}"
-        if check.result_codes is not None and check.result_codes not in m.code_sets:
-            yield f"{where}: unknown code set {check.result_codes!r}"
+        for codes in (check.result_codes, check.negative_codes):
+            if codes is not None and codes not in m.code_sets:
+                yield f"{where}: unknown code set {codes!r}"
     if isinstance(check, CreatinineClearanceCheck) and check.value <= 0:
         yield f"{where}: a clearance threshold is positive"
     if isinstance(check, AgeCheck):

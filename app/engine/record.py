@@ -36,11 +36,15 @@ class Observation:
     quantity: Quantity | None = None
     value_codes: tuple[Coding, ...] = ()
     value_text: str | None = None
-    """valueString, valueCodeableConcept.text or a titer written as "1:160", lower-cased."""
+    """valueString, valueCodeableConcept.text or a titer written as "1:160", as written (read by
+    :mod:`app.engine.result_text`)."""
     value_bool: bool | None = None
     interpretation: tuple[Coding, ...] = ()
     ref_low: Quantity | None = None
     ref_high: Quantity | None = None
+    when_latest: date | None = None
+    """Set when the effective date is partial ("2026-05"): the last day it may be (``when`` is
+    the first). Such a result cannot be placed inside or outside a window by one day."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,14 +173,29 @@ class Patient:
     ref: str
     birth_date: date | None
     gender: str | None
+    birth_latest: date | None = None
+    """Set when ``birthDate`` is partial ("1956", "2008-03"): the last day the birthday may be
+    (``birth_date`` is the first)."""
 
     def age_on(self, day: date) -> int | None:
         """Completed years on ``day``: the birthday itself counts (a Feb 29 birthday falls on
-        Mar 1 in other years)."""
+        Mar 1 in other years). With a partial birth date, the oldest the patient may be; use
+        :meth:`age_range_on` to decide anything on it."""
         if self.birth_date is None:
             return None
-        born = self.birth_date
-        return day.year - born.year - ((day.month, day.day) < (born.month, born.day))
+        return _completed_years(self.birth_date, day)
+
+    def age_range_on(self, day: date) -> tuple[int, int] | None:
+        """(youngest, oldest) completed years on ``day`` the recorded birth date allows."""
+        if self.birth_date is None:
+            return None
+        oldest = _completed_years(self.birth_date, day)
+        youngest = oldest if self.birth_latest is None else _completed_years(self.birth_latest, day)
+        return youngest, oldest
+
+
+def _completed_years(born: date, day: date) -> int:
+    return day.year - born.year - ((day.month, day.day) < (born.month, born.day))
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 
 from app.core.errors import InvalidInput, UnprocessableInput
-from app.core.fhir_dates import parse_fhir_date
+from app.core.fhir_dates import parse_fhir_date, parse_fhir_date_range
 from app.engine.record import (
     Allergy,
     Coding,
@@ -172,6 +172,16 @@ class _Reader:
         codings, _ = self.concept(data, key)
         return codings[0][1] if codings else None
 
+    def day_range(self, data: Json, key: str) -> tuple[date, date] | None:
+        """The first and last day a (possibly partial) date may be."""
+        value = self.text(data, key)
+        if value is None:
+            return None
+        try:
+            return parse_fhir_date_range(value)
+        except ValueError:
+            raise self.fail(key, f"a FHIR date or dateTime (got {value!r})") from None
+
 
 def read_bundle(bundle: Any) -> PatientRecord:
     """The record of the one patient the Bundle is about."""
@@ -261,23 +271,36 @@ def _unreadable(read: _Reader, resource: Json, exc: InvalidInput) -> Unreadable:
 
 
 def _patient(read: _Reader, r: Json) -> Patient:
-    return Patient(read.ref, read.day(r, "birthDate"), read.text(r, "gender"))
+    born = read.day_range(r, "birthDate")
+    if born is None:
+        return Patient(read.ref, None, read.text(r, "gender"))
+    first, last = born
+    return Patient(read.ref, first, read.text(r, "gender"), last if last != first else None)
 
 
 def _observations(read: _Reader, r: Json) -> list[Observation]:
     if read.text(r, "status") not in _OBSERVATION_COUNTS:
         return []
-    when = read.day(r, "effectiveDateTime") or read.period_start(r, "effectivePeriod")
-    when = when or read.day(r, "effectiveInstant") or read.day(r, "issued")
+    # A partial effectiveDateTime ("2026-05") keeps its last possible day too: the engine does
+    # not place it inside a window on a day the source did not write.
+    span = read.day_range(r, "effectiveDateTime")
+    period = read.obj(r, "effectivePeriod")
+    if span is None and period is not None:
+        span = read.at("effectivePeriod").day_range(period, "start")
+    when = span[0] if span else read.day(r, "effectiveInstant") or read.day(r, "issued")
     if when is None:
-        return []
+        # A result with no date cannot be placed in any window, but it is not nothing: it may
+        # be the newest result or the positive one. Kept as unreadable, it holds back the checks
+        # its code bears on (unknown + review) instead of vanishing.
+        raise read.fail("effective[x]", "a date (effective[x] or issued) for a final result")
+    when_latest = span[1] if span and span[1] != span[0] else None
     ref = read.ref
     ranges = read.objs(r, "referenceRange")
     low = read.quantity(ranges[0], "low") if ranges else None
     high = read.quantity(ranges[0], "high") if ranges else None
     interpretation = read.concepts(r, "interpretation")
     codes, text = read.concept(r, "code")
-    out = [_observation(read, r, ref, codes, text, when, interpretation, low, high)]
+    out = [_observation(read, r, ref, codes, text, when, interpretation, low, high, when_latest)]
     for i, component in enumerate(read.objs(r, "component")):
         sub = read.at(f"component[{i}]")
         c_codes, c_text = sub.concept(component, "code")
@@ -293,6 +316,7 @@ def _observations(read: _Reader, r: Json) -> list[Observation]:
                 sub.concepts(component, "interpretation"),
                 sub.quantity(c_ranges[0], "low") if c_ranges else None,
                 sub.quantity(c_ranges[0], "high") if c_ranges else None,
+                when_latest,
             )
         )
     return out
@@ -308,6 +332,7 @@ def _observation(
     interpretation: tuple[Coding, ...],
     low: Quantity | None,
     high: Quantity | None,
+    when_latest: date | None = None,
 ) -> Observation:
     quantity = read.quantity(data, "valueQuantity")
     integer = data.get("valueInteger")
@@ -320,7 +345,8 @@ def _observation(
     if ratio is not None:
         num, den = read.quantity(ratio, "numerator"), read.quantity(ratio, "denominator")
         if num is not None and den is not None:
-            value_text = f"{num.value:g}:{den.value:g}"
+            # A titer as a ratio; a censored one ("<1:40") keeps its comparator.
+            value_text = f"{num.comparator or ''}{num.value:g}:{den.value:g}"
     flag = data.get("valueBoolean")
     if flag is not None and not isinstance(flag, bool):
         raise read.fail("valueBoolean", "true or false")
@@ -331,11 +357,12 @@ def _observation(
         when=when,
         quantity=quantity,
         value_codes=value_codes,
-        value_text=value_text.strip().lower() if value_text else None,
+        value_text=value_text.strip() or None if value_text else None,
         value_bool=flag,
         interpretation=interpretation,
         ref_low=low,
         ref_high=high,
+        when_latest=when_latest,
     )
 
 
