@@ -323,7 +323,7 @@ def test_resources_without_an_id_are_cited_by_their_full_url(client: TestClient)
 
 
 SCREEN_ALL = "/fhir/ResearchStudy/$screen"
-_PER_CALL = ("id", "identifier", "occurrenceDateTime")
+_PER_CALL = ("id", "identifier", "occurrenceDateTime", "meta")
 
 
 def _same_answer(response: dict[str, Any]) -> dict[str, Any]:
