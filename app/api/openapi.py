@@ -20,6 +20,27 @@ _ERRORS = {
     "404": "Not found",
     "429": "Too many requests from this client (see Retry-After)",
 }
+_PROTECTED = ("/fhir/GuidanceResponse", "/fhir/AuditEvent")
+_SECURITY_SCHEMES = {
+    "smartBackendServices": {
+        "type": "http",
+        "scheme": "bearer",
+        "bearerFormat": "JWT",
+        "description": "An OAuth2 access token (SMART Backend Services, client_credentials with "
+        "private_key_jwt) from the issuer in TRIALSCREEN_AUTH_ISSUER; its token endpoint is in "
+        "the CapabilityStatement's rest.security and in /fhir/.well-known/smart-configuration. "
+        "Scopes: system/GuidanceResponse.c ($screen), system/GuidanceResponse.rs (read and "
+        "search screenings), system/AuditEvent.rs (the audit trail). The published resources "
+        "need none.",
+    },
+    "cdsHooksJwt": {
+        "type": "http",
+        "scheme": "bearer",
+        "bearerFormat": "JWT",
+        "description": "CDS Hooks: a JWT the EHR signs with a key of its JWKS (iss, aud = the "
+        "service URL, exp, jti).",
+    },
+}
 _CDS_ERRORS = {
     "400": "Malformed hook call",
     "404": "No such service or card",
@@ -46,8 +67,13 @@ def contract(app: FastAPI) -> dict[str, Any]:
                     responses["200"]["content"] = {_FHIR: {"schema": _OBJECT}}
                     for code, text in _ERRORS.items():
                         responses.setdefault(code, _outcome(text))
+                    if path.startswith(_PROTECTED) or path.endswith("$screen"):
+                        operation["security"] = [{"smartBackendServices": []}]
                 else:
                     _cds(path, responses)
+                    if path != "/cds-services":
+                        operation["security"] = [{"cdsHooksJwt": []}]
+        document.setdefault("components", {})["securitySchemes"] = _SECURITY_SCHEMES
         app.openapi_schema = document
     return app.openapi_schema
 

@@ -5,6 +5,7 @@ Built as plain JSON-ready dicts (the hot path); tests validate the output with
 """
 
 from datetime import datetime
+from html import escape
 from typing import Any
 
 from app.engine import DataRequest, Eligibility, Result, Screening, Value
@@ -41,6 +42,7 @@ def guidance_response(
     response: Json = {
         "resourceType": "GuidanceResponse",
         "id": response_id,
+        "text": narrative(screening, warnings),
         "contained": contained,
         "identifier": [{"system": "urn:ietf:rfc:3986", "value": f"urn:uuid:{response_id}"}],
         "moduleCanonical": plan_definition_canonical(canonical_base, screening),
@@ -122,3 +124,24 @@ def _data_requirement(request: DataRequest) -> Json:
             {"path": path, "valuePeriod": {"start": request.since.isoformat()}}
         ]
     return requirement
+
+
+def narrative(screening: Screening, warnings: tuple[str, ...] = ()) -> Json:
+    """The screening for people: the overall answer and one row per criterion (result and
+    reason), as generated XHTML. Every text is escaped: reasons quote record content."""
+    spec = screening.trial.spec
+    rows = "".join(
+        f"<tr><td>{escape(c.result.id)}</td><td>{escape(c.criterion.kind)}</td>"
+        f"<td>{escape(c.result.status.value)}</td>"
+        f"<td>{escape(c.result.reason or c.result.status.value)}</td></tr>"
+        for c in screening.criteria
+    )
+    notes = "".join(f"<li>{escape(w)}</li>" for w in warnings)
+    return {
+        "status": "generated",
+        "div": '<div xmlns="http://www.w3.org/1999/xhtml">'
+        f"<p><b>{escape(spec.acronym)} ({escape(spec.id)})</b>: "
+        f"{escape(screening.eligibility.value)} as of {screening.as_of.isoformat()}.</p>"
+        "<table><tr><th>Criterion</th><th>Kind</th><th>Result</th><th>Reason</th></tr>"
+        f"{rows}</table>{f'<ul>{notes}</ul>' if notes else ''}</div>",
+    }
