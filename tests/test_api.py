@@ -793,3 +793,10 @@ def test_forwarded_headers_count_only_from_trusted_proxies(
 ) -> None:
     settings = Settings(trusted_proxies=("10.1.0.0/16",))
     assert public_base(_request(client_ip, headers), settings) == expected
+
+
+def test_the_service_does_not_import_the_test_only_fhir_models() -> None:
+    """fhir.resources is a test dependency (pyproject dev extra): the image does not carry it."""
+    app_dir = Path(__file__).resolve().parent.parent / "app"
+    for path in app_dir.rglob("*.py"):
+        assert "import fhir." not in path.read_text() and "from fhir." not in path.read_text(), path
