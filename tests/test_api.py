@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 from fhir.resources.R4B import get_fhir_model_class
@@ -19,6 +20,7 @@ from app.core.base_url import public_base
 from app.core.settings import Settings
 from app.main import create_app
 from tests import fhir_builders
+from tests.fhir_server import FhirServer
 
 SCREEN = "/fhir/ResearchStudy/NCT06801119/$screen"
 FIXTURES = Path(__file__).resolve().parent.parent / "app" / "demo" / "patients"
@@ -331,8 +333,14 @@ _PER_CALL = ("id", "identifier", "occurrenceDateTime", "meta")
 
 
 def _same_answer(response: dict[str, Any]) -> dict[str, Any]:
-    """A GuidanceResponse without what differs per call (its id and time)."""
-    return {k: v for k, v in response.items() if k not in _PER_CALL}
+    """A GuidanceResponse without what differs per call (its id and time), its evidence
+    references relative (absolute ones name the EHR the record was read from)."""
+    same = json.dumps({k: v for k, v in response.items() if k not in _PER_CALL})
+    relative = re.sub(
+        r'"reference": "https?://[^"]*?/([A-Z][A-Za-z]+/[^"/]+)"', r'"reference": "\1"', same
+    )
+    answer: dict[str, Any] = json.loads(relative)
+    return answer
 
 
 def test_all_trials_in_one_call_equal_the_single_trial_calls(client: TestClient) -> None:
@@ -800,3 +808,37 @@ def test_the_service_does_not_import_the_test_only_fhir_models() -> None:
     app_dir = Path(__file__).resolve().parent.parent / "app"
     for path in app_dir.rglob("*.py"):
         assert "import fhir." not in path.read_text() and "from fhir." not in path.read_text(), path
+
+
+def _evidence(node: Any) -> Iterator[str]:
+    if isinstance(node, dict):
+        if node.get("name") == "evidence":
+            yield node["valueReference"]["reference"]
+        for value in node.values():
+            yield from _evidence(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _evidence(value)
+
+
+def test_evidence_from_the_ehr_resolves_at_the_ehr(fhir_server: FhirServer) -> None:
+    settings = Settings(allow_unauthenticated=True, ehr_base_url=fhir_server.base_url)
+    patient_id = sorted(FIXTURES.glob("*.json"))[0].stem
+    by_id = {
+        "resourceType": "Parameters",
+        "parameter": [
+            {"name": "patient", "valueReference": {"reference": f"Patient/{patient_id}"}},
+            {"name": "asOf", "valueDate": "2025-11-01"},
+        ],
+    }
+    with TestClient(create_app(settings)) as ehr_client:
+        screened = ehr_client.post(SCREEN, json=by_id).json()
+    validate_r4(screened)
+    references = set(_evidence(screened))
+    assert references
+    for reference in references:
+        assert reference.startswith(f"{fhir_server.base_url}/"), reference
+        assert httpx.get(reference).status_code == 200, reference
+    posted = parameters(json.loads((FIXTURES / f"{patient_id}.json").read_text()), "2025-11-01")
+    with TestClient(create_app(Settings(allow_unauthenticated=True))) as plain:
+        assert all("://" not in r for r in _evidence(plain.post(SCREEN, json=posted).json()))

@@ -4,6 +4,7 @@ Built as plain JSON-ready dicts (the hot path); tests validate the output with
 ``fhir.resources.R4B``. Nothing here emits an empty string, list or object.
 """
 
+import re
 from datetime import datetime
 from html import escape
 from typing import Any
@@ -13,6 +14,7 @@ from app.engine import DataRequest, Eligibility, Result, Screening, Value
 Json = dict[str, Any]
 _UCUM = "http://unitsofmeasure.org"
 _NOT_UCUM = {"× ULN"}
+_RELATIVE = re.compile(r"[A-Z][A-Za-z]+/[A-Za-z0-9\-.]{1,64}")
 
 
 def plan_definition_canonical(base: str, screening: Screening) -> str:
@@ -27,7 +29,10 @@ def guidance_response(
     canonical_base: str,
     issued: datetime,
     warnings: tuple[str, ...] = (),
+    evidence_base: str | None = None,
 ) -> Json:
+    """``evidence_base``: the FHIR base the record was read from; evidence references become
+    absolute against it, so a client resolves them at the EHR, not here."""
     needs_data = screening.eligibility is Eligibility.NEEDS_DATA
     parameters: Json = {
         "resourceType": "Parameters",
@@ -35,7 +40,7 @@ def guidance_response(
         "parameter": [
             {"name": "eligibility", "valueCode": screening.eligibility.value},
             {"name": "asOf", "valueDate": screening.as_of.isoformat()},
-            *(_criterion(c.result, c.criterion.kind) for c in screening.criteria),
+            *(_criterion(c.result, c.criterion.kind, evidence_base) for c in screening.criteria),
         ],
     }
     contained: list[Json] = [parameters]
@@ -72,7 +77,7 @@ def guidance_response(
     return response
 
 
-def _criterion(result: Result, kind: str) -> Json:
+def _criterion(result: Result, kind: str, evidence_base: str | None = None) -> Json:
     parts: list[Json] = [
         {"name": "id", "valueString": result.id},
         {"name": "kind", "valueCode": kind},
@@ -81,14 +86,24 @@ def _criterion(result: Result, kind: str) -> Json:
         {"name": "reason", "valueString": result.reason or result.status.value},
     ]
     parts += [
-        {"name": "evidence", "valueReference": {"reference": ref}} for ref in result.evidence if ref
+        {"name": "evidence", "valueReference": {"reference": _at(evidence_base, ref)}}
+        for ref in result.evidence
+        if ref
     ]
     parts += [_value(v) for v in result.values]
     if result.threshold:
         parts.append({"name": "threshold", "valueString": result.threshold})
     parts += [{"name": "review", "valueString": item} for item in result.review]
-    parts += [_criterion(child, kind) for child in result.children]
+    parts += [_criterion(child, kind, evidence_base) for child in result.children]
     return {"name": "criterion", "part": parts}
+
+
+def _at(base: str | None, ref: str) -> str:
+    """``ref`` absolute against ``base`` when it is a relative ``Type/id`` (urn:uuid and
+    absolute references already say where they are)."""
+    if base is None or not _RELATIVE.fullmatch(ref):
+        return ref
+    return f"{base.rstrip('/')}/{ref}"
 
 
 def _value(value: Value) -> Json:
