@@ -601,6 +601,7 @@ def test_xml_is_not_acceptable(client: TestClient) -> None:
         validate_r4(response.json())
     for ok in (
         client.get("/fhir/metadata", params={"_format": "json"}),
+        client.get("/fhir/metadata", params={"_format": ""}),  # empty: ignored
         client.get("/fhir/metadata", headers={"Accept": "application/fhir+json;q=0.9, */*;q=0.1"}),
         client.get("/fhir/metadata", headers={"Accept": "text/html,application/xml;q=0.9,*/*"}),
     ):

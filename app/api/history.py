@@ -15,7 +15,7 @@ from app.api.history_search import (
     find_screenings,
     searched_patient,
 )
-from app.api.search import parse_search, searchset
+from app.api.search import openapi_parameters, parse_search, searchset
 from app.api.versioning import conditional_read, with_meta
 from app.core.base_url import public_base
 from app.core.errors import NotFound
@@ -46,7 +46,11 @@ async def read_screening(screening_id: str, request: Request, who: Reader) -> Re
     return conditional_read(request, with_meta(orjson.loads(row.guidance), "1", row.created))
 
 
-@router.get("/GuidanceResponse", response_class=FhirResponse)
+@router.get(
+    "/GuidanceResponse",
+    response_class=FhirResponse,
+    openapi_extra={"parameters": openapi_parameters(GUIDANCE)},
+)
 async def search_screenings(request: Request, settings: SettingsDep, who: Reader) -> FhirResponse:
     """A patient's screenings, newest first: patient (or subject), _id, identifier, request,
     status, module (the trial's PlanDefinition canonical, with or without ``|version``)."""
@@ -67,7 +71,11 @@ async def search_screenings(request: Request, settings: SettingsDep, who: Reader
     return FhirResponse(searchset(public_base(request, settings), GUIDANCE, search, found, total))
 
 
-@router.get("/AuditEvent", response_class=FhirResponse)
+@router.get(
+    "/AuditEvent",
+    response_class=FhirResponse,
+    openapi_extra={"parameters": openapi_parameters(AUDIT)},
+)
 async def search_audit(request: Request, settings: SettingsDep, who: Auditor) -> FhirResponse:
     """The audit trail, newest first (auditor scope: system/AuditEvent.read): patient, date,
     type, agent, entity."""

@@ -20,7 +20,7 @@ class NotAcceptable(TrialscreenError):
 async def negotiate(request: Request) -> None:
     """A FastAPI dependency of every FHIR route: refuse what cannot be answered in JSON."""
     requested = request.query_params.get("_format")
-    if requested is not None:
+    if requested:  # an empty parameter is ignored, as FHIR search asks
         if requested.split(";")[0].strip().lower() not in _JSON_FORMATS:
             raise NotAcceptable(
                 f"_format={requested} is not served: this server answers in FHIR JSON only "

@@ -18,8 +18,10 @@ _ERRORS = {
     "401": "No valid access token",
     "403": "The access token lacks the scope this needs",
     "404": "Not found",
+    "406": "The client asked for a format other than FHIR JSON (_format or Accept)",
     "429": "Too many requests from this client (see Retry-After)",
 }
+_READS = {"metadata", "sle-activity", "ResearchStudy-screen"}
 _PROTECTED = ("/fhir/GuidanceResponse", "/fhir/AuditEvent")
 _SECURITY_SCHEMES = {
     "smartBackendServices": {
@@ -57,7 +59,7 @@ def contract(app: FastAPI) -> dict[str, Any]:
             title=app.title, version=app.version, summary=app.summary, routes=app.routes
         )
         for path, operations in document["paths"].items():
-            for operation in operations.values():
+            for method, operation in operations.items():
                 responses: dict[str, Any] = operation["responses"]
                 if path.endswith("$screen"):  # a Bundle without exactly one Patient
                     responses["422"] = _outcome("The Bundle does not hold exactly one Patient")
@@ -67,6 +69,10 @@ def contract(app: FastAPI) -> dict[str, Any]:
                     responses["200"]["content"] = {_FHIR: {"schema": _OBJECT}}
                     for code, text in _ERRORS.items():
                         responses.setdefault(code, _outcome(text))
+                    if method == "get" and ("{" in path or path.rsplit("/", 1)[-1] in _READS):
+                        responses["304"] = {
+                            "description": "Not Modified (If-None-Match or If-Modified-Since)"
+                        }
                     if path.startswith(_PROTECTED) or path.endswith("$screen"):
                         operation["security"] = [{"smartBackendServices": []}]
                 else:

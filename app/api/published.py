@@ -10,7 +10,7 @@ from fastapi.responses import Response
 
 from app.api.capability import rest_resources, security, smart_configuration
 from app.api.common import CatalogDep, FhirResponse, SettingsDep, trial_named
-from app.api.search import parse_search, searchset
+from app.api.search import openapi_parameters, parse_search, searchset
 from app.api.study_search import STUDY, find_studies
 from app.api.versioning import conditional_read, content_version, with_meta
 from app.catalog import publication
@@ -27,7 +27,11 @@ def _published(request: Request, resource: dict[str, Any]) -> Response:
     return conditional_read(request, with_meta(resource, content_version(resource), loaded))
 
 
-@router.get("/ResearchStudy", response_class=FhirResponse)
+@router.get(
+    "/ResearchStudy",
+    response_class=FhirResponse,
+    openapi_extra={"parameters": openapi_parameters(STUDY)},
+)
 async def search_studies(
     request: Request, settings: SettingsDep, catalog: CatalogDep
 ) -> FhirResponse:

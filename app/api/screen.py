@@ -38,7 +38,16 @@ _SCREEN_BODY = (
     "Patient) or 'patient' (valueReference Patient/{id} or valueString id: fetched from the "
     "EHR), optional 'asOf' (valueDate, default today)"
 )
+_PREFER = {
+    "name": "Prefer",
+    "in": "header",
+    "required": False,
+    "description": "return=representation (default: the result), return=minimal (empty body; "
+    "Content-Location names the stored GuidanceResponse) or return=OperationOutcome",
+    "schema": {"type": "string"},
+}
 SCREEN_OPENAPI: dict[str, Any] = {
+    "parameters": [_PREFER],
     "requestBody": {
         "required": True,
         "description": _SCREEN_BODY + ".",
@@ -121,6 +130,7 @@ async def _screen(
 
 
 SCREEN_ALL_OPENAPI: dict[str, Any] = {
+    "parameters": [_PREFER],
     "requestBody": {
         **SCREEN_OPENAPI["requestBody"],
         "description": _SCREEN_BODY + ", and 'study' (valueString, repeating) to restrict the "

@@ -350,3 +350,60 @@ def shape(resource: Json, search: Search, spec: SearchSpec) -> Json:
     meta["tag"] = [*meta.get("tag", []), SUBSETTED]
     cut["meta"] = meta
     return cut
+
+
+def openapi_parameters(spec: SearchSpec) -> list[Json]:
+    """The search as the OpenAPI document states it: each declared parameter (and modifier),
+    the result controls, and the ``Prefer`` header."""
+
+    def query(name: str, description: str, schema: Json) -> Json:
+        return {
+            "name": name,
+            "in": "query",
+            "required": False,
+            "description": description,
+            "schema": schema,
+        }
+
+    text = {"type": "string"}
+    declared = [
+        query(f"{p.name}{':' + m if m else ''}", p.documentation, text)
+        for p in spec.params
+        for m in ("", *sorted(p.modifiers))
+    ]
+    sorts = [k for key in spec.sorts for k in (key, f"-{key}")]
+    return [
+        *declared,
+        query(
+            "_count",
+            f"Page size (default {spec.default_count}; above {spec.max_count} it is capped; 0 "
+            "gives the total only)",
+            {"type": "integer", "minimum": 0},
+        ),
+        query(
+            "_offset",
+            "Where the page starts (next links carry it)",
+            {"type": "integer", "minimum": 0, "maximum": 1_000_000},
+        ),
+        query("_sort", f"Order (default {spec.default_sort})", {"type": "string", "enum": sorts}),
+        query(
+            "_summary",
+            "Subset of each resource, or count only",
+            {"type": "string", "enum": list(_SUMMARY)},
+        ),
+        query("_elements", "Top-level elements to return (comma-separated)", text),
+        query(
+            "_total",
+            "Accepted; the total is always exact",
+            {"type": "string", "enum": ["none", "estimate", "accurate"]},
+        ),
+        query("_format", "json only (xml: 406)", text),
+        {
+            "name": "Prefer",
+            "in": "header",
+            "required": False,
+            "description": "handling=strict refuses a parameter the resource does not declare; "
+            "handling=lenient (the default) ignores it and says so in an outcome entry",
+            "schema": text,
+        },
+    ]
