@@ -110,8 +110,16 @@ def create_app(
         app.add_middleware(
             CORSMiddleware,
             allow_origins=list(settings.cors_origins),
-            allow_methods=["GET", "POST", "OPTIONS"],
-            allow_headers=["Authorization", "Content-Type"],
+            allow_methods=["GET", "HEAD", "POST", "OPTIONS"],
+            allow_headers=[
+                "Authorization",
+                "Content-Type",
+                "Prefer",
+                "If-None-Match",
+                "If-Modified-Since",
+            ],
+            # What a browser client may read: versions for caching, where a screening is kept.
+            expose_headers=["ETag", "Last-Modified", "Content-Location", "Preference-Applied"],
         )
     install_observability(app, settings)
     app.add_middleware(HeadAsGet)

@@ -843,3 +843,22 @@ def test_evidence_from_the_ehr_resolves_at_the_ehr(fhir_server: FhirServer) -> N
     posted = parameters(json.loads((FIXTURES / f"{patient_id}.json").read_text()), "2025-11-01")
     with TestClient(create_app(Settings(allow_unauthenticated=True))) as plain:
         assert all("://" not in r for r in _evidence(plain.post(SCREEN, json=posted).json()))
+
+
+def test_browser_clients_may_read_versions_and_send_preferences() -> None:
+    origin = "https://sandbox.example.org"
+    settings = Settings(allow_unauthenticated=True, cors_origins=(origin,))
+    with TestClient(create_app(settings)) as browser:
+        read = browser.get("/fhir/ResearchStudy/NCT06801119", headers={"Origin": origin})
+        preflight = browser.options(
+            SCREEN,
+            headers={
+                "Origin": origin,
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "prefer, content-type",
+            },
+        )
+    exposed = read.headers["access-control-expose-headers"].lower()
+    assert "etag" in exposed and "content-location" in exposed
+    assert preflight.status_code == 200
+    assert "prefer" in preflight.headers["access-control-allow-headers"].lower()
