@@ -93,9 +93,6 @@ class Search:
         """Each occurrence of ``name``: (modifier, its comma-separated alternatives)."""
         return [(m, split(v)) for n, m, v in self.filters if n == name]
 
-    def first(self, name: str) -> str | None:
-        return next((v for n, _, v in self.filters if n == name), None)
-
 
 def parse_search(request: Request, spec: SearchSpec) -> Search:
     strict = _handling(request.headers.get("prefer", "")) == "strict"
@@ -107,6 +104,8 @@ def parse_search(request: Request, spec: SearchSpec) -> Search:
         if key in _QUIET:
             continue
         if key in _CONTROL:
+            if value == "":  # FHIR: a parameter with an empty value is ignored
+                continue
             if key in control:
                 raise InvalidInput(f"{key} is given more than once.", expression=key)
             control[key] = value
