@@ -62,7 +62,8 @@ def _searchable(spec: SearchSpec, *, read: bool) -> Json:
         for p in spec.params
     ]
     entry["documentation"] = (
-        f"_count (default {spec.default_count}, at most {spec.max_count}; 0 gives the total "
+        (f"{spec.note} " if spec.note else "")
+        + f"_count (default {spec.default_count}, at most {spec.max_count}; 0 gives the total "
         f"only), _offset, _sort ({', '.join(spec.sorts)}; default {spec.default_sort}), "
         "_total, _summary (true, text, data, count, false), _elements."
     )

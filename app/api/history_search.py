@@ -70,6 +70,8 @@ GUIDANCE = SearchSpec(
         | {"moduleCodeableConcept", "implicitRules"}
     ),
     mandatory=frozenset({"moduleCanonical", "status"}),
+    note="One of patient, subject, _id or identifier is required: screenings are not listed "
+    "across patients.",
 )
 
 AUDIT = SearchSpec(

@@ -63,6 +63,8 @@ class SearchSpec:
     """Elements ``_summary=true`` keeps (the spec's summary elements of the type)."""
     mandatory: frozenset[str]
     """Elements always kept by ``_elements`` (the type's required ones)."""
+    note: str = ""
+    """What else a client must know to search (stated in the CapabilityStatement)."""
 
     def param(self, name: str) -> Param | None:
         return next((p for p in self.params if p.name == name), None)
