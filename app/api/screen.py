@@ -23,6 +23,7 @@ from app.core.base_url import public_base
 from app.core.errors import InvalidInput, TrialscreenError
 from app.core.settings import Settings, zone_of
 from app.ehr.record_source import FetchedRecord, RecordSource
+from app.ehr.terminology import recognised
 from app.engine import evaluate
 from app.fhir_io.bundle_reader import read_bundle, record_digest
 from app.screening.issued import describe
@@ -95,9 +96,10 @@ async def _screen(
             source: RecordSource = request.app.state.record_source
             fetched = await source.fetch(parsed.patient_id, as_of)
         patient = fetched.record.patient.ref or patient
+        terminology = getattr(request.app.state, "terminology", None)
         screenings = [
-            describe(evaluate(trial, fetched.record, as_of), fetched, settings, now, who.client_id)
-            for trial in trials
+            describe(evaluate(known, fetched.record, as_of), fetched, settings, now, who.client_id)
+            for known in [await recognised(terminology, t, fetched.record) for t in trials]
         ]
         for s in screenings:  # kept once, never updated: version 1 for good
             s.guidance["meta"] = {
