@@ -46,4 +46,6 @@ HEALTHCHECK --interval=30s --timeout=3s --start-period=10s --retries=3 \
 # One worker: the Prometheus metrics at /metrics are per process; scale with containers.
 # No access log: uvicorn's writes the raw path and query string, which may carry patient ids;
 # the service logs one JSON line per request with the route template instead.
-CMD ["uvicorn", "app.main:app", "--host", "0.0.0.0", "--port", "8000", "--workers", "1", "--no-access-log"]
+# No proxy headers in uvicorn: the app judges Forwarded / X-Forwarded-* itself, from the proxies
+# in TRIALSCREEN_TRUSTED_PROXIES, and must see the proxy's own address to do so.
+CMD ["uvicorn", "app.main:app", "--host", "0.0.0.0", "--port", "8000", "--workers", "1", "--no-access-log", "--no-proxy-headers"]

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 
 import httpx
-from fastapi import FastAPI, Request, Response
+from fastapi import Depends, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from starlette.exceptions import HTTPException
@@ -16,8 +16,10 @@ from starlette.exceptions import HTTPException
 from app.access.inbound import InboundVerifier, RateLimiter
 from app.access.jwks import KeyCache
 from app.api.common import FhirResponse
+from app.api.head import HeadAsGet
 from app.api.health import router as health_router
 from app.api.history import router as history_router
+from app.api.negotiation import negotiate
 from app.api.openapi import contract
 from app.api.published import router as published_router
 from app.api.screen import router as screen_router
@@ -103,9 +105,10 @@ def create_app(
         lifespan=lifespan,
     )
     app.dependency_overrides[get_settings] = lambda: settings
-    app.include_router(screen_router)
-    app.include_router(published_router)
-    app.include_router(history_router)
+    fhir_json = [Depends(negotiate)]
+    app.include_router(screen_router, dependencies=fhir_json)
+    app.include_router(published_router, dependencies=fhir_json)
+    app.include_router(history_router, dependencies=fhir_json)
     app.include_router(cds_router)
     app.openapi = lambda: contract(app)  # type: ignore[method-assign]
     app.include_router(health_router)
@@ -113,10 +116,19 @@ def create_app(
         app.add_middleware(
             CORSMiddleware,
             allow_origins=list(settings.cors_origins),
-            allow_methods=["GET", "POST", "OPTIONS"],
-            allow_headers=["Authorization", "Content-Type"],
+            allow_methods=["GET", "HEAD", "POST", "OPTIONS"],
+            allow_headers=[
+                "Authorization",
+                "Content-Type",
+                "Prefer",
+                "If-None-Match",
+                "If-Modified-Since",
+            ],
+            # What a browser client may read: versions for caching, where a screening is kept.
+            expose_headers=["ETag", "Last-Modified", "Content-Location", "Preference-Applied"],
         )
     install_observability(app, settings)
+    app.add_middleware(HeadAsGet)
 
     @app.exception_handler(Unauthorized)
     async def _unauthorized(_: Request, exc: Unauthorized) -> Response:
@@ -129,7 +141,12 @@ def create_app(
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> FhirResponse:
-        return _outcome(400, "invalid", f"Invalid request: {exc.errors()}")
+        # Say which parameter and why in words; never the validator's internals.
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e.get('loc', ())[1:]) or 'request'}: {e.get('msg', '')}"
+            for e in exc.errors()
+        )
+        return _outcome(400, "invalid", f"Invalid request: {problems}.")
 
     @app.exception_handler(HTTPException)
     async def _http(_: Request, exc: HTTPException) -> FhirResponse:

@@ -60,13 +60,14 @@ def test_a_patients_screenings_are_searchable_newest_first(client: TestClient) -
     ).json()
     assert len(page["entry"]) == 3
     next_link = next(link["url"] for link in page["link"] if link["relation"] == "next")
-    rest = client.get(next_link.removeprefix("http://127.0.0.1:8000")).json()
+    assert next_link.startswith("http://testserver/fhir/GuidanceResponse?")  # the base used
+    rest = client.get(next_link).json()
     assert len(rest["entry"]) == 1
 
 
-def test_search_needs_a_subject_and_the_supported_sort(client: TestClient) -> None:
+def test_search_needs_a_patient_and_a_supported_sort(client: TestClient) -> None:
     assert client.get("/fhir/GuidanceResponse").status_code == 400
-    bad = client.get("/fhir/GuidanceResponse", params={"subject": "Patient/x", "_sort": "date"})
+    bad = client.get("/fhir/GuidanceResponse", params={"subject": "Patient/x", "_sort": "status"})
     assert bad.status_code == 400
     validate_r4(bad.json())
 
@@ -108,3 +109,100 @@ def test_screenings_survive_a_restart(tmp_path: Path) -> None:
         issued = first.post(SCREEN, json=parameters(_record("p-restart"))).json()
     with TestClient(create_app(settings)) as second:
         assert second.get(f"/fhir/GuidanceResponse/{issued['id']}").json() == issued
+
+
+def _found(client: TestClient, kind: str, params: dict[str, str]) -> list[str]:
+    response = client.get(f"/fhir/{kind}", params=params, headers={"Prefer": "handling=strict"})
+    assert response.status_code == 200, response.text
+    bundle = response.json()
+    validate_r4(bundle)
+    for entry in bundle.get("entry", []):
+        assert entry["fullUrl"] == f"http://testserver/fhir/{kind}/{entry['resource']['id']}"
+    assert any(link["relation"] == "self" for link in bundle["link"])
+    return [e["resource"]["id"] for e in bundle.get("entry", [])]
+
+
+def test_screening_search_honours_each_parameter(client: TestClient) -> None:
+    patient_id = f"p-{uuid.uuid4().hex[:8]}"
+    complete = _record(patient_id)
+    issued = client.post(SCREEN_ALL, json=parameters(complete, "2026-06-01")).json()
+    ids = [e["resource"]["id"] for e in issued["entry"]]
+    by_trial = {e["resource"]["moduleCanonical"]: e["resource"] for e in issued["entry"]}
+    statuses = {r["status"] for r in by_trial.values()}
+    patient = f"Patient/{patient_id}"
+    assert set(_found(client, "GuidanceResponse", {"patient": patient_id})) == set(ids)
+    assert set(_found(client, "GuidanceResponse", {"patient": patient})) == set(ids)
+    assert set(_found(client, "GuidanceResponse", {"subject": patient_id})) == set(ids)
+    assert _found(client, "GuidanceResponse", {"_id": ids[0]}) == [ids[0]]
+    identifier = f"urn:ietf:rfc:3986|urn:uuid:{ids[1]}"
+    assert _found(client, "GuidanceResponse", {"identifier": identifier}) == [ids[1]]
+    assert _found(client, "GuidanceResponse", {"patient": patient, "request": "x"}) == []
+    for status in ("success", "data-required"):
+        expected = {r["id"] for r in by_trial.values() if r["status"] == status}
+        found = _found(client, "GuidanceResponse", {"patient": patient, "status": status})
+        assert set(found) == expected, (status, statuses)
+    for canonical, resource in by_trial.items():
+        for module in (canonical, canonical.split("|")[0]):
+            found = _found(client, "GuidanceResponse", {"patient": patient, "module": module})
+            assert found == [resource["id"]]
+    later = client.post(SCREEN_ALL, json=parameters(complete, "2026-07-01")).json()
+    newest = {e["resource"]["id"] for e in later["entry"]}
+    oldest_first = _found(client, "GuidanceResponse", {"patient": patient, "_sort": "date"})
+    assert set(oldest_first[2:]) == newest
+    count = client.get("/fhir/GuidanceResponse", params={"patient": patient, "_count": "0"})
+    assert count.json()["total"] == 4 and "entry" not in count.json()
+    capped = client.get("/fhir/GuidanceResponse", params={"patient": patient, "_count": "1000"})
+    assert capped.status_code == 200 and len(capped.json()["entry"]) == 4
+    elements = client.get(
+        "/fhir/GuidanceResponse", params={"patient": patient, "_elements": "subject"}
+    ).json()
+    validate_r4(elements)
+    assert set(elements["entry"][0]["resource"]) == {
+        "resourceType",
+        "id",
+        "meta",
+        "subject",
+        "moduleCanonical",
+        "status",
+    }
+
+
+def test_audit_search_honours_each_parameter(client: TestClient) -> None:
+    patient_id = f"p-{uuid.uuid4().hex[:8]}"
+    patient = f"Patient/{patient_id}"
+    issued = client.post(SCREEN, json=parameters(_record(patient_id))).json()
+    client.get(f"/fhir/GuidanceResponse/{issued['id']}")
+    # Oldest first: the screening and the read; each later search is audited after them.
+    events = _found(client, "AuditEvent", {"patient": patient, "_sort": "date"})
+    assert len(events) == 2
+    bare = _found(client, "AuditEvent", {"patient": patient_id, "_sort": "date"})
+    assert bare[:2] == events
+    trail = client.get("/fhir/AuditEvent", params={"patient": patient, "_sort": "date"}).json()
+    agent = trail["entry"][0]["resource"]["agent"][0]["who"]["identifier"]
+    recorded = trail["entry"][0]["resource"]["recorded"][:10]
+    checks: list[tuple[dict[str, str], list[str]]] = [
+        ({"date": f"ge{recorded}"}, events),
+        ({"date": recorded}, events),
+        ({"date": "lt2001-01-01"}, []),
+        ({"date": "ge2001-01,lt2001-02"}, events),
+        ({"type": "rest"}, events),
+        ({"type": "http://terminology.hl7.org/CodeSystem/audit-event-type|rest"}, events),
+        ({"type": "login"}, []),
+        ({"agent": agent["value"]}, events),
+        ({"agent:identifier": f"{agent['system']}|{agent['value']}"}, events),
+        ({"agent": "someone-else"}, []),
+        ({"entity": f"GuidanceResponse/{issued['id']}"}, events),
+        ({"entity": "GuidanceResponse/other"}, []),
+        ({"_id": events[1]}, [events[1]]),
+    ]
+    for extra, expected in checks:
+        found = _found(client, "AuditEvent", {"patient": patient, **extra, "_sort": "date"})
+        assert found[:2] == expected if expected else set(found).isdisjoint(events), extra
+    assert _found(client, "AuditEvent", {"_id": events[1]}) == [events[1]]
+
+
+def test_audit_date_needs_a_date(client: TestClient) -> None:
+    for value in ("yesterday", "sa2026-01-01"):
+        response = client.get("/fhir/AuditEvent", params={"date": value})
+        assert response.status_code == 400
+        validate_r4(response.json())

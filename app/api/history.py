@@ -2,16 +2,23 @@
 trail for auditors. Every access is itself audited."""
 
 import asyncio
-from typing import Annotated, Any
-from urllib.parse import urlencode
 
 import orjson
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from app.api.common import FHIR_JSON, Auditor, FhirResponse, Reader, SettingsDep
-from app.core.errors import InvalidInput, NotFound
-from app.core.settings import Settings
+from app.api.common import Auditor, FhirResponse, Reader, SettingsDep
+from app.api.history_search import (
+    AUDIT,
+    GUIDANCE,
+    find_audit_events,
+    find_screenings,
+    searched_patient,
+)
+from app.api.search import openapi_parameters, parse_search, searchset
+from app.api.versioning import conditional_read, with_meta
+from app.core.base_url import public_base
+from app.core.errors import NotFound
 from app.store import audit
 from app.store.database import Store
 
@@ -20,7 +27,8 @@ router = APIRouter(prefix="/fhir")
 
 @router.get("/GuidanceResponse/{screening_id}", response_class=FhirResponse)
 async def read_screening(screening_id: str, request: Request, who: Reader) -> Response:
-    """A stored screening, exactly as it was issued."""
+    """A stored screening, exactly as it was issued (with meta.versionId 1 and lastUpdated
+    the moment it was kept, if it was issued without them)."""
     store: Store = request.app.state.store
     row = await asyncio.to_thread(store.screening, screening_id)
     await audit.record(
@@ -35,31 +43,21 @@ async def read_screening(screening_id: str, request: Request, who: Reader) -> Re
     )
     if row is None:
         raise NotFound(f"No screening {screening_id!r} is stored here.")
-    return Response(row.guidance, media_type=FHIR_JSON)
+    return conditional_read(request, with_meta(orjson.loads(row.guidance), "1", row.created))
 
 
-@router.get("/GuidanceResponse", response_class=FhirResponse)
-async def search_screenings(
-    request: Request,
-    settings: SettingsDep,
-    who: Reader,
-    subject: str | None = None,
-    module: str | None = None,
-    sort: Annotated[str, Query(alias="_sort")] = "-date",
-    count: Annotated[int, Query(alias="_count", ge=1, le=100)] = 20,
-    offset: Annotated[int, Query(alias="_offset", ge=0, le=1_000_000)] = 0,
-) -> FhirResponse:
-    """A patient's screenings, newest first: ``subject=Patient/{id}``, optionally
-    ``module={PlanDefinition canonical}`` (with or without ``|version``)."""
-    if sort != "-date":
-        raise InvalidInput("Only _sort=-date (newest first) is supported.", expression="_sort")
-    if subject is None or not subject.startswith("Patient/"):
-        raise InvalidInput("Search by subject=Patient/{id}.", expression="subject")
-    trial_id = None
-    if module is not None:
-        trial_id = module.split("|")[0].rstrip("/").rsplit("/", 1)[-1]
+@router.get(
+    "/GuidanceResponse",
+    response_class=FhirResponse,
+    openapi_extra={"parameters": openapi_parameters(GUIDANCE)},
+)
+async def search_screenings(request: Request, settings: SettingsDep, who: Reader) -> FhirResponse:
+    """A patient's screenings, newest first: patient (or subject), _id, identifier, request,
+    status, module (the trial's PlanDefinition canonical, with or without ``|version``)."""
+    search = parse_search(request, GUIDANCE)
     store: Store = request.app.state.store
-    total, rows = await asyncio.to_thread(store.screenings_for, subject, trial_id, offset, count)
+    total, rows = await asyncio.to_thread(find_screenings, store, search)
+    patient = searched_patient(search, GUIDANCE)
     await audit.record(
         request,
         action="E",
@@ -67,33 +65,24 @@ async def search_screenings(
         outcome="0",
         agent=who.client_id,
         description=f"searched screenings: {len(rows)} of {total}",
-        patient_ref=subject,
+        patient_ref=patient,
     )
-    return FhirResponse(
-        _searchset(
-            [orjson.loads(r) for r in rows],
-            total,
-            offset,
-            count,
-            "GuidanceResponse",
-            {"subject": subject, "module": module, "_sort": sort},
-            settings,
-        )
-    )
+    found = [orjson.loads(r) for r in rows]
+    return FhirResponse(searchset(public_base(request, settings), GUIDANCE, search, found, total))
 
 
-@router.get("/AuditEvent", response_class=FhirResponse)
-async def search_audit(
-    request: Request,
-    settings: SettingsDep,
-    who: Auditor,
-    patient: str | None = None,
-    count: Annotated[int, Query(alias="_count", ge=1, le=200)] = 50,
-    offset: Annotated[int, Query(alias="_offset", ge=0, le=1_000_000)] = 0,
-) -> FhirResponse:
-    """The audit trail, newest first (auditor scope: system/AuditEvent.read)."""
+@router.get(
+    "/AuditEvent",
+    response_class=FhirResponse,
+    openapi_extra={"parameters": openapi_parameters(AUDIT)},
+)
+async def search_audit(request: Request, settings: SettingsDep, who: Auditor) -> FhirResponse:
+    """The audit trail, newest first (auditor scope: system/AuditEvent.read): patient, date,
+    type, agent, entity."""
+    search = parse_search(request, AUDIT)
     store: Store = request.app.state.store
-    total, rows = await asyncio.to_thread(store.audit_events, patient, offset, count)
+    client_system = f"{settings.canonical_base}/client"
+    total, rows = await asyncio.to_thread(find_audit_events, store, search, client_system)
     await audit.record(
         request,
         action="E",
@@ -101,45 +90,7 @@ async def search_audit(
         outcome="0",
         agent=who.client_id,
         description=f"read {len(rows)} audit event(s)",
-        patient_ref=patient,
+        patient_ref=searched_patient(search, AUDIT),
     )
     events = [audit.as_fhir(r, settings.canonical_base) for r in rows]
-    return FhirResponse(
-        _searchset(events, total, offset, count, "AuditEvent", {"patient": patient}, settings)
-    )
-
-
-def _searchset(
-    resources: list[dict[str, Any]],
-    total: int,
-    offset: int,
-    count: int,
-    kind: str,
-    params: dict[str, str | None],
-    settings: Settings,
-) -> dict[str, Any]:
-    base = f"{settings.public_base_url.rstrip('/')}/fhir/{kind}"
-    query = {k: v for k, v in params.items() if v is not None}
-
-    def page(at: int) -> str:
-        return f"{base}?{urlencode(query | {'_count': count, '_offset': at})}"
-
-    links = [{"relation": "self", "url": page(offset)}]
-    if offset + count < total:
-        links.append({"relation": "next", "url": page(offset + count)})
-    if offset > 0:
-        links.append({"relation": "previous", "url": page(max(0, offset - count))})
-    return {
-        "resourceType": "Bundle",
-        "type": "searchset",
-        "total": total,
-        "link": links,
-        "entry": [
-            {
-                "fullUrl": f"{base}/{r['id']}",
-                "resource": r,
-                "search": {"mode": "match"},
-            }
-            for r in resources
-        ],
-    }
+    return FhirResponse(searchset(public_base(request, settings), AUDIT, search, events, total))

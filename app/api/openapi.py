@@ -18,7 +18,30 @@ _ERRORS = {
     "401": "No valid access token",
     "403": "The access token lacks the scope this needs",
     "404": "Not found",
+    "406": "The client asked for a format other than FHIR JSON (_format or Accept)",
     "429": "Too many requests from this client (see Retry-After)",
+}
+_READS = {"metadata", "sle-activity", "ResearchStudy-screen"}
+_PROTECTED = ("/fhir/GuidanceResponse", "/fhir/AuditEvent")
+_SECURITY_SCHEMES = {
+    "smartBackendServices": {
+        "type": "http",
+        "scheme": "bearer",
+        "bearerFormat": "JWT",
+        "description": "An OAuth2 access token (SMART Backend Services, client_credentials with "
+        "private_key_jwt) from the issuer in TRIALSCREEN_AUTH_ISSUER; its token endpoint is in "
+        "the CapabilityStatement's rest.security and in /fhir/.well-known/smart-configuration. "
+        "Scopes: system/GuidanceResponse.c ($screen), system/GuidanceResponse.rs (read and "
+        "search screenings), system/AuditEvent.rs (the audit trail). The published resources "
+        "need none.",
+    },
+    "cdsHooksJwt": {
+        "type": "http",
+        "scheme": "bearer",
+        "bearerFormat": "JWT",
+        "description": "CDS Hooks: a JWT the EHR signs with a key of its JWKS (iss, aud = the "
+        "service URL, exp, jti).",
+    },
 }
 _CDS_ERRORS = {
     "400": "Malformed hook call",
@@ -36,7 +59,7 @@ def contract(app: FastAPI) -> dict[str, Any]:
             title=app.title, version=app.version, summary=app.summary, routes=app.routes
         )
         for path, operations in document["paths"].items():
-            for operation in operations.values():
+            for method, operation in operations.items():
                 responses: dict[str, Any] = operation["responses"]
                 if path.endswith("$screen"):  # a Bundle without exactly one Patient
                     responses["422"] = _outcome("The Bundle does not hold exactly one Patient")
@@ -46,8 +69,17 @@ def contract(app: FastAPI) -> dict[str, Any]:
                     responses["200"]["content"] = {_FHIR: {"schema": _OBJECT}}
                     for code, text in _ERRORS.items():
                         responses.setdefault(code, _outcome(text))
+                    if method == "get" and ("{" in path or path.rsplit("/", 1)[-1] in _READS):
+                        responses["304"] = {
+                            "description": "Not Modified (If-None-Match or If-Modified-Since)"
+                        }
+                    if path.startswith(_PROTECTED) or path.endswith("$screen"):
+                        operation["security"] = [{"smartBackendServices": []}]
                 else:
                     _cds(path, responses)
+                    if path != "/cds-services":
+                        operation["security"] = [{"cdsHooksJwt": []}]
+        document.setdefault("components", {})["securitySchemes"] = _SECURITY_SCHEMES
         app.openapi_schema = document
     return app.openapi_schema
 

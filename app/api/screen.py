@@ -5,6 +5,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import APIRouter, Request
+from fastapi.responses import Response
 
 from app.access.inbound import Principal
 from app.api.common import (
@@ -18,6 +19,7 @@ from app.api.common import (
 )
 from app.api.screen_request import parse_screen_request
 from app.catalog.loader import Catalog
+from app.core.base_url import public_base
 from app.core.errors import InvalidInput, TrialscreenError
 from app.core.settings import Settings, zone_of
 from app.ehr.record_source import FetchedRecord, RecordSource
@@ -37,7 +39,16 @@ _SCREEN_BODY = (
     "Patient) or 'patient' (valueReference Patient/{id} or valueString id: fetched from the "
     "EHR), optional 'asOf' (valueDate, default today)"
 )
+_PREFER = {
+    "name": "Prefer",
+    "in": "header",
+    "required": False,
+    "description": "return=representation (default: the result), return=minimal (empty body; "
+    "Content-Location names the stored GuidanceResponse) or return=OperationOutcome",
+    "schema": {"type": "string"},
+}
 SCREEN_OPENAPI: dict[str, Any] = {
+    "parameters": [_PREFER],
     "requestBody": {
         "required": True,
         "description": _SCREEN_BODY + ".",
@@ -90,6 +101,11 @@ async def _screen(
             describe(evaluate(known, fetched.record, as_of), fetched, settings, now, who.client_id)
             for known in [await recognised(terminology, t, fetched.record) for t in trials]
         ]
+        for s in screenings:  # kept once, never updated: version 1 for good
+            s.guidance["meta"] = {
+                "versionId": "1",
+                "lastUpdated": now.isoformat(timespec="milliseconds"),
+            }
         done = audit.event(
             action="E",
             interaction="screen",
@@ -116,6 +132,7 @@ async def _screen(
 
 
 SCREEN_ALL_OPENAPI: dict[str, Any] = {
+    "parameters": [_PREFER],
     "requestBody": {
         **SCREEN_OPENAPI["requestBody"],
         "description": _SCREEN_BODY + ", and 'study' (valueString, repeating) to restrict the "
@@ -138,13 +155,13 @@ SCREEN_ALL_OPENAPI: dict[str, Any] = {
 )
 async def screen(
     study_id: str, request: Request, settings: SettingsDep, catalog: CatalogDep, who: Screener
-) -> FhirResponse:
+) -> Response:
     """Screen one patient's record (a Bundle in a Parameters) against one trial; answer with a
     GuidanceResponse."""
     trial_named(catalog, study_id)  # an unknown trial is a 404 before the body is read
     body = await read_body(request, settings.max_body_bytes)
     (response,) = await _screen(study_id, body, settings, request, who)
-    return FhirResponse(response)
+    return _answer(request, settings, [response], response)
 
 
 @router.post(
@@ -154,15 +171,51 @@ async def screen(
 )
 async def screen_all(
     request: Request, settings: SettingsDep, catalog: CatalogDep, who: Screener
-) -> FhirResponse:
+) -> Response:
     """Screen one patient's record against every trial (or those named by 'study' parameters);
     answer with a collection Bundle of GuidanceResponses, one per trial."""
     body = await read_body(request, settings.max_body_bytes)
     responses = await _screen(None, body, settings, request, who)
-    return FhirResponse(
-        {
-            "resourceType": "Bundle",
-            "type": "collection",
-            "entry": [{"fullUrl": f"urn:uuid:{r['id']}", "resource": r} for r in responses],
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "collection",
+        "entry": [{"fullUrl": f"urn:uuid:{r['id']}", "resource": r} for r in responses],
+    }
+    return _answer(request, settings, responses, bundle)
+
+
+def _answer(
+    request: Request, settings: Settings, stored: list[Any], representation: dict[str, Any]
+) -> Response:
+    """The answer as ``Prefer: return=`` asks: the resource (default), nothing but the stored
+    screenings' locations (minimal), or an OperationOutcome naming them."""
+    wanted = _preferred_return(request.headers.get("prefer", ""))
+    reports = [f"{public_base(request, settings)}/fhir/GuidanceResponse/{r['id']}" for r in stored]
+    headers = {"Content-Location": reports[0]} if len(reports) == 1 else {}
+    if wanted == "minimal":
+        headers["Preference-Applied"] = "return=minimal"
+        return Response(status_code=200, headers=headers)
+    if wanted == "OperationOutcome":
+        headers["Preference-Applied"] = "return=OperationOutcome"
+        outcome = {
+            "resourceType": "OperationOutcome",
+            "issue": [
+                {
+                    "severity": "information",
+                    "code": "informational",
+                    "diagnostics": f"Screened and kept as {url}.",
+                }
+                for url in reports
+            ],
         }
-    )
+        return FhirResponse(outcome, headers=headers)
+    return FhirResponse(representation, headers=headers)
+
+
+def _preferred_return(prefer: str) -> str:
+    for part in prefer.split(","):
+        for item in part.split(";"):
+            key, _, value = item.strip().partition("=")
+            if key.strip().lower() == "return":
+                return value.strip().strip('"')
+    return "representation"

@@ -1,10 +1,11 @@
 """What the service publishes about itself and its trials.
 
 ResearchStudy, PlanDefinition (the criteria, one action per criterion), ValueSet (each code set),
-CodeSystem (SLE activity scores) and CapabilityStatement.
+CodeSystem (SLE activity scores), OperationDefinition (``$screen``) and CapabilityStatement.
 """
 
 from collections.abc import Iterable, Iterator
+from html import escape
 from typing import Any
 
 from app.catalog.mappings import CodeRow, CodeSet, Mappings, ValueSet
@@ -69,6 +70,7 @@ def plan_definition(trial: LoadedTrial, base: str) -> Json:
     return {
         "resourceType": "PlanDefinition",
         "id": spec.id,
+        "text": plan_narrative(trial),
         "url": f"{base}/PlanDefinition/{spec.id}",
         "identifier": [{"system": "https://clinicaltrials.gov", "value": spec.id}],
         "version": spec.version,
@@ -142,7 +144,7 @@ def _requirements(check: Check, m: Mappings, base: str) -> Iterator[Json]:
         for name in check.codes:
             yield {
                 "type": kind,
-                "codeFilter": [{"path": path, "valueSet": f"{base}/ValueSet/{name}"}],
+                "codeFilter": [{"path": path, "valueSet": value_set_url(base, name)}],
             }
     elif isinstance(check, MedicationCheck | PrednisoneDoseCheck):
         yield {"type": "MedicationRequest"}
@@ -162,9 +164,9 @@ def value_set(code_set: CodeSet, m: Mappings, base: str) -> Json:
         compose["exclude"] = excluded
     resource: Json = {
         "resourceType": "ValueSet",
-        "id": code_set.name.replace("_", "-"),
-        "url": f"{base}/ValueSet/{code_set.name}",
-        "name": code_set.name,
+        "id": value_set_id(code_set.name),
+        "url": value_set_url(base, code_set.name),
+        "name": value_set_name(code_set.name),
         "status": "active",
         "description": code_set.description,
         "compose": compose,
@@ -251,35 +253,161 @@ def sle_activity_code_system(base: str) -> Json:
     }
 
 
-def capability_statement(base: str, software_version: str, date: str) -> Json:
-    read = [{"code": "read"}]
+def capability_statement(
+    base: str,
+    software_version: str,
+    date: str,
+    *,
+    url: str,
+    resources: list[Json],
+    security: Json,
+) -> Json:
+    """What the server at ``url`` (the FHIR base the client used) serves: ``resources`` (each
+    with its interactions, search parameters and operations) under ``security``."""
     return {
         "resourceType": "CapabilityStatement",
         "status": "active",
         "date": date,
+        "publisher": "trialscreen",
         "kind": "instance",
         "software": {"name": "trialscreen", "version": software_version},
-        "implementation": {"description": "Clinical-trial eligibility screening"},
+        "implementation": {"description": "Clinical-trial eligibility screening", "url": url},
         "fhirVersion": "4.0.1",
-        "format": ["application/fhir+json"],
+        "format": ["application/fhir+json", "json"],
         "rest": [
             {
                 "mode": "server",
-                "resource": [
-                    {
-                        "type": "ResearchStudy",
-                        "interaction": [*read, {"code": "search-type"}],
-                        "operation": [
-                            {
-                                "name": "screen",
-                                "definition": f"{base}/OperationDefinition/ResearchStudy-screen",
-                            }
-                        ],
-                    },
-                    {"type": "PlanDefinition", "interaction": read},
-                    {"type": "ValueSet", "interaction": read},
-                    {"type": "CodeSystem", "interaction": read},
+                "documentation": "JSON only (XML is answered 406). Reads carry ETag and "
+                "Last-Modified and honour If-None-Match and If-Modified-Since; HEAD is served "
+                "wherever GET is. Unknown search parameters are ignored (and named in an "
+                "OperationOutcome entry) unless Prefer: handling=strict.",
+                "security": security,
+                "resource": resources,
+                "operation": [
+                    {"name": "screen", "definition": f"{base}/OperationDefinition/{SCREEN_ID}"}
                 ],
             }
         ],
+    }
+
+
+SCREEN_ID = "ResearchStudy-screen"
+
+
+def screen_operation_definition(base: str) -> Json:
+    """``$screen`` on ResearchStudy, at type level (every trial, or those named by 'study')
+    and instance level (one trial)."""
+
+    def param(name: str, use: str, low: int, high: str, kind: str, doc: str, **more: Any) -> Json:
+        return {
+            "name": name,
+            "use": use,
+            "min": low,
+            "max": high,
+            "documentation": doc,
+            "type": kind,
+            **more,
+        }
+
+    return {
+        "resourceType": "OperationDefinition",
+        "id": SCREEN_ID,
+        "url": f"{base}/OperationDefinition/{SCREEN_ID}",
+        "version": "1.0.0",
+        "name": "ScreenResearchStudy",
+        "title": "Screen a patient against clinical-trial eligibility criteria",
+        "status": "active",
+        "kind": "operation",
+        "affectsState": True,
+        "description": "Evaluates one patient's record against the eligibility criteria of one "
+        "trial (instance level: POST ResearchStudy/{id}/$screen) or of every trial (type "
+        "level: POST ResearchStudy/$screen). Each screening is kept and audited, so the "
+        "operation changes state and is called with POST only. Give the record either as "
+        "'bundle' or as 'patient' (then it is read from the EHR).",
+        "code": "screen",
+        "resource": ["ResearchStudy"],
+        "system": False,
+        "type": True,
+        "instance": True,
+        "parameter": [
+            param(
+                "bundle",
+                "in",
+                0,
+                "1",
+                "Bundle",
+                "The patient's record: a Bundle holding exactly one Patient and the resources "
+                "to screen. Either bundle or patient, not both.",
+            ),
+            param(
+                "patient",
+                "in",
+                0,
+                "1",
+                "Reference",
+                "The patient to fetch from the EHR: valueReference Patient/{id} (a valueString "
+                "holding the id is accepted too). Either bundle or patient, not both.",
+                targetProfile=["http://hl7.org/fhir/StructureDefinition/Patient"],
+            ),
+            param(
+                "asOf",
+                "in",
+                0,
+                "1",
+                "date",
+                "The date to screen as of (default: today in the service's time zone). Data "
+                "dated after it is ignored.",
+            ),
+            param(
+                "study",
+                "in",
+                0,
+                "*",
+                "string",
+                "Type level only: a ResearchStudy id to screen against (repeat for several; "
+                "default every trial).",
+            ),
+            param(
+                "return",
+                "out",
+                1,
+                "1",
+                "Resource",
+                "Instance level: the GuidanceResponse (per-criterion results in its contained "
+                "Parameters 'result'). Type level: a collection Bundle with one GuidanceResponse "
+                "per trial. With Prefer: return=minimal the body is empty (Content-Location "
+                "names the GuidanceResponse); with Prefer: return=OperationOutcome it is an "
+                "OperationOutcome naming what was stored.",
+            ),
+        ],
+    }
+
+
+def value_set_id(code_set: str) -> str:
+    """The ValueSet's id, and the last segment of its url (FHIR ids have no underscores)."""
+    return code_set.replace("_", "-")
+
+
+def value_set_url(base: str, code_set: str) -> str:
+    return f"{base}/ValueSet/{value_set_id(code_set)}"
+
+
+def value_set_name(code_set: str) -> str:
+    """A computer-friendly name as vsd-0 asks: ``[A-Z]([A-Za-z0-9_]){0,254}``."""
+    name = "".join(word[:1].upper() + word[1:] for word in code_set.split("_") if word)
+    return name if name[:1].isalpha() else f"ValueSet{name}"
+
+
+def plan_narrative(trial: LoadedTrial) -> Json:
+    """A generated XHTML summary of the criteria, for people reading the PlanDefinition."""
+    spec = trial.spec
+    rows = "".join(
+        f"<tr><td>{escape(c.id)}</td><td>{escape(c.kind)}</td><td>{escape(c.text)}</td></tr>"
+        for c in spec.criteria
+    )
+    return {
+        "status": "generated",
+        "div": f'<div xmlns="http://www.w3.org/1999/xhtml"><p><b>{escape(spec.acronym)} '
+        f"({escape(spec.id)}) eligibility criteria</b>, version {escape(spec.version)}.</p>"
+        f"<table><tr><th>Criterion</th><th>Kind</th><th>Text</th></tr>{rows}</table></div>",
     }

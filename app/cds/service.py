@@ -21,6 +21,7 @@ from fastapi.responses import JSONResponse, Response
 from app.catalog.loader import Catalog
 from app.cds.cards import card, card_uuid, pending_card, shows_card
 from app.cds.trust import Caller, JwtVerifier
+from app.core.base_url import public_base
 from app.core.errors import InvalidInput, NotFound, TrialscreenError
 from app.core.settings import CdsClient, Settings, zone_of
 from app.ehr.auth import BearerAuth
@@ -275,7 +276,7 @@ async def _screen(
             )
         )
         if shown:
-            base = settings.public_base_url.rstrip("/")
+            base = public_base(request, settings)
             cards.append(card(screening, screening_id, base, settings.canonical_base))
     done = audit.event(
         action="E",
@@ -323,7 +324,7 @@ def _pending(
     job.add_done_callback(background.discard)
     log.info("hook %s: EHR too slow, answered with a pending card", instance)
     reports = [(t.spec.acronym, sid) for t, sid in zip(trials, ids, strict=True)]
-    base = settings.public_base_url.rstrip("/")
+    base = public_base(request, settings)
     # The pending card answers for the first trial's screening: feedback on it lands there.
     pending = pending_card(reports, base, settings.canonical_base, card_uuid(ids[0]))
     return JSONResponse({"cards": [pending]})

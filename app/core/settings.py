@@ -120,6 +120,17 @@ class Settings(BaseSettings):
     terminology_budget: float = 3.0
     """Seconds one screening may spend asking the terminology server."""
 
+    # --- how clients reach the service (absolute links) -----------------------------------------
+    trusted_proxies: tuple[str, ...] = ()
+    """Addresses or networks (CIDR) of reverse proxies whose ``Forwarded`` / ``X-Forwarded-*``
+    headers say which base URL the client used. From anyone else those headers are ignored.
+    Links are built from the request unless public_base_url is set explicitly (an override)."""
+    auth_token_url: str | None = None
+    """The OAuth2 token endpoint where callers get access tokens (published in the
+    CapabilityStatement's SMART security block and in .well-known/smart-configuration)."""
+    auth_authorize_url: str | None = None
+    """The OAuth2 authorization endpoint, if the issuer offers user-facing launches."""
+
 
 @lru_cache
 def get_settings() -> Settings:

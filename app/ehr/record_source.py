@@ -26,6 +26,9 @@ class FetchedRecord:
     """What could not be fetched, in words for the GuidanceResponse's evaluationMessage."""
     digest: str = ""
     """SHA-256 of the record's resources as received (see bundle_reader.record_digest)."""
+    origin: str | None = None
+    """The FHIR base the record was read from (its resources' references are made absolute
+    against it in the GuidanceResponse); None for a posted Bundle."""
 
 
 class RecordSource(Protocol):
@@ -59,7 +62,8 @@ class EhrRecordSource:
         searches = self.plan.searches(patient_id, as_of)
         patient, outcomes = await fetch_parts(self.client, patient_id, searches, deadline)
         assert patient is not None  # fetch_parts reads the Patient when none is given
-        return assemble(patient, [(s, o.resources, o.problem) for s, o in outcomes])
+        fetched = assemble(patient, [(s, o.resources, o.problem) for s, o in outcomes])
+        return replace(fetched, origin=self.client.base_url)
 
 
 async def fetch_parts(

@@ -28,6 +28,7 @@ def describe(
         issued=now,
         warnings=fetched.problems
         + tuple(f"Not read: {u.describe()}" for u in fetched.record.unreadable),
+        evidence_base=fetched.origin,
     )
     count_screening(screening.trial.id, screening.eligibility.value)
     return NewScreening(
