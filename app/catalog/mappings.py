@@ -7,7 +7,7 @@ fail with a :class:`CatalogError` naming the file and entry.
 """
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -71,6 +71,9 @@ class IngredientSpec(StrictSpec):
     codes: tuple[CodeRow, ...]
     prednisone_equivalent: float | None = Field(default=None, gt=0)
     products: tuple[CodeRow, ...] = ()
+    same_drug_as: str | None = None
+    """Another ingredient with the same active moiety (mycophenolic acid and its mofetil ester):
+    counted as one drug where distinct drugs are counted."""
 
     @model_validator(mode="after")
     def _recognisable(self) -> "IngredientSpec":
@@ -83,10 +86,13 @@ class DrugClassSpec(StrictSpec):
     description: str
     ingredients: tuple[str, ...] = ()
     atc_prefixes: tuple[str, ...] = ()
+    codes: tuple[CodeRow, ...] = ()
+    """Products that belong to the class without an ingredient entry of their own (e.g. the
+    RxNorm clinical drugs of a published VSAC expansion), each with its provenance."""
 
     @model_validator(mode="after")
     def _not_empty(self) -> "DrugClassSpec":
-        if not self.ingredients and not self.atc_prefixes:
+        if not self.ingredients and not self.atc_prefixes and not self.codes:
             raise ValueError("a drug class lists ingredients or ATC prefixes")
         return self
 
@@ -155,6 +161,7 @@ class Ingredient:
     display: str
     prednisone_equivalent: float | None
     products: Mapping[tuple[str, str], CodeRow]
+    same_drug_as: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +170,11 @@ class DrugClass:
     description: str
     ingredients: frozenset[str]
     atc_prefixes: tuple[str, ...]
+    products: Mapping[tuple[str, str], CodeRow] = field(default_factory=dict)
+    """The class's own product rows (``codes`` in medications.yaml), by (system URI, code)."""
+    names: frozenset[str] = frozenset()
+    """Lower-case drug names of the class (ingredient displays, brand names in product
+    displays): what an entry known only by text is matched against, to send it to review."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,6 +199,8 @@ class Mappings:
     ) -> bool:
         drug_class = self.drug_classes[cls]
         if ingredient is not None and ingredient in drug_class.ingredients:
+            return True
+        if any(c in drug_class.products for c in codings):
             return True
         atc = self.systems["atc"]
         return any(

@@ -195,6 +195,9 @@ class PrednisoneDoseCheck(_Check):
     unit: Literal["mg/d"]
     min_waived_with: tuple[str, ...] = ()
     """Drug classes that, in use at the as-of date, lift the minimum dose."""
+    min_waiver_unclear_with: tuple[str, ...] = ()
+    """Drug classes whose use may lift the minimum, where the protocol does not say: a dose below
+    the minimum with only these in use is unknown, with a review item (never not-met)."""
 
 
 class DistinctDrugsCheck(_Check):
