@@ -123,7 +123,7 @@ def _i3(screening: dict[str, Any]) -> dict[str, Any]:
     responses = [e["resource"] for e in screening["entry"]]
     hn2301 = next(r for r in responses if "NCT06801119" in r["moduleCanonical"])
     params = next(c for c in hn2301["contained"] if c["resourceType"] == "Parameters")
-    criterion = next(
+    criterion: dict[str, Any] = next(
         p
         for p in params["parameter"]
         if p["name"] == "criterion"
