@@ -33,10 +33,11 @@ _SNOMED = "http://snomed.info/sct"
 _ROUTES = {
     (_SNOMED, "26643006"): "oral",
     (_SNOMED, "47625008"): "intravenous",
+    (_SNOMED, "34206005"): "subcutaneous",
     (_SNOMED, "6064005"): "topical",
 }
-"""SNOMED CT route codes (codes.md 4-I: 26643006 Oral use, 47625008 Intravenous route; 6064005
-Topical route, FHIR R4 SNOMED route value set)."""
+"""SNOMED CT route codes (codes.md 4-I: 26643006 Oral use, 47625008 Intravenous route; 34206005
+Subcutaneous route and 6064005 Topical route as in the FHIR R4 SNOMED CT route codes value set)."""
 _LOCAL = re.compile(
     r"\b(topical|cutaneous|ointment|cream|lotion|ophthalmic|otic|eye drops?|ear drops?)\b"
 )
@@ -446,13 +447,13 @@ def _range(d: _Daily) -> str:
 
 
 def _route(ctx: Context, u: _Use) -> str | None:
-    """The route from the dosage, else from the product ('oral', 'intravenous', ... or 'other');
-    None when neither says."""
+    """The route from the dosage, else from the product ('oral', 'intravenous', 'subcutaneous',
+    ...); None when neither says in codes recognised here."""
     for coding in u.use.routes:
         if coding in _ROUTES:
             return _ROUTES[coding]
-    if u.use.routes:
-        return "other"
+    # A route code not recognised here (a local or HL7 v3 code) says nothing either way: an
+    # intravenous check keeps the use, a dose check cannot count it as oral.
     product = _product_row(ctx, u.use, u.ingredient)
     return None if product is None else product.route
 
