@@ -222,13 +222,16 @@ def load_mappings(directory: Path, canonical_base: str) -> Mappings:
         if unknown:
             raise CatalogError(f"{where}: unknown ingredients {unknown}")
         members = [meds.ingredients[i] for i in cls.ingredients]
+        names = drug_names(members, cls.codes)
+        alternatives = "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True))
         classes[name] = DrugClass(
             name,
             cls.description,
             frozenset(cls.ingredients),
             cls.atc_prefixes,
             {(uri(p, where), p.code): p for p in cls.codes},
-            drug_names(members, cls.codes),
+            names,
+            re.compile(rf"(?<![a-z])(?:{alternatives})(?![a-z])") if names else None,
         )
 
     clash = set(code_sets) & (set(analytes) | set(classes))

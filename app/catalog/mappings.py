@@ -6,6 +6,7 @@ keys, unknown system names, duplicate names, empty sets and analytes without the
 fail with a :class:`CatalogError` naming the file and entry.
 """
 
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
@@ -175,6 +176,14 @@ class DrugClass:
     names: frozenset[str] = frozenset()
     """Lower-case drug names of the class (ingredient displays, brand names in product
     displays): what an entry known only by text is matched against, to send it to review."""
+
+    name_pattern: "re.Pattern[str] | None" = field(default=None, compare=False)
+    """The names as one word-bounded alternation (longest first), built by the loader."""
+
+    def named_in(self, text: str) -> str | None:
+        """The first of the class's drug names that ``text`` (lower-case) contains as words."""
+        found = None if self.name_pattern is None else self.name_pattern.search(text)
+        return None if found is None else found.group(0)
 
 
 @dataclass(frozen=True, slots=True)

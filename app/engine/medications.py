@@ -109,9 +109,9 @@ def _unplaced(ctx: Context, classes: Iterable[str]) -> list[tuple[_Use, str]]:
 def _named(mappings: Mappings, use: MedicationUse, classes: tuple[str, ...]) -> str | None:
     text = " | ".join((use.text.lower(), *use.labels))
     for cls in classes:
-        for name in sorted(mappings.drug_classes[cls].names):
-            if re.search(rf"(?<![a-z]){re.escape(name)}(?![a-z])", text):
-                return name
+        name = mappings.drug_classes[cls].named_in(text)
+        if name is not None:
+            return name
     return None
 
 
