@@ -108,7 +108,7 @@ class MedicationUse:
     start: date | None
     end: date | None
     routes: tuple[Coding, ...] = ()
-    doses: tuple["Dose", ...] = ()
+    doses: tuple[Dose, ...] = ()
     strengths: tuple[Strength, ...] = ()
     """Per-unit strengths from a Medication resource's ingredients, when the record has them."""
     kind: str = "MedicationRequest"
@@ -120,11 +120,6 @@ class MedicationUse:
     """A ``medicationReference`` that points to no Medication in the record: the drug is unknown."""
     dosage_problem: str | None = None
     """Why the dosage steps cannot be read as one regimen (e.g. several steps without order)."""
-
-    @property
-    def dose(self) -> "Dose | None":
-        """The only dosage step, when there is exactly one."""
-        return self.doses[0] if len(self.doses) == 1 else None
 
     @property
     def is_order(self) -> bool:
