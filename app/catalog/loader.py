@@ -292,7 +292,8 @@ def _check_problems(check: Check, criterion_id: str, seen: set[str], m: Mappings
             if name not in m.code_sets:
                 yield f"{where}: unknown code set {name!r}"
     if isinstance(check, MedicationCheck | DistinctDrugsCheck):
-        for name in check.classes:
+        extra = check.review_with if isinstance(check, DistinctDrugsCheck) else ()
+        for name in (*check.classes, *extra):
             if name not in m.drug_classes:
                 yield f"{where}: unknown drug class {name!r}"
     if isinstance(check, AllergyCheck):

@@ -204,6 +204,9 @@ class DistinctDrugsCheck(_Check):
     check: Literal["distinct_drugs"]
     classes: tuple[str, ...] = Field(min_length=1)
     at_least: int = Field(ge=1)
+    review_with: tuple[str, ...] = ()
+    """Drug classes the protocol may count but does not name ("immunosuppressants ... etc."):
+    when the count falls short only for want of these, unknown with a review item, never not-met."""
 
 
 class JudgementCheck(_Check):

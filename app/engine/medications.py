@@ -237,37 +237,56 @@ def medication(check: MedicationCheck, ctx: Context) -> Result:
 
 
 def distinct_drugs(check: DistinctDrugsCheck, ctx: Context) -> Result:
-    uses = _uses(ctx, check.classes)
     by_drug: dict[str, _Use] = {}
-    for u in uses:
-        key = _drug(ctx, u)
-        by_drug.setdefault(key, u)
+    for u in _uses(ctx, check.classes):
+        by_drug.setdefault(_drug(ctx, u), u)
     names = sorted(by_drug)
     count = len(names)
-    ok = count >= check.at_least
     listed = ", ".join(names) if names else "none"
     reason = f"{count} distinct drug(s) recorded ({listed}); at least {check.at_least} required."
     values = (Value("distinct drugs", count, "1"),)
     threshold = f"≥ {check.at_least}"
-    if not ok and (unplaced := _unplaced(ctx, check.classes)):
-        result = _unplaced_result(check.id, check.label, unplaced, reason)
+    evidence = tuple(u.use.ref for u in by_drug.values())
+    if count >= check.at_least:
         return Result(
-            result.id,
-            result.label,
-            result.status,
-            result.reason,
-            evidence=tuple(u.use.ref for u in by_drug.values()) + result.evidence,
+            check.id,
+            check.label,
+            Status.MET,
+            reason,
+            evidence=evidence,
             values=values,
             threshold=threshold,
-            review=result.review,
-            data_requests=result.data_requests,
+        )
+    # Short of the count: entries that may be further drugs (unplaced by the codes, or of a class
+    # the protocol may count) leave it to a clinician when they could make up the difference.
+    maybe: dict[str, tuple[_Use, str]] = {}
+    for u in _uses(ctx, check.review_with):
+        key = _drug(ctx, u)
+        if key not in by_drug:
+            maybe.setdefault(key, (u, f"{_name(u)} may count as one (the protocol's list is open)"))
+    for u, why in _unplaced(ctx, check.classes):
+        maybe.setdefault(u.use.ref, (u, why))
+    if count + len(maybe) >= check.at_least:
+        found = _unplaced_result(check.id, check.label, list(maybe.values()), reason)
+        unplaced = any(u.use.ref == key for key, (u, _) in maybe.items())
+        return Result(
+            found.id,
+            found.label,
+            found.status,
+            found.reason.replace("entries the codes cannot place", "entries that may count"),
+            evidence=evidence + found.evidence,
+            values=values,
+            threshold=threshold,
+            review=found.review,
+            # Only an entry the codes cannot place asks for data; a known drug asks for judgement.
+            data_requests=found.data_requests if unplaced else (),
         )
     return Result(
         check.id,
         check.label,
-        Status.MET if ok else Status.NOT_MET,
+        Status.NOT_MET,
         reason,
-        evidence=tuple(u.use.ref for u in by_drug.values()),
+        evidence=evidence,
         values=values,
         threshold=threshold,
     )
