@@ -65,15 +65,11 @@ class _Use:
 
 
 def _counted(ctx: Context) -> Iterable[tuple[MedicationUse, str | None]]:
-    """Every use that counts as use (an order or a record of use, not applied locally), with
-    its ingredient."""
+    """Every order or record of use (not a plan), with its ingredient; whether it was applied
+    locally is asked only of those a check selects (:func:`_is_local`)."""
     for use in ctx.record.medications:
-        if not use.is_order:
-            continue
-        ingredient = ctx.mappings.ingredient_of(use.codes)
-        if _is_local(ctx, use, ingredient):
-            continue
-        yield use, ingredient
+        if use.is_order:
+            yield use, ctx.mappings.ingredient_of(use.codes)
 
 
 def _uses(ctx: Context, classes: Iterable[str]) -> list[_Use]:
@@ -83,6 +79,7 @@ def _uses(ctx: Context, classes: Iterable[str]) -> list[_Use]:
         _Use(use, ingredient)
         for use, ingredient in _counted(ctx)
         if any(mappings.in_class(ingredient, use.codes, c) for c in wanted)
+        and not _is_local(ctx, use, ingredient)
     ]
 
 
@@ -95,14 +92,15 @@ def _unplaced(ctx: Context, classes: Iterable[str]) -> list[tuple[_Use, str]]:
     for use, ingredient in _counted(ctx):
         if use.unresolved is not None:
             why = f"its medicationReference {use.unresolved} is not in the record"
-            out.append((_Use(use, ingredient), why))
+        elif ingredient is not None or any(mappings.in_class(None, use.codes, c) for c in wanted):
             continue
-        if ingredient is not None or any(mappings.in_class(None, use.codes, c) for c in wanted):
-            continue
-        named = _named(mappings, use, wanted)
-        if named is not None:
+        elif (named := _named(mappings, use, wanted)) is not None:
             coded = "has no code" if not use.codes else "has no code recognised here"
-            out.append((_Use(use, None), f"it {coded}, but its text names {named}"))
+            why = f"it {coded}, but its text names {named}"
+        else:
+            continue
+        if not _is_local(ctx, use, ingredient):
+            out.append((_Use(use, ingredient), why))
     return out
 
 
