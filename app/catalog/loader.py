@@ -222,7 +222,7 @@ def load_mappings(directory: Path, canonical_base: str) -> Mappings:
         if unknown:
             raise CatalogError(f"{where}: unknown ingredients {unknown}")
         members = [meds.ingredients[i] for i in cls.ingredients]
-        names = drug_names(members, cls.codes)
+        names = drug_names(members, cls.codes) | {n.lower() for n in cls.synonyms}
         alternatives = "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True))
         classes[name] = DrugClass(
             name,

@@ -90,6 +90,9 @@ class DrugClassSpec(StrictSpec):
     codes: tuple[CodeRow, ...] = ()
     """Products that belong to the class without an ingredient entry of their own (e.g. the
     RxNorm clinical drugs of a published VSAC expansion), each with its provenance."""
+    synonyms: tuple[str, ...] = ()
+    """Further names a text may use for drugs of the class, as the protocol writes them (e.g.
+    "G-CSF", "EPO"); matched as whole words, only ever to send an entry to review."""
 
     @model_validator(mode="after")
     def _not_empty(self) -> "DrugClassSpec":
