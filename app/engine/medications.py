@@ -12,7 +12,8 @@ record does not hold, make a "no record found" answer unknown with a review item
 only ever moves an answer toward review.
 
 The daily dose (HN2301 I3) of one ingredient is the sum of its current orders (two active
-prednisone orders, 5 mg + 2.5 mg, are 7.5 mg/d). A MedicationStatement or -Administration of an
+prednisone orders, 5 mg + 2.5 mg, are 7.5 mg/d), less any order another current one replaces
+(``priorPrescription``). A MedicationStatement or -Administration of an
 ingredient that has a current order records the same exposure and is not added. Without an order,
 statements of the same dose are one exposure; statements of different doses cannot be told apart
 from a duplicate and go to review.
@@ -451,6 +452,10 @@ def _exposure(group: list[_Use]) -> tuple[list[_Use], str | None]:
     """The uses of one ingredient whose doses add up: every current order; without one, the
     records of use when they agree on the dose (see the module docstring)."""
     orders = [u for u in group if u.use.kind == "MedicationRequest"]
+    # An order renewed or changed by another current one (priorPrescription) is superseded,
+    # even if the EHR left it active.
+    replaced = {u.use.replaces for u in orders}
+    orders = [u for u in orders if u.use.ref not in replaced]
     if orders:
         return orders, None
     doses = {u.use.doses for u in group}

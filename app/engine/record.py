@@ -120,6 +120,8 @@ class MedicationUse:
     """A ``medicationReference`` that points to no Medication in the record: the drug is unknown."""
     dosage_problem: str | None = None
     """Why the dosage steps cannot be read as one regimen (e.g. several steps without order)."""
+    replaces: str | None = None
+    """The order this one renews or changes (``MedicationRequest.priorPrescription``)."""
 
     @property
     def is_order(self) -> bool:

@@ -412,8 +412,14 @@ def _medication(read: _Reader, r: Json, medications: dict[str, Json]) -> list[Me
             labels=tuple(dict.fromkeys(x for x in labels if x)),
             unresolved=unresolved,
             dosage_problem=problem,
+            replaces=_reference(read, r, "priorPrescription"),
         )
     ]
+
+
+def _reference(read: _Reader, r: Json, key: str) -> str | None:
+    target = read.obj(r, key)
+    return None if target is None else read.at(key).text(target, "reference")
 
 
 def _labels(read: _Reader, data: Json, key: str) -> tuple[str, ...]:
