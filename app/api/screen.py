@@ -21,6 +21,7 @@ from app.catalog.loader import Catalog
 from app.core.errors import InvalidInput, TrialscreenError
 from app.core.settings import Settings, zone_of
 from app.ehr.record_source import FetchedRecord, RecordSource
+from app.ehr.terminology import recognised
 from app.engine import evaluate
 from app.fhir_io.bundle_reader import read_bundle, record_digest
 from app.screening.issued import describe
@@ -84,9 +85,10 @@ async def _screen(
             source: RecordSource = request.app.state.record_source
             fetched = await source.fetch(parsed.patient_id, as_of)
         patient = fetched.record.patient.ref or patient
+        terminology = getattr(request.app.state, "terminology", None)
         screenings = [
-            describe(evaluate(trial, fetched.record, as_of), fetched, settings, now, who.client_id)
-            for trial in trials
+            describe(evaluate(known, fetched.record, as_of), fetched, settings, now, who.client_id)
+            for known in [await recognised(terminology, t, fetched.record) for t in trials]
         ]
         done = audit.event(
             action="E",

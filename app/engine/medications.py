@@ -30,15 +30,6 @@ from app.engine.context import Context
 from app.engine.record import Dose, MedicationUse
 from app.engine.results import DataRequest, Result, Status, Value
 
-_SNOMED = "http://snomed.info/sct"
-_ROUTES = {
-    (_SNOMED, "26643006"): "oral",
-    (_SNOMED, "47625008"): "intravenous",
-    (_SNOMED, "34206005"): "subcutaneous",
-    (_SNOMED, "6064005"): "topical",
-}
-"""SNOMED CT route codes (codes.md 4-I: 26643006 Oral use, 47625008 Intravenous route; 34206005
-Subcutaneous route and 6064005 Topical route as in the FHIR R4 SNOMED CT route codes value set)."""
 _LOCAL = re.compile(
     r"\b(topical|cutaneous|ointment|cream|lotion|ophthalmic|otic|eye drops?|ear drops?)\b"
 )
@@ -115,7 +106,7 @@ def _named(mappings: Mappings, use: MedicationUse, classes: tuple[str, ...]) -> 
 
 
 def _is_local(ctx: Context, use: MedicationUse, ingredient: str | None) -> bool:
-    if any(_ROUTES.get(c) == "topical" for c in use.routes):
+    if ctx.mappings.route_of(use.routes) == "topical":
         return True
     product = _product_row(ctx, use, ingredient)
     if product is not None and product.route == "topical":
@@ -469,13 +460,13 @@ def _range(d: _Daily) -> str:
 
 
 def _route(ctx: Context, u: _Use) -> str | None:
-    """The route from the dosage, else from the product ('oral', 'intravenous', 'subcutaneous',
-    ...); None when neither says in codes recognised here."""
-    for coding in u.use.routes:
-        if coding in _ROUTES:
-            return _ROUTES[coding]
-    # A route code not recognised here (a local or HL7 v3 code) says nothing either way: an
-    # intravenous check keeps the use, a dose check cannot count it as oral.
+    """The route from the dosage (SNOMED CT or HL7 v3 codes, fhir_mappings/routes.yaml), else
+    from the product ('oral', 'intravenous', 'subcutaneous', ...); None when neither says."""
+    route = ctx.mappings.route_of(u.use.routes)
+    if route is not None:
+        return route
+    # A route code not recognised here (a local code) says nothing either way: an intravenous
+    # check keeps the use, a dose check cannot count it as oral.
     product = _product_row(ctx, u.use, u.ingredient)
     return None if product is None else product.route
 
