@@ -146,6 +146,27 @@ def _in_scope(check: MedicationCheck, ctx: Context, u: _Use, since: date | None)
     return since is None or _used_since(u.use, since, ctx.as_of)
 
 
+def _undated(check: MedicationCheck, ctx: Context, u: _Use, since: date | None) -> bool:
+    """A use without a start date that a dated one would have to be checked for: it may fall in
+    the window, or be current (an undated growth-factor dose is unknown, not absent)."""
+    use = u.use
+    if use.start is not None or (since is None and not check.current):
+        return False
+    if check.current and use.end is None and use.status not in _ONGOING:
+        return False
+    horizon = ctx.as_of if check.current else since
+    if use.end is not None and horizon is not None and use.end < horizon:
+        return False
+    if check.route is not None:
+        route = _route(ctx, u)
+        possible = {check.route, None} | ({"injection"} if check.route == "intravenous" else set())
+        return route in possible
+    return True
+
+
+_ONGOING = {"active", "on-hold", "intended", "in-progress", "unknown"}
+
+
 def _unplaced_result(
     check_id: str, label: str, unplaced: list[tuple[_Use, str]], found: str
 ) -> Result:
@@ -175,7 +196,14 @@ def medication(check: MedicationCheck, ctx: Context) -> Result:
         span = f" (searched from {since})" if since else ""
         found = f"No coded record found: {check.label}{span}."
         unplaced = [
-            (u, why) for u, why in _unplaced(ctx, check.classes) if _in_scope(check, ctx, u, since)
+            (u, why)
+            for u, why in _unplaced(ctx, check.classes)
+            if _in_scope(check, ctx, u, since) or _undated(check, ctx, u, since)
+        ]
+        unplaced += [
+            (u, "no date is recorded, so whether it falls in the window is unknown")
+            for u in _uses(ctx, check.classes)
+            if _undated(check, ctx, u, since)
         ]
         if unplaced:
             return _unplaced_result(check.id, check.label, unplaced, found)
