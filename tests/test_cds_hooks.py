@@ -786,3 +786,57 @@ def test_malformed_hook_calls_are_400(
 def test_an_unknown_service_is_404(hooks: Hooks) -> None:
     path = "/cds-services/no-such-service"
     assert hooks.call(_spec_example(), path=path).status_code == 404
+
+
+def test_a_prefetched_order_keeps_the_medication_its_bundle_carries() -> None:
+    """Prefetch templates carry no _include, but an EHR may add the referenced Medication to the
+    MedicationRequest Bundle: it is kept, so the order's product is known; without it the
+    reference stays unresolved (an unknown drug, reviewed) rather than the order being dropped."""
+    from app.cds.service import _from_prefetch
+    from app.ehr.fetch_plan import Search
+    from app.engine.sources import MEDICATIONS
+    from app.fhir_io.bundle_reader import read_bundle
+
+    search = Search(
+        "medication-requests",
+        "MedicationRequest",
+        {"patient": "p", "intent": "order,plan", "_include": "MedicationRequest:medication"},
+        MEDICATIONS,
+    )
+    order = {
+        "resourceType": "MedicationRequest",
+        "id": "o1",
+        "status": "active",
+        "intent": "order",
+        "medicationReference": {"reference": "Medication/m1"},
+        "subject": {"reference": "Patient/p"},
+        "authoredOn": "2026-01-10",
+    }
+    medication = {
+        "resourceType": "Medication",
+        "id": "m1",
+        "code": {
+            "coding": [{"system": "http://www.nlm.nih.gov/research/umls/rxnorm", "code": "8640"}]
+        },
+    }
+    entries = [
+        {"resource": order, "search": {"mode": "match"}},
+        {"resource": medication, "search": {"mode": "include"}},
+    ]
+    prefetch = {
+        "medication-requests": {"resourceType": "Bundle", "type": "searchset", "entry": entries}
+    }
+    _, parts, to_fetch = _from_prefetch(prefetch, [search])
+    assert to_fetch == [] and [r["resourceType"] for r in parts[0][1]] == [
+        "MedicationRequest",
+        "Medication",
+    ]
+    patient = {"resourceType": "Patient", "id": "p"}
+    bundle = {"resourceType": "Bundle", "entry": [{"resource": r} for r in (patient, *parts[0][1])]}
+    (use,) = read_bundle(bundle).medications
+    assert use.unresolved is None and use.codes == (
+        ("http://www.nlm.nih.gov/research/umls/rxnorm", "8640"),
+    )
+    without = {"resourceType": "Bundle", "entry": [{"resource": patient}, {"resource": order}]}
+    (bare,) = read_bundle(without).medications
+    assert bare.unresolved == "Medication/m1" and bare.codes == ()

@@ -235,3 +235,18 @@ def test_the_guidance_response_says_what_could_not_be_fetched(faulty_app: TestCl
     assert "Condition" in messages["issue"][0]["diagnostics"]
     assert body["evaluationMessage"] == [{"reference": "#messages"}]
     assert result_parameters(body)["parameter"][0]["valueCode"] != "eligible"
+
+
+def test_medication_searches_include_the_medication_but_prefetch_templates_do_not(
+    catalog: Catalog,
+) -> None:
+    """The fetch asks for the Medication each order references (_include); a CDS Hooks prefetch
+    template cannot carry _include (CDS Hooks 2.0 prefetch query capabilities), so it does not."""
+    kinds = ("MedicationRequest", "MedicationAdministration", "MedicationStatement")
+    plan = plan_for(list(catalog.trials.values()), catalog.mappings, kinds, 40)
+    searches = {s.resource_type: s for s in plan.searches("p", AS_OF) if s.resource_type in kinds}
+    assert {k: s.params["_include"] for k, s in searches.items()} == {
+        k: f"{k}:medication" for k in kinds
+    }
+    assert all("_include" not in s.query() for s in searches.values())
+    assert all(s.included_types == ("Medication",) for s in searches.values())

@@ -6,6 +6,7 @@ Run as ``python -m app.catalog`` to lint the files (exit status 1 on the first p
 """
 
 import json
+import re
 import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from app.catalog.mappings import (
     CodeSetSpec,
     DrugClass,
     Ingredient,
+    IngredientSpec,
     Mappings,
     MedicationsSpec,
     Route,
@@ -300,14 +302,28 @@ def load_mappings(directory: Path, canonical_base: str) -> Mappings:
             display=ing.display,
             prednisone_equivalent=ing.prednisone_equivalent,
             products={(uri(p, where), p.code): p for p in ing.products},
+            same_drug_as=ing.same_drug_as,
         )
+    for name, ing in meds.ingredients.items():
+        if ing.same_drug_as is not None and ing.same_drug_as not in ingredients:
+            raise CatalogError(f"medications.yaml:{name}: unknown same_drug_as {ing.same_drug_as}")
     classes: dict[str, DrugClass] = {}
     for name, cls in meds.classes.items():
+        where = f"medications.yaml:{name}"
         unknown = [i for i in cls.ingredients if i not in ingredients]
         if unknown:
-            raise CatalogError(f"medications.yaml:{name}: unknown ingredients {unknown}")
+            raise CatalogError(f"{where}: unknown ingredients {unknown}")
+        members = [meds.ingredients[i] for i in cls.ingredients]
+        names = drug_names(members, cls.codes) | {n.lower() for n in cls.synonyms}
+        alternatives = "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True))
         classes[name] = DrugClass(
-            name, cls.description, frozenset(cls.ingredients), cls.atc_prefixes
+            name,
+            cls.description,
+            frozenset(cls.ingredients),
+            cls.atc_prefixes,
+            {(uri(p, where), p.code): p for p in cls.codes},
+            names,
+            re.compile(rf"(?<![a-z])(?:{alternatives})(?![a-z])") if names else None,
         )
 
     routes: dict[tuple[str, str], Route] = {}
@@ -382,7 +398,8 @@ def _check_problems(check: Check, criterion_id: str, seen: set[str], m: Mappings
             if name not in m.code_sets:
                 yield f"{where}: unknown code set {name!r}"
     if isinstance(check, MedicationCheck | DistinctDrugsCheck):
-        for name in check.classes:
+        extra = check.review_with if isinstance(check, DistinctDrugsCheck) else ()
+        for name in (*check.classes, *extra):
             if name not in m.drug_classes:
                 yield f"{where}: unknown drug class {name!r}"
     if isinstance(check, AllergyCheck):
@@ -431,6 +448,41 @@ def _check_problems(check: Check, criterion_id: str, seen: set[str], m: Mappings
     yield from _window_problems(check)
 
 
+_BRAND = re.compile(r"\[([^\]]+)\]")
+_SALTS = {
+    *("alfa", "beta", "anhydrous", "calcium", "hyclate", "monohydrate", "potassium", "sodium"),
+    *("hydrochloride", "ethylsuccinate", "lactobionate", "stearate", "procaine", "benzathine"),
+}
+"""Words after a drug's name that only say which salt or variant: "doxycycline" is enough."""
+_NAME = re.compile(r"^[a-z][a-z0-9 ,\-]{3,}$")
+_SUBSTANCE = re.compile(r"^(?:\{?\d+ \(|[\d.]+ (?:hr|ml|actuat) )*([a-z][a-z ,\-]*?)(?= [\d.]|$)")
+
+
+def drug_names(ingredients: Iterable[IngredientSpec], rows: Iterable[CodeRow]) -> frozenset[str]:
+    """Lower-case names a text can call a drug of the class by: each ingredient's display (and
+    the synonym it gives in parentheses), the displays of its RxNorm codes, what its ATC
+    displays name before any parenthesis, brand names written in brackets in product displays,
+    and the substance that opens each class product's RxNorm name."""
+    names: set[str] = set()
+    for ing in ingredients:
+        names.update(p.strip(" )") for p in ing.display.split("("))
+        for row in ing.codes:
+            names.add(row.display if row.system == "rxnorm" else row.display.split("(")[0])
+        names.update(b for r in ing.products for b in _BRAND.findall(r.display))
+    for row in rows:
+        names.update(_BRAND.findall(row.display))
+        found = _SUBSTANCE.match(row.display.lower())
+        if found:
+            names.add(found.group(1).strip(" ,"))
+    found_names = {x.strip().lower() for x in names}
+    for name in list(found_names):
+        words = name.split()
+        while len(words) > 1 and words[-1] in _SALTS:
+            words.pop()
+            found_names.add(" ".join(words))
+    return frozenset(n for n in found_names if _NAME.match(n))
+
+
 def _dose_problems(check: PrednisoneDoseCheck, m: Mappings) -> Iterator[str]:
     if check.min > check.max:
         yield f"{check.id}: contradictory dose range {check.min}-{check.max}"
@@ -441,7 +493,7 @@ def _dose_problems(check: PrednisoneDoseCheck, m: Mappings) -> Iterator[str]:
         lacking = [i for i in cls.ingredients if m.ingredients[i].prednisone_equivalent is None]
         if lacking or cls.atc_prefixes:
             yield f"{check.id}: every glucocorticoid needs a prednisone factor: {lacking}"
-    for name in check.min_waived_with:
+    for name in (*check.min_waived_with, *check.min_waiver_unclear_with):
         if name not in m.drug_classes:
             yield f"{check.id}: unknown drug class {name!r}"
 

@@ -142,6 +142,9 @@ class IngredientSpec(StrictSpec):
     codes: tuple[CodeRow, ...]
     prednisone_equivalent: float | None = Field(default=None, gt=0)
     products: tuple[CodeRow, ...] = ()
+    same_drug_as: str | None = None
+    """Another ingredient with the same active moiety (mycophenolic acid and its mofetil ester):
+    counted as one drug where distinct drugs are counted."""
 
     @model_validator(mode="after")
     def _recognisable(self) -> "IngredientSpec":
@@ -154,10 +157,16 @@ class DrugClassSpec(StrictSpec):
     description: str
     ingredients: tuple[str, ...] = ()
     atc_prefixes: tuple[str, ...] = ()
+    codes: tuple[CodeRow, ...] = ()
+    """Products that belong to the class without an ingredient entry of their own (e.g. the
+    RxNorm clinical drugs of a published VSAC expansion), each with its provenance."""
+    synonyms: tuple[str, ...] = ()
+    """Further names a text may use for drugs of the class, as the protocol writes them (e.g.
+    "G-CSF", "EPO"); matched as whole words, only ever to send an entry to review."""
 
     @model_validator(mode="after")
     def _not_empty(self) -> "DrugClassSpec":
-        if not self.ingredients and not self.atc_prefixes:
+        if not self.ingredients and not self.atc_prefixes and not self.codes:
             raise ValueError("a drug class lists ingredients or ATC prefixes")
         return self
 
@@ -378,6 +387,7 @@ class Ingredient:
     display: str
     prednisone_equivalent: float | None
     products: Mapping[tuple[str, str], CodeRow]
+    same_drug_as: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -386,6 +396,19 @@ class DrugClass:
     description: str
     ingredients: frozenset[str]
     atc_prefixes: tuple[str, ...]
+    products: Mapping[tuple[str, str], CodeRow] = field(default_factory=dict)
+    """The class's own product rows (``codes`` in medications.yaml), by (system URI, code)."""
+    names: frozenset[str] = frozenset()
+    """Lower-case drug names of the class (ingredient displays, brand names in product
+    displays): what an entry known only by text is matched against, to send it to review."""
+
+    name_pattern: "re.Pattern[str] | None" = field(default=None, compare=False)
+    """The names as one word-bounded alternation (longest first), built by the loader."""
+
+    def named_in(self, text: str) -> str | None:
+        """The first of the class's drug names that ``text`` (lower-case) contains as words."""
+        found = None if self.name_pattern is None else self.name_pattern.search(text)
+        return None if found is None else found.group(0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -432,6 +455,8 @@ class Mappings:
     ) -> bool:
         drug_class = self.drug_classes[cls]
         if ingredient is not None and ingredient in drug_class.ingredients:
+            return True
+        if any(c in drug_class.products for c in codings):
             return True
         atc = self.systems["atc"]
         return any(

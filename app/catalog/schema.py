@@ -239,12 +239,18 @@ class PrednisoneDoseCheck(_Check):
     unit: Literal["mg/d"]
     min_waived_with: tuple[str, ...] = ()
     """Drug classes that, in use at the as-of date, lift the minimum dose."""
+    min_waiver_unclear_with: tuple[str, ...] = ()
+    """Drug classes whose use may lift the minimum, where the protocol does not say: a dose below
+    the minimum with only these in use is unknown, with a review item (never not-met)."""
 
 
 class DistinctDrugsCheck(_Check):
     check: Literal["distinct_drugs"]
     classes: tuple[str, ...] = Field(min_length=1)
     at_least: int = Field(ge=1)
+    review_with: tuple[str, ...] = ()
+    """Drug classes the protocol may count but does not name ("immunosuppressants ... etc."):
+    when the count falls short only for want of these, unknown with a review item, never not-met."""
 
 
 class JudgementCheck(_Check):

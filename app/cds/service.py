@@ -217,7 +217,7 @@ def _from_prefetch(
             for e in bundle.get("entry", []) or []
             if isinstance(e, dict)
             and isinstance(e.get("resource"), dict)
-            and e["resource"].get("resourceType") == search.resource_type
+            and e["resource"].get("resourceType") in {search.resource_type, *search.included_types}
         ]
         parts.append((search, resources, None))
     return patient, parts, to_fetch

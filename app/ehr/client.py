@@ -104,6 +104,8 @@ class FhirClient:
         self, resource_type: str, params: dict[str, str], deadline: Deadline, depth: int = 1
     ) -> SearchOutcome:
         outcome = SearchOutcome(resource_type)
+        # What _include brings (search.mode include) is kept beside the matches.
+        included = "_include" in params
         url: str | None = f"{self.base_url}/{resource_type}"
         query: dict[str, str] | None = {**params, "_count": str(self.page_size)}
         while url is not None:
@@ -132,8 +134,7 @@ class FhirClient:
                 for e in entries
                 if isinstance(e, dict)
                 and isinstance(e.get("resource"), dict)
-                and e["resource"].get("resourceType") == resource_type
-                and e.get("search", {}).get("mode", "match") == "match"
+                and _wanted(e, resource_type, included)
             ]
             url, query = _next_link(page), None
             if url is not None and not self._own(url):
@@ -264,3 +265,12 @@ def _diagnostics_bytes(body: bytes) -> str:
     except orjson.JSONDecodeError:
         return ""
     return _diagnostics(parsed) if isinstance(parsed, dict) else ""
+
+
+def _wanted(entry: Json, resource_type: str, included: bool) -> bool:
+    """A match of the search, or a resource its ``_include`` brought."""
+    kind = entry["resource"].get("resourceType")
+    mode = entry.get("search", {}).get("mode", "match")
+    if mode == "include":
+        return included and isinstance(kind, str) and kind != "OperationOutcome"
+    return bool(mode == "match" and kind == resource_type)

@@ -1,9 +1,10 @@
 """Which searches fetch a patient's record, derived from the loaded criteria.
 
 Only searches US Core guarantees and Epic and Oracle accept: Observation by patient + code (with
-date bounds), and Condition, MedicationRequest (with intent), Immunization, Procedure,
-AllergyIntolerance by patient. Codes are filtered locally where a server cannot search by them
-(Oracle has no code search on Condition). All searches go out at once: one round trip, plus paging.
+date bounds), and Condition, MedicationRequest (with intent and
+``_include=MedicationRequest:medication``), Immunization, Procedure, AllergyIntolerance by patient.
+Codes are filtered locally where a server cannot search by them (Oracle has no code search on
+Condition). All searches go out at once: one round trip, plus paging.
 """
 
 from collections.abc import Iterator
@@ -30,8 +31,17 @@ class Search:
     """The part of the record it feeds (a resource type, or MEDICATIONS)."""
 
     def query(self) -> str:
-        """As a relative FHIR search URL, unencoded (the form of a CDS Hooks prefetch template)."""
-        return f"{self.resource_type}?" + "&".join(f"{k}={v}" for k, v in self.params.items())
+        """As a relative FHIR search URL, unencoded (the form of a CDS Hooks prefetch template).
+        Without ``_include``: CDS Hooks 2.0 does not list it among the query capabilities a CDS
+        client should support in prefetch templates, so a prefetched MedicationRequest may come
+        without its Medication (kept if the EHR adds it; otherwise the drug is unknown)."""
+        params = {k: v for k, v in self.params.items() if k != "_include"}
+        return f"{self.resource_type}?" + "&".join(f"{k}={v}" for k, v in params.items())
+
+    @property
+    def included_types(self) -> tuple[str, ...]:
+        """Resource types the search brings besides its matches (``_include``)."""
+        return ("Medication",) if "_include" in self.params else ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +75,10 @@ class FetchPlan:
             params = {"patient": patient_id}
             if resource_type == "MedicationRequest":
                 params["intent"] = "order,plan"  # US Core: MedicationRequest needs intent
+            # The Medication a medicationReference points to (US Core servers support
+            # MedicationRequest:medication), so that the product and strength are those a
+            # posted Bundle would carry; without it the drug is unknown, not absent.
+            params["_include"] = f"{resource_type}:medication"
             out.append(Search(_key(resource_type), resource_type, params, MEDICATIONS))
         return out
 

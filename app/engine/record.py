@@ -84,11 +84,37 @@ class Condition:
 
 @dataclass(frozen=True, slots=True)
 class Dose:
+    """One dosage step as written: the amount per administration and how often.
+
+    ``value`` is the amount (the upper bound of a ``doseRange``, whose lower bound is ``low``);
+    ``frequency`` administrations every ``period`` ``period_unit`` (``frequency_max`` /
+    ``period_max`` when the timing gives a range). ``frequency`` is None when the dosage says
+    nothing about how often (no timing): the daily dose is then unknown, never "once daily".
+    ``start`` / ``end`` bound the step (``timing.repeat.boundsPeriod`` / ``boundsDuration``);
+    ``sequence`` orders the steps of a taper (steps sharing one are taken together)."""
+
     value: float
     unit: str
-    frequency: int = 1
+    frequency: int | None = 1
     period: float = 1.0
     period_unit: str = "d"
+    low: float | None = None
+    frequency_max: int | None = None
+    period_max: float | None = None
+    start: date | None = None
+    end: date | None = None
+    sequence: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Strength:
+    """Amount of the active ingredient per unit of the product (``Medication.ingredient.strength``):
+    ``mg`` per ``per`` of ``per_unit`` ("1" for a tablet / capsule / unit dose, "mL" for a
+    liquid)."""
+
+    mg: float
+    per: float = 1.0
+    per_unit: str = "1"
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,9 +128,25 @@ class MedicationUse:
     start: date | None
     end: date | None
     routes: tuple[Coding, ...] = ()
-    dose: Dose | None = None
-    strengths_mg: tuple[float, ...] = ()
-    """Per-unit strength from a Medication resource's ingredients (mg), when the record has it."""
+    doses: tuple[Dose, ...] = ()
+    strengths: tuple[Strength, ...] = ()
+    """Per-unit strengths from a Medication resource's ingredients, when the record has them."""
+    kind: str = "MedicationRequest"
+    intent: str | None = None
+    labels: tuple[str, ...] = ()
+    """Every name the resource gives the drug (code text, coding displays, route and dose-form
+    words), lower-cased: what a review of an unrecognised entry can go by."""
+    unresolved: str | None = None
+    """A ``medicationReference`` that points to no Medication in the record: the drug is unknown."""
+    dosage_problem: str | None = None
+    """Why the dosage steps cannot be read as one regimen (e.g. several steps without order)."""
+    replaces: str | None = None
+    """The order this one renews or changes (``MedicationRequest.priorPrescription``)."""
+
+    @property
+    def is_order(self) -> bool:
+        """A prescription actually made (not a plan, proposal or option), or a record of use."""
+        return self.intent not in {"plan", "proposal", "option"}
 
     def is_current(self, as_of: date) -> bool:
         """In use at the as-of date: started by then and not known to have ended before it."""

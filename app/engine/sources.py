@@ -66,10 +66,12 @@ def bears_on(check: Check, codes: tuple[tuple[str, str], ...], m: Mappings) -> b
     if isinstance(check, MeasurementCheck | LabFindingCheck | CreatinineClearanceCheck):
         return any(c in m.analytes[name].codes for name in analytes_of(check) for c in codes)
     classes: tuple[str, ...] = ()
-    if isinstance(check, MedicationCheck | DistinctDrugsCheck):
+    if isinstance(check, MedicationCheck):
         classes = check.classes
+    elif isinstance(check, DistinctDrugsCheck):
+        classes = (*check.classes, *check.review_with)
     elif isinstance(check, PrednisoneDoseCheck):
-        classes = (check.glucocorticoids, *check.min_waived_with)
+        classes = (check.glucocorticoids, *check.min_waived_with, *check.min_waiver_unclear_with)
     if classes:
         ingredient = m.ingredient_of(codes)
         return ingredient is None or any(m.in_class(ingredient, codes, c) for c in classes)

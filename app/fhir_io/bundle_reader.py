@@ -10,7 +10,8 @@ that does not hold exactly one Patient, is refused.
 import calendar
 import hashlib
 from collections.abc import Callable
-from datetime import date
+from dataclasses import replace
+from datetime import date, timedelta
 from typing import Any
 
 import orjson
@@ -29,6 +30,7 @@ from app.engine.record import (
     PatientRecord,
     Procedure,
     Quantity,
+    Strength,
     Unreadable,
 )
 from app.engine.sources import MEDICATIONS
@@ -402,18 +404,38 @@ def _conditions(read: _Reader, r: Json) -> list[Condition]:
 
 
 def _medication(read: _Reader, r: Json, medications: dict[str, Json]) -> list[MedicationUse]:
+    kind = r["resourceType"]
     status = read.text(r, "status") or "unknown"
     if status in _MEDICATION_VOID:
         return []
     codes, text = read.concept(r, "medicationCodeableConcept")
-    strengths: tuple[float, ...] = ()
+    labels = _concept_words(read, r, "medicationCodeableConcept")
+    strengths: tuple[Strength, ...] = ()
+    unresolved = None
     reference = read.obj(r, "medicationReference")
-    if reference is not None and isinstance(reference.get("reference"), str):
-        target = _resolve(reference["reference"], r, medications)
-        if target is not None:
-            m_read = read.at("medicationReference")
+    if reference is not None:
+        m_read = read.at("medicationReference")
+        target_ref = m_read.text(reference, "reference")
+        target = None if target_ref is None else _resolve(target_ref, r, medications)
+        labels += tuple(x.lower() for x in (m_read.text(reference, "display"),) if x)
+        text = text or m_read.text(reference, "display") or ""
+        if target is None:
+            # Not in the record (or only a display): the drug is unknown, not absent.
+            unresolved = target_ref or "a medicationReference without a reference"
+        else:
             codes, text = m_read.concept(target, "code")
+            labels += _concept_words(m_read, target, "code")
+            labels += _concept_words(m_read, target, "form")
             strengths = _strengths(m_read, target)
+            if not codes:
+                # A compounded or local product known only by its ingredients.
+                for i, ing in enumerate(m_read.objs(target, "ingredient")):
+                    item_codes, item_text = m_read.at(f"ingredient[{i}]").concept(
+                        ing, "itemCodeableConcept"
+                    )
+                    codes += item_codes
+                    text = text or item_text
+                    labels += tuple(x for x in (item_text.lower(),) if x)
     start = (
         read.day(r, "authoredOn")
         or read.day(r, "effectiveDateTime")
@@ -421,17 +443,72 @@ def _medication(read: _Reader, r: Json, medications: dict[str, Json]) -> list[Me
         or read.day(r, "dateAsserted")
     )
     end = read.period_end(r, "effectivePeriod")
+    routes: tuple[Coding, ...] = ()
+    steps: list[tuple[Dose, float | None]] = []
+    problem = None
+    key = "dosageInstruction" if kind == "MedicationRequest" else "dosage"
+    for i, dosage in enumerate(_dosages(read, r, key)):
+        d_read = read.at(f"{key}[{i}]")
+        d_routes, d_labels, dose, days = _dosage(d_read, dosage, kind == "MedicationAdministration")
+        routes += d_routes
+        labels += d_labels
+        if dose is None:
+            problem = problem or f"{key}[{i}] gives no dose"
+        else:
+            steps.append((dose, days))
+    doses = _bounded(steps, start)
+    if start is None and doses and all(d.start is not None for d in doses):
+        start = min(d.start for d in doses if d.start is not None)
+    if end is None and doses and all(d.end is not None for d in doses):
+        # The dosage's bounds end the exposure (timing.repeat.boundsPeriod / boundsDuration).
+        end = max(d.end for d in doses if d.end is not None)
     dispense = read.obj(r, "dispenseRequest")
     if end is None and dispense is not None:
         end = read.period_end(dispense, "validityPeriod")
-    dosages = read.objs(r, "dosageInstruction") or read.objs(r, "dosage")
-    routes: tuple[Coding, ...] = ()
-    dose = None
-    if dosages:
-        routes, dose = _dosage(read.at("dosage[0]"), dosages[0])
-    elif (adm := read.obj(r, "dosage")) is not None:
-        routes, dose = _dosage(read.at("dosage"), adm)
-    return [MedicationUse(read.ref, codes, text, status, start, end, routes, dose, strengths)]
+    return [
+        MedicationUse(
+            read.ref,
+            codes,
+            text,
+            status,
+            start,
+            end,
+            routes,
+            tuple(doses),
+            strengths,
+            kind=kind,
+            intent=read.text(r, "intent"),
+            labels=tuple(dict.fromkeys(x for x in labels if x)),
+            unresolved=unresolved,
+            dosage_problem=problem,
+            replaces=_reference(read, r, "priorPrescription"),
+        )
+    ]
+
+
+def _reference(read: _Reader, r: Json, key: str) -> str | None:
+    target = read.obj(r, key)
+    return None if target is None else read.at(key).text(target, "reference")
+
+
+def _concept_words(read: _Reader, data: Json, key: str) -> tuple[str, ...]:
+    """The text and every coding display of a CodeableConcept, lower-cased."""
+    cc = read.obj(data, key)
+    if cc is None:
+        return ()
+    inner = read.at(key)
+    out = [inner.text(cc, "text")]
+    out += [inner.text(c, "display") for c in inner.objs(cc, "coding")]
+    return tuple(x.strip().lower() for x in out if x and x.strip())
+
+
+def _dosages(read: _Reader, r: Json, key: str) -> list[Json]:
+    """The dosage elements, whatever the resource type: MedicationRequest.dosageInstruction and
+    MedicationStatement.dosage are arrays, MedicationAdministration.dosage is one object."""
+    value = r.get(key)
+    if isinstance(value, dict):
+        return [value]
+    return read.objs(r, key)
 
 
 def _resolve(reference: str, owner: Json, medications: dict[str, Json]) -> Json | None:
@@ -446,38 +523,159 @@ def _resolve(reference: str, owner: Json, medications: dict[str, Json]) -> Json 
     return medications.get(reference) or medications.get("/".join(reference.split("/")[-2:]))
 
 
-def _strengths(read: _Reader, medication: Json) -> tuple[float, ...]:
+_MG = {"mg": 1.0, "g": 1000.0, "ug": 0.001, "mcg": 0.001}
+_ML = {"mL": 1.0, "ml": 1.0, "L": 1000.0}
+_ONE_UNIT = {"1", "", "{tbl}", "{tablet}", "{capsule}", "{cap}", "tablet", "tab", "capsule"}
+
+
+def _strengths(read: _Reader, medication: Json) -> tuple[Strength, ...]:
+    """Strength per tablet (mg per 1 unit) or per volume (e.g. 5 mg / 5 mL) of a single-ingredient
+    Medication; none for a combination product, whose strengths belong to different drugs."""
     out = []
-    for ing in read.objs(medication, "ingredient"):
-        ratio = read.obj(ing, "strength")
+    ingredients = read.objs(medication, "ingredient")
+    for i, ing in enumerate(ingredients):
+        inner = read.at(f"ingredient[{i}]")
+        ratio = inner.obj(ing, "strength")
         if ratio is None:
             continue
-        num, den = read.quantity(ratio, "numerator"), read.quantity(ratio, "denominator")
-        if num is not None and num.unit == "mg" and (den is None or den.value == 1):
-            out.append(num.value)
-    return tuple(out)
+        num = inner.at("strength").quantity(ratio, "numerator")
+        den = inner.at("strength").quantity(ratio, "denominator")
+        if num is None or num.unit not in _MG:
+            continue
+        mg = num.value * _MG[num.unit]
+        if den is None or (den.unit in _ONE_UNIT and den.value > 0):
+            out.append(Strength(mg / (den.value if den else 1.0)))
+        elif den.unit in _ML and den.value > 0:
+            out.append(Strength(mg, den.value * _ML[den.unit], "mL"))
+    active = [ing for ing in ingredients if ing.get("isActive") is not False]
+    return tuple(out) if len(active) <= 1 else ()
 
 
-def _dosage(read: _Reader, dosage: Json) -> tuple[tuple[Coding, ...], Dose | None]:
+_GTS = {
+    "",
+    "http://terminology.hl7.org/CodeSystem/v3-GTSAbbreviation",
+    "http://hl7.org/fhir/v3/GTSAbbreviation",
+}
+"""Systems of ``Timing.code`` read as HL7 v3 GTS abbreviations (R4 timing-abbreviation)."""
+_TIMING_CODES: dict[str, tuple[int, float, str]] = {
+    "QD": (1, 1, "d"),
+    "AM": (1, 1, "d"),
+    "PM": (1, 1, "d"),
+    "BED": (1, 1, "d"),
+    "HS": (1, 1, "d"),  # EventTiming "at bedtime", sent as a Timing.code by some EHRs
+    "BID": (2, 1, "d"),
+    "TID": (3, 1, "d"),
+    "QID": (4, 1, "d"),
+    "QOD": (1, 2, "d"),
+    "Q1H": (1, 1, "h"),
+    "Q2H": (1, 2, "h"),
+    "Q3H": (1, 3, "h"),
+    "Q4H": (1, 4, "h"),
+    "Q6H": (1, 6, "h"),
+    "Q8H": (1, 8, "h"),
+    "Q12H": (1, 12, "h"),
+    "WK": (1, 1, "wk"),
+    "MO": (1, 1, "mo"),
+}
+"""GTS abbreviation -> (frequency, period, periodUnit)."""
+_DURATION_DAYS = {"d": 1.0, "wk": 7.0, "mo": 30.0, "a": 365.0, "h": 1 / 24}
+
+
+def _dosage(
+    read: _Reader, dosage: Json, administration: bool
+) -> tuple[tuple[Coding, ...], tuple[str, ...], Dose | None, float | None]:
+    """Routes, route words, the dose and its boundsDuration in days of one Dosage (or of
+    MedicationAdministration.dosage, which has ``dose`` and no timing: one administration,
+    not a regimen)."""
     routes, _ = read.concept(dosage, "route")
-    quantity = None
-    for dr in read.objs(dosage, "doseAndRate"):
-        quantity = read.quantity(dr, "doseQuantity")
-        if quantity is not None:
+    labels = _concept_words(read, dosage, "route")
+    low = high = None
+    for i, dr in enumerate(read.objs(dosage, "doseAndRate")):
+        high = read.at(f"doseAndRate[{i}]").quantity(dr, "doseQuantity")
+        if high is None and (dose_range := read.at(f"doseAndRate[{i}]").obj(dr, "doseRange")):
+            # A range: the upper bound is checked against a maximum, the lower one against a
+            # minimum; a range without an upper bound cannot be checked against anything.
+            inner = read.at(f"doseAndRate[{i}].doseRange")
+            low, high = inner.quantity(dose_range, "low"), inner.quantity(dose_range, "high")
+            if low is not None and high is not None and low.unit != high.unit:
+                low = high = None
+        if high is not None:
             break
-    quantity = quantity or read.quantity(dosage, "dose")
-    if quantity is None:
-        return routes, None
-    timing = read.obj(dosage, "timing")
+    high = high or read.quantity(dosage, "dose")
+    if high is None:
+        return routes, labels, None, None
+    low_value = low.value if low is not None else None
+    if dosage.get("asNeededBoolean") is True or dosage.get("asNeededCodeableConcept"):
+        low_value = 0.0  # as needed: some days none is taken
+    timing = None if administration else read.obj(dosage, "timing")
     repeat = read.obj(timing, "repeat") if timing else None
-    if repeat is None:
-        return routes, Dose(quantity.value, quantity.unit, 1, 1.0, "d") if timing is None else None
-    frequency = read.number(repeat, "frequency") or 1
-    period = read.number(repeat, "period")
-    unit = read.text(repeat, "periodUnit")
-    if period is None or unit is None:
-        return routes, None
-    return routes, Dose(quantity.value, quantity.unit, int(frequency), period, unit)
+    t_read = read.at("timing.repeat")
+    frequency: int | None = None
+    period, unit, frequency_max, period_max = 1.0, "d", None, None
+    if repeat is not None and read.number(repeat, "period") is not None:
+        frequency = int(t_read.number(repeat, "frequency") or 1)
+        period = t_read.number(repeat, "period") or 1.0
+        unit = t_read.text(repeat, "periodUnit") or ""
+        fmax, pmax = t_read.number(repeat, "frequencyMax"), t_read.number(repeat, "periodMax")
+        frequency_max = int(fmax) if fmax is not None else None
+        period_max = pmax
+    elif timing is not None and (code := _timing_code(read.at("timing"), timing)) is not None:
+        frequency, period, unit = code
+    elif repeat is not None and (times := _times_a_day(repeat)) > 0:
+        frequency = times  # "when" / "timeOfDay" without a period: that many times a day
+    start = end = None
+    bound_days = None
+    if repeat is not None:
+        start = t_read.period_start(repeat, "boundsPeriod")
+        end = t_read.period_end(repeat, "boundsPeriod")
+        duration = t_read.quantity(repeat, "boundsDuration")
+        if duration is not None and duration.unit in _DURATION_DAYS:
+            bound_days = duration.value * _DURATION_DAYS[duration.unit]
+    sequence = read.number(dosage, "sequence")
+    dose = Dose(
+        high.value,
+        high.unit,
+        frequency,
+        period,
+        unit,
+        low=low_value,
+        frequency_max=frequency_max,
+        period_max=period_max,
+        start=start,
+        end=end,
+        sequence=int(sequence) if sequence is not None else None,
+    )
+    return routes, labels, dose, bound_days
+
+
+def _times_a_day(repeat: Json) -> int:
+    return max(
+        len(v) if isinstance(v, list) else 0 for v in (repeat.get("when"), repeat.get("timeOfDay"))
+    )
+
+
+def _timing_code(read: _Reader, timing: Json) -> tuple[int, float, str] | None:
+    codings, _ = read.concept(timing, "code")
+    for system, code in codings:
+        if system in _GTS and code.upper() in _TIMING_CODES:
+            return _TIMING_CODES[code.upper()]
+    return None
+
+
+def _bounded(steps: list[tuple[Dose, float | None]], start: date | None) -> list[Dose]:
+    """Give boundsDuration steps their dates: the first from the order's start, each later
+    step (by sequence) from the end of the one before."""
+    if all(days is None for _, days in steps):
+        return [d for d, _ in steps]
+    out = []
+    cursor = start
+    for d, days in sorted(steps, key=lambda s: s[0].sequence or 0):
+        begin = d.start or cursor
+        if days is not None and begin is not None and d.end is None:
+            d = replace(d, start=begin, end=begin + timedelta(days=max(days - 1, 0)))
+        cursor = d.end + timedelta(days=1) if d.end is not None else None
+        out.append(d)
+    return out
 
 
 def _immunizations(read: _Reader, r: Json) -> list[Immunization]:
