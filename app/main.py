@@ -15,6 +15,7 @@ from starlette.exceptions import HTTPException
 
 from app.access.inbound import InboundVerifier, RateLimiter
 from app.access.jwks import KeyCache
+from app.access.request_guard import RequestGuard
 from app.api.common import FhirResponse
 from app.api.health import router as health_router
 from app.api.history import router as history_router
@@ -73,7 +74,10 @@ def create_app(
                 app.state.jwt_verifier = JwtVerifier(settings.cds_clients, http)
                 app.state.inbound_verifier = InboundVerifier(settings, KeyCache(http))
                 app.state.rate_limiter = RateLimiter(
-                    settings.rate_limit_per_minute, settings.rate_limit_burst
+                    store, settings.rate_limit_per_minute, settings.rate_limit_burst
+                )
+                app.state.refusal_limiter = RateLimiter(
+                    store, settings.refused_per_minute, settings.refused_burst
                 )
                 app.state.record_source = (
                     DemoRecordSource(DEMO_PATIENTS)
@@ -110,6 +114,7 @@ def create_app(
             allow_methods=["GET", "POST", "OPTIONS"],
             allow_headers=["Authorization", "Content-Type"],
         )
+    app.add_middleware(RequestGuard, max_body_bytes=settings.max_body_bytes)
     install_observability(app, settings)
 
     @app.exception_handler(Unauthorized)

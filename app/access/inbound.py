@@ -7,6 +7,9 @@ screenings; ``system/GuidanceResponse.write`` (or ``.c``) runs ``$screen``, whic
 ``TRIALSCREEN_ALLOW_UNAUTHENTICATED`` says so (development).
 """
 
+import asyncio
+import hashlib
+import math
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -18,8 +21,10 @@ from fastapi import Request
 
 from app.access.jwks import KeyCache, parse_jwks
 from app.core.errors import Forbidden, NotAuthenticated, TooManyRequests
+from app.core.limits import printable
 from app.core.settings import Settings
 from app.store import audit
+from app.store.database import Store
 
 Permission = Literal["read", "create"]
 _SKEW = 30
@@ -104,26 +109,35 @@ class InboundVerifier:
 
 
 class RateLimiter:
-    """A token bucket per client: ``per_minute`` sustained, ``burst`` at once."""
+    """A token bucket per key: ``per_minute`` sustained, ``burst`` at once. The buckets live in
+    the database, so every worker and replica (and a restarted one) enforces the same limit."""
 
-    def __init__(self, per_minute: int, burst: int, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        store: Store,
+        per_minute: int,
+        burst: int,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
         self.rate = per_minute / 60.0
         self.burst = float(max(1, burst))
         self.clock = clock
-        self._buckets: dict[str, tuple[float, float]] = {}
+        self._calls = 0
 
-    def take(self, client: str) -> int | None:
+    async def take(self, key: str) -> int | None:
         """None when allowed; else the seconds to wait."""
         if self.rate <= 0:
             return None
         now = self.clock()
-        tokens, then = self._buckets.get(client, (self.burst, now))
-        tokens = min(self.burst, tokens + (now - then) * self.rate)
-        if tokens < 1:
-            self._buckets[client] = (tokens, now)
-            return max(1, int((1 - tokens) / self.rate + 0.999))
-        self._buckets[client] = (tokens - 1, now)
-        return None
+        # Keys come from callers (client ids, addresses): hashed, so any length fits the index.
+        digest = hashlib.sha256(key.encode()).hexdigest()
+        wait = await asyncio.to_thread(self.store.take_token, digest, self.rate, self.burst, now)
+        self._calls += 1
+        if self._calls % 1000 == 0:
+            idle = self.burst / self.rate + 60
+            await asyncio.to_thread(self.store.forget_full_buckets, now, idle)
+        return None if wait is None else max(1, math.ceil(wait))
 
 
 def require(resource: str, permission: Permission) -> Callable[[Request], Awaitable[Principal]]:
@@ -147,18 +161,24 @@ def require(resource: str, permission: Permission) -> Callable[[Request], Awaita
                     f"(e.g. system/{resource}.{permission if permission == 'read' else 'write'})."
                 )
         except (NotAuthenticated, Forbidden) as exc:
+            # Refusals are limited per address before anything is written, then counted in one
+            # audit row per source, route and minute: a flood cannot fill the audit trail.
+            refusals: RateLimiter = state.refusal_limiter
+            wait = await refusals.take(f"refused:{host}")
+            if wait is not None:
+                raise TooManyRequests(
+                    f"Too many refused requests from this address; retry in {wait} s.", wait
+                ) from None
             who = principal.client_id if principal else f"unauthenticated@{host}"
-            await audit.record(
-                request,
-                action="E",
-                interaction="access-denied",
-                outcome="4",
+            route = getattr(request.scope.get("route"), "path_format", None) or "?"
+            await audit.refused(
+                state.store,
                 agent=who,
-                description=f"{exc.status_code} on {request.method} {request.url.path}",
+                description=f"{exc.status_code} on {request.method} {printable(route)}",
             )
             raise
         limiter: RateLimiter = state.rate_limiter
-        wait = limiter.take(principal.client_id)
+        wait = await limiter.take(f"client:{principal.client_id}")
         if wait is not None:
             raise TooManyRequests(f"Too many requests from this client; retry in {wait} s.", wait)
         request.state.principal = principal

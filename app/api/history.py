@@ -10,6 +10,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
 from app.api.common import FHIR_JSON, Auditor, FhirResponse, Reader, SettingsDep
+from app.core import limits
 from app.core.errors import InvalidInput, NotFound
 from app.core.settings import Settings
 from app.store import audit
@@ -21,6 +22,7 @@ router = APIRouter(prefix="/fhir")
 @router.get("/GuidanceResponse/{screening_id}", response_class=FhirResponse)
 async def read_screening(screening_id: str, request: Request, who: Reader) -> Response:
     """A stored screening, exactly as it was issued."""
+    limits.fhir_id(screening_id, "GuidanceResponse.id")
     store: Store = request.app.state.store
     row = await asyncio.to_thread(store.screening, screening_id)
     await audit.record(
@@ -55,8 +57,10 @@ async def search_screenings(
         raise InvalidInput("Only _sort=-date (newest first) is supported.", expression="_sort")
     if subject is None or not subject.startswith("Patient/"):
         raise InvalidInput("Search by subject=Patient/{id}.", expression="subject")
+    limits.patient_reference(subject, "subject")
     trial_id = None
     if module is not None:
+        limits.text_value(module, "module")
         trial_id = module.split("|")[0].rstrip("/").rsplit("/", 1)[-1]
     store: Store = request.app.state.store
     total, rows = await asyncio.to_thread(store.screenings_for, subject, trial_id, offset, count)
@@ -92,6 +96,8 @@ async def search_audit(
     offset: Annotated[int, Query(alias="_offset", ge=0, le=1_000_000)] = 0,
 ) -> FhirResponse:
     """The audit trail, newest first (auditor scope: system/AuditEvent.read)."""
+    if patient is not None:
+        limits.patient_reference(patient, "patient")
     store: Store = request.app.state.store
     total, rows = await asyncio.to_thread(store.audit_events, patient, offset, count)
     await audit.record(

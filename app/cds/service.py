@@ -29,6 +29,7 @@ from app.ehr.connection import fhir_client
 from app.ehr.fetch_plan import FetchPlan, Search
 from app.ehr.record_source import FetchedRecord, assemble, fetch_parts
 from app.engine import evaluate
+from app.fhir_io.report import plausible
 from app.screening.issued import describe
 from app.store import audit
 from app.store.database import NewScreening, Store, StoredFeedback
@@ -256,7 +257,7 @@ async def _screen(
     stored: list[NewScreening] = []
     cards: list[Json] = []
     for n, trial in enumerate(catalog.trials.values()):
-        screening = evaluate(trial, fetched.record, as_of)
+        screening = plausible(evaluate(trial, fetched.record, as_of))
         screening_id = ids[n] if ids else str(uuid.uuid4())
         shown = shows_card(screening, settings.cds_show_ineligible)
         stored.append(

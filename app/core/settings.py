@@ -115,6 +115,12 @@ class Settings(BaseSettings):
     ehr_max_response_bytes: int = 32 * 1024 * 1024
     """Largest single EHR response read."""
 
+    # --- hardening (issue 12) -----------------------------------------------------------------
+    refused_per_minute: int = 60
+    """Refused requests (401, 403, malformed) each client address may make per minute before
+    it gets 429 and nothing more is written (0: no limit)."""
+    refused_burst: int = 30
+
 
 @lru_cache
 def get_settings() -> Settings:

@@ -15,7 +15,8 @@ from typing import Any
 import orjson
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import DateTime, Engine, event, func
+from sqlalchemy import DateTime, Engine, Table, case, delete, event, func, literal, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Field, Session, SQLModel, col, create_engine, select
 
 _MIGRATIONS = Path(__file__).resolve().parent / "migrations"
@@ -71,6 +72,28 @@ class StoredAuditEvent(SQLModel, table=True):
     patient_ref: str | None = Field(default=None, index=True)
     entity_ref: str | None = None
     description: str
+    occurrences: int = Field(default=1, sa_column_kwargs={"server_default": "1"})
+    """How many events the row stands for: refused requests are counted per source per minute."""
+
+
+class RateBucket(SQLModel, table=True):
+    """A token bucket of the rate limiter, shared by every worker and replica."""
+
+    __tablename__ = "rate_bucket"
+
+    key: str = Field(primary_key=True)
+    tokens: float
+    updated: float
+    """Wall-clock seconds (the epoch) of the last token taken."""
+
+
+class SeenToken(SQLModel, table=True):
+    """A token id (CDS Hooks ``jti``) already used, kept until the token expires."""
+
+    __tablename__ = "seen_token"
+
+    key: str = Field(primary_key=True)
+    expires: float = Field(index=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +114,9 @@ class Store:
         if url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:"):
             Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         connect_args = {"check_same_thread": False} if url.startswith("sqlite") else {}
-        self.engine: Engine = create_engine(url, connect_args=connect_args)
+        # hide_parameters: a failing statement's traceback (logged by the server) must not carry
+        # the bound values, which are patient references and ids.
+        self.engine: Engine = create_engine(url, connect_args=connect_args, hide_parameters=True)
         if url.startswith("sqlite"):
             event.listen(self.engine, "connect", _sqlite_pragmas)
         self.migrate()
@@ -170,6 +195,63 @@ class Store:
             page = query.order_by(col(StoredAuditEvent.recorded).desc(), col(StoredAuditEvent.id))
             return total, list(session.exec(page.offset(offset).limit(count)).all())
 
+    def count_refusal(self, item: StoredAuditEvent) -> None:
+        """Write a refusal's audit row, or add one to the row with the same id (the caller
+        derives it from source and minute, so a flood updates one row)."""
+        values = {c.name: getattr(item, c.name) for c in _table(StoredAuditEvent).columns}
+        dialect = postgresql if self.engine.dialect.name == "postgresql" else sqlite
+        statement = dialect.insert(StoredAuditEvent).values(values)
+        statement = statement.on_conflict_do_update(
+            index_elements=["id"],
+            set_={"occurrences": _table(StoredAuditEvent).c.occurrences + 1},
+        )
+        with self.engine.begin() as connection:
+            connection.execute(statement)
+
+    def take_token(self, key: str, rate: float, burst: float, now: float) -> float | None:
+        """Take one token from the bucket ``key`` (``rate`` per second, ``burst`` at most):
+        None when taken, else the seconds until one is there. One statement decides, so two
+        workers racing for the last token cannot both get it."""
+        bucket = _table(RateBucket).c
+        refilled = bucket.tokens + (literal(now) - bucket.updated) * rate
+        available = case((refilled > burst, literal(burst)), else_=refilled)
+        dialect = postgresql if self.engine.dialect.name == "postgresql" else sqlite
+        with self.engine.begin() as connection:
+            created = connection.execute(
+                dialect.insert(RateBucket)
+                .values(key=key, tokens=burst - 1, updated=now)
+                .on_conflict_do_nothing(index_elements=["key"])
+            )
+            if created.rowcount == 1:
+                return None
+            taken = connection.execute(
+                update(RateBucket)
+                .where(bucket.key == key, available >= 1)
+                .values(tokens=available - 1, updated=now)
+            )
+            if taken.rowcount == 1:
+                return None
+            left = connection.execute(select(available).where(bucket.key == key)).scalar_one()
+        return max(0.0, (1 - float(left)) / rate)
+
+    def forget_full_buckets(self, now: float, idle: float) -> None:
+        """Drop buckets untouched for ``idle`` seconds (they are full again)."""
+        with self.engine.begin() as connection:
+            connection.execute(delete(RateBucket).where(col(RateBucket.updated) < now - idle))
+
+    def first_use(self, key: str, expires: float, now: float) -> bool:
+        """Record the token id ``key`` as used until ``expires``; False if it was already used
+        (by any worker or replica). Expired ids are dropped on the way."""
+        dialect = postgresql if self.engine.dialect.name == "postgresql" else sqlite
+        with self.engine.begin() as connection:
+            connection.execute(delete(SeenToken).where(col(SeenToken.expires) < now))
+            inserted = connection.execute(
+                dialect.insert(SeenToken)
+                .values(key=key, expires=expires)
+                .on_conflict_do_nothing(index_elements=["key"])
+            )
+            return inserted.rowcount == 1
+
     def save_feedback(self, items: list[StoredFeedback]) -> None:
         with Session(self.engine, expire_on_commit=False) as session, session.begin():
             session.add_all(items)
@@ -190,6 +272,10 @@ class Store:
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+def _table(model: type[SQLModel]) -> Table:
+    return SQLModel.metadata.tables[str(model.__tablename__)]
 
 
 def _sqlite_pragmas(connection: Any, _: Any) -> None:
