@@ -786,3 +786,48 @@ def test_malformed_hook_calls_are_400(
 def test_an_unknown_service_is_404(hooks: Hooks) -> None:
     path = "/cds-services/no-such-service"
     assert hooks.call(_spec_example(), path=path).status_code == 404
+
+
+# --- hostile prefetch (issue 12) ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "broken",
+    [{"link": "next"}, {"link": 42}, {"entry": 3}, {"entry": "all"}],
+    ids=["link string", "link number", "entry number", "entry string"],
+)
+def test_a_malformed_prefetch_bundle_marks_its_part_incomplete(
+    hooks_all: Hooks, fhir_server: FhirServer, broken: Json
+) -> None:
+    patient_id = PATIENT_IDS[0]
+    prefetch = prefetch_for(hooks_all, patient_id, fhir_server)
+    prefetch["conditions"] = prefetch["conditions"] | broken
+    response = hooks_all.call(hook_request(patient_id, prefetch))
+    assert response.status_code == 200, response.text
+    report = hooks_all.reports(response.json()["cards"])[SLE_TRIAL]
+    assert eligibility(report) != "eligible"
+    assert criterion_result(report, "I3")["result"] == "unknown"  # the SLE diagnosis
+    messages = next(c for c in report["contained"] if c["id"] == "messages")
+    assert any("Condition Bundle is malformed" in i["diagnostics"] for i in messages["issue"])
+
+
+def test_a_prefetch_of_another_patient_is_400_and_stores_nothing(
+    hooks: Hooks, fhir_server: FhirServer
+) -> None:
+    patient_id, other = PATIENT_IDS[0], PATIENT_IDS[1]
+    store = hooks.app.state.store
+    before = store.screenings_for(f"Patient/{other}", None, 0, 1)[0]
+    whole_other = prefetch_for(hooks, other, fhir_server)
+    mixed = prefetch_for(hooks, patient_id, fhir_server) | {"conditions": whole_other["conditions"]}
+    for prefetch in (whole_other, mixed):
+        response = hooks.call(hook_request(patient_id, prefetch))
+        assert response.status_code == 400, response.text
+    assert store.screenings_for(f"Patient/{other}", None, 0, 1)[0] == before
+
+
+@pytest.mark.parametrize(
+    "instance", ["x" * 300_000, "abc\x00def", "line\nbreak"], ids=["huge", "nul", "newline"]
+)
+def test_a_hostile_hook_instance_is_400(hooks: Hooks, instance: str) -> None:
+    response = hooks.call(_spec_example() | {"hookInstance": instance})
+    assert response.status_code == 400

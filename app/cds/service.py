@@ -21,6 +21,7 @@ from fastapi.responses import JSONResponse, Response
 from app.catalog.loader import Catalog
 from app.cds.cards import card, card_uuid, pending_card, shows_card
 from app.cds.trust import Caller, JwtVerifier
+from app.core import limits
 from app.core.errors import InvalidInput, NotFound, TrialscreenError
 from app.core.settings import CdsClient, Settings, zone_of
 from app.ehr.auth import BearerAuth
@@ -37,6 +38,8 @@ from app.store.database import NewScreening, Store, StoredFeedback
 log = logging.getLogger("trialscreen.cds")
 router = APIRouter(prefix="/cds-services")
 SERVICE_ID = "trial-eligibility"
+_INSTANCE_LIMIT = 128
+"""hookInstance is a UUID (CDS Hooks 2.0); anything much longer is not one."""
 _ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-.")
 Json = dict[str, Any]
 
@@ -85,6 +88,7 @@ async def patient_view(service_id: str, request: Request) -> JSONResponse:
     if not isinstance(instance, str) or not _is_id(patient_id):
         raise InvalidInput("A hook call carries hookInstance and context.patientId.")
     assert isinstance(patient_id, str)
+    limits.text_value(instance, "hookInstance", _INSTANCE_LIMIT)
     now = datetime.now(UTC)
     as_of = now.astimezone(zone_of(settings)).date()
     plan: FetchPlan = request.app.state.fetch_plan
@@ -93,6 +97,7 @@ async def patient_view(service_id: str, request: Request) -> JSONResponse:
     if not isinstance(prefetch, dict):
         raise InvalidInput("prefetch must be an object.", expression="prefetch")
     patient, parts, to_fetch = _from_prefetch(prefetch, searches)
+    _same_patient(patient_id, patient, parts)
     fetched_parts: list[tuple[Search, SearchOutcome]] = []
     if patient is None or to_fetch:
         client = _fhir_client(hook, caller, request, settings)
@@ -202,24 +207,63 @@ def _from_prefetch(
             parts.append((search, [], None))
             continue
         bundle = prefetch.get(search.key)
-        complete = (
-            isinstance(bundle, dict)
-            and bundle.get("resourceType") == "Bundle"
-            and not any(link.get("relation") == "next" for link in bundle.get("link", []) or [])
-        )
-        if not complete:
+        if not (isinstance(bundle, dict) and bundle.get("resourceType") == "Bundle"):
             to_fetch.append(search)
             continue
-        assert isinstance(bundle, dict)
+        links, entries = bundle.get("link") or [], bundle.get("entry") or []
+        if not isinstance(links, list) or not isinstance(entries, list):
+            # A Bundle whose parts have the wrong shape: that part of the record is incomplete
+            # (its checks unknown), the rest is screened.
+            parts.append(
+                (search, [], f"The prefetched {search.resource_type} Bundle is malformed.")
+            )
+            continue
+        if any(isinstance(link, dict) and link.get("relation") == "next" for link in links):
+            to_fetch.append(search)
+            continue
         resources = [
             e["resource"]
-            for e in bundle.get("entry", []) or []
+            for e in entries
             if isinstance(e, dict)
             and isinstance(e.get("resource"), dict)
             and e["resource"].get("resourceType") == search.resource_type
         ]
         parts.append((search, resources, None))
     return patient, parts, to_fetch
+
+
+def _same_patient(
+    patient_id: str, patient: Json | None, parts: list[tuple[Search, list[Json], str | None]]
+) -> None:
+    """400 when prefetch holds another patient than ``context.patientId``: screening it would
+    store one person's results under another's id."""
+    if patient is not None and patient.get("id") != patient_id:
+        raise InvalidInput(
+            "The prefetched Patient is not the patient in context.patientId.",
+            expression="prefetch.patient",
+        )
+    for search, resources, _ in parts:
+        for resource in resources:
+            for field in ("subject", "patient"):
+                named = _patient_named(resource.get(field))
+                if named is not None and named != patient_id:
+                    raise InvalidInput(
+                        f"The prefetched {search.resource_type} Bundle holds resources of "
+                        "another patient than context.patientId.",
+                        expression=f"prefetch.{search.key}",
+                    )
+
+
+def _patient_named(reference: Any) -> str | None:
+    """The id in a ``Patient/{id}`` reference (relative or absolute, with or without a version);
+    None when the reference names no Patient id (a urn:uuid, a display only)."""
+    text = reference.get("reference") if isinstance(reference, dict) else None
+    if not isinstance(text, str):
+        return None
+    segments = text.split("/_history/")[0].rstrip("/").split("/")
+    if len(segments) >= 2 and segments[-2] == "Patient":
+        return segments[-1]
+    return None
 
 
 def _fhir_client(hook: Json, caller: Caller, request: Request, settings: Settings) -> FhirClient:
