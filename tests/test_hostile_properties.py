@@ -129,7 +129,7 @@ def test_a_damaged_posted_record_is_never_a_5xx_nor_eligible(
     app_client: TestClient, data: st.DataObject
 ) -> None:
     resources = data.draw(damage(_resources(BASELINE)))
-    bundle = {"resourceType": "Bundle", "type": "collection"}
+    bundle: Json = {"resourceType": "Bundle", "type": "collection"}
     bundle["entry"] = [{"resource": r} for r in resources]
     response = app_client.post(SCREEN, json=parameters(bundle))
     assert response.status_code < 500, response.text
