@@ -99,6 +99,8 @@ def create_app(
         version=software_version,
         summary="Clinical-trial eligibility screening over FHIR R4",
         lifespan=lifespan,
+        docs_url="/docs" if settings.docs_enabled else None,
+        redoc_url="/redoc" if settings.docs_enabled else None,
     )
     app.dependency_overrides[get_settings] = lambda: settings
     app.include_router(screen_router)

@@ -120,6 +120,11 @@ class Settings(BaseSettings):
     """Refused requests (401, 403, malformed) each client address may make per minute before
     it gets 429 and nothing more is written (0: no limit)."""
     refused_burst: int = 30
+    metrics_enabled: bool = True
+    """Serve Prometheus metrics at GET /metrics. Turn off, or keep the path off the public
+    proxy, in production: they show request rates and routes."""
+    docs_enabled: bool = True
+    """Serve the interactive API docs at /docs and /redoc (development); /openapi.json stays."""
 
 
 @lru_cache
