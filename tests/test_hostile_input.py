@@ -197,3 +197,58 @@ def test_a_body_without_a_length_is_cut_at_the_limit(store_url: str) -> None:
                 path, content=chunks(), headers={"content-type": "application/json"}
             )
             assert response.status_code == 413, (path, response.text)
+
+
+# --- an audit trail that cannot be flooded -------------------------------------------------------
+
+
+def test_a_flood_of_refused_requests_is_limited_and_aggregated(store_url: str) -> None:
+    settings = Settings(
+        public_base_url=BASE,
+        auth_issuer=ISSUER,
+        auth_jwks=_jwks(),
+        database_url=store_url,
+        rate_limit_per_minute=0,
+        refused_per_minute=60,
+        refused_burst=30,
+    )
+    long_id = "a" * 1500
+    with TestClient(create_app(settings)) as client:
+        store: Store = client.app.state.store  # type: ignore[attr-defined]
+        statuses = [
+            client.get(f"/fhir/GuidanceResponse/{long_id}{n}").status_code for n in range(150)
+        ]
+        statuses += [
+            client.get("/fhir/GuidanceResponse/x", headers=bearer(token(AUDITOR))).status_code
+            for _ in range(150)
+        ]
+    refused = statuses.count(401) + statuses.count(403)
+    assert 30 <= refused < 60 and statuses.count(429) == 300 - refused
+    assert statuses[:30] == [401] * 30 and statuses[-1] == 429
+    rows = audit_rows(store)
+    # One row per source, route and minute (two minutes if the run straddles one).
+    assert 1 <= len(rows) <= 4
+    assert sum(r.occurrences for r in rows) == refused
+    route = "GET /fhir/GuidanceResponse/{screening_id}"
+    assert {r.description for r in rows} <= {f"401 on {route}", f"403 on {route}"}
+    assert long_id[:100] not in stored_text(store)
+
+
+def test_the_refusal_limit_is_per_address(store_url: str) -> None:
+    settings = Settings(
+        public_base_url=BASE,
+        auth_issuer=ISSUER,
+        auth_jwks=_jwks(),
+        database_url=store_url,
+        refused_per_minute=60,
+        refused_burst=3,
+    )
+    app = create_app(settings)
+    with TestClient(app) as one, TestClient(app, client=("10.0.0.2", 50000)) as two:
+        assert [one.get("/fhir/GuidanceResponse/x").status_code for _ in range(4)] == [
+            401,
+            401,
+            401,
+            429,
+        ]
+        assert two.get("/fhir/GuidanceResponse/x").status_code == 401

@@ -217,12 +217,15 @@ class Store:
         available = case((refilled > burst, literal(burst)), else_=refilled)
         dialect = postgresql if self.engine.dialect.name == "postgresql" else sqlite
         with self.engine.begin() as connection:
+            # RETURNING, not rowcount: psycopg does not report rows of an insert that skipped
+            # conflicts reliably.
             created = connection.execute(
                 dialect.insert(RateBucket)
                 .values(key=key, tokens=burst - 1, updated=now)
                 .on_conflict_do_nothing(index_elements=["key"])
-            )
-            if created.rowcount == 1:
+                .returning(bucket.key)
+            ).first()
+            if created is not None:
                 return None
             taken = connection.execute(
                 update(RateBucket)
@@ -249,8 +252,9 @@ class Store:
                 dialect.insert(SeenToken)
                 .values(key=key, expires=expires)
                 .on_conflict_do_nothing(index_elements=["key"])
-            )
-            return inserted.rowcount == 1
+                .returning(_table(SeenToken).c.key)
+            ).first()
+            return inserted is not None
 
     def save_feedback(self, items: list[StoredFeedback]) -> None:
         with Session(self.engine, expire_on_commit=False) as session, session.begin():
