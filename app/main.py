@@ -71,7 +71,7 @@ def create_app(
             async with ehr_http_client(settings, ehr_transport) as http:
                 app.state.http = http
                 app.state.ehr_auth = ehr_auth(settings)
-                app.state.jwt_verifier = JwtVerifier(settings.cds_clients, http)
+                app.state.jwt_verifier = JwtVerifier(settings.cds_clients, http, store)
                 app.state.inbound_verifier = InboundVerifier(settings, KeyCache(http))
                 app.state.rate_limiter = RateLimiter(
                     store, settings.rate_limit_per_minute, settings.rate_limit_burst

@@ -132,6 +132,8 @@ class JwksServer:
     """Path -> the JWK Set served there."""
     served: list[str] = field(default_factory=list)
     """Every path requested, in order."""
+    cache_control: dict[str, str] = field(default_factory=dict)
+    """Path -> the Cache-Control header served with it."""
 
     def count(self, path: str) -> int:
         return self.served.count(path)
@@ -146,7 +148,9 @@ def _jwks_app(server: JwksServer) -> FastAPI:
         server.served.append(path)
         if path not in server.sets:
             return Response(status_code=404)
-        return JSONResponse(server.sets[path])
+        control = server.cache_control.get(path)
+        headers = {"cache-control": control} if control else None
+        return JSONResponse(server.sets[path], headers=headers)
 
     return app
 
@@ -261,7 +265,8 @@ def test_aud_as_an_array_holding_the_url_called_is_accepted(service: Service) ->
 
 def test_epic_style_claims_sub_and_nbf_are_accepted(service: Service) -> None:
     now = int(time.time())
-    response = service.call(mint(payload=claims(sub="ehr-client", nbf=now, exp=now + 900)))
+    # exp at most five minutes after iat (CDS Hooks); issue 12 caps it, so no longer 900 s.
+    response = service.call(mint(payload=claims(sub="ehr-client", nbf=now, exp=now + 300)))
     assert response.status_code == 200, response.text
 
 
@@ -476,3 +481,65 @@ def test_a_failed_refresh_keeps_the_keys_already_known(
     jwks_server.sets[path] = published
     response = service.call(mint("rsa-1", payload=claims(ISS_REMOTE)))
     assert response.status_code == 200, response.text
+
+
+# --- issue 12: lifetimes, replays across restarts, keys removed at the issuer ---------------------
+
+
+@pytest.mark.parametrize("lifetime", [301, 3600, 10 * 365 * 86400])
+def test_a_token_living_longer_than_five_minutes_is_refused(
+    service: Service, lifetime: int
+) -> None:
+    now = int(time.time())
+    assert_bare_401(service.call(mint(payload=claims(iat=now, exp=now + lifetime))))
+
+
+def test_a_replay_is_refused_by_a_restarted_service_on_the_same_database(
+    tmp_path: Any,
+) -> None:
+    settings = Settings(
+        public_base_url=BASE,
+        database_url=f"sqlite:///{tmp_path / 'shared.db'}",
+        cds_clients=(CdsClient(iss=ISS_INLINE, jwks=jwks("rsa-1")),),
+    )
+    token = mint()
+    with TestClient(create_app(settings)) as first:
+        assert first.post(SERVICE, json=hook_body(first), headers=bearer(token)).status_code == 200
+    with TestClient(create_app(settings)) as restarted:
+        assert_bare_401(restarted.post(SERVICE, json=hook_body(restarted), headers=bearer(token)))
+        fresh = mint()
+        response = restarted.post(SERVICE, json=hook_body(restarted), headers=bearer(fresh))
+        assert response.status_code == 200
+
+
+def test_a_key_removed_from_the_jwks_stops_working_within_its_max_age(
+    rotating: tuple[Service, list[float]], jwks_server: JwksServer
+) -> None:
+    service, now = rotating
+    path = "/rotating-jwks.json"
+    jwks_server.sets[path] = jwks("rsa-1", "rsa-2")
+    jwks_server.cache_control[path] = "public, max-age=120"
+    try:
+        assert service.call(mint("rsa-2", payload=claims(ISS_REMOTE))).status_code == 200
+        jwks_server.sets[path] = jwks("rsa-1")  # the issuer withdraws rsa-2
+        now[0] += 60
+        assert service.call(mint("rsa-2", payload=claims(ISS_REMOTE))).status_code == 200
+        now[0] += 61  # past max-age: the next call refetches
+        assert_bare_401(service.call(mint("rsa-2", payload=claims(ISS_REMOTE))))
+        assert service.call(mint("rsa-1", payload=claims(ISS_REMOTE))).status_code == 200
+    finally:
+        jwks_server.cache_control.pop(path)
+
+
+def test_without_cache_headers_keys_are_refetched_every_five_minutes(
+    rotating: tuple[Service, list[float]], jwks_server: JwksServer
+) -> None:
+    service, now = rotating
+    path = "/rotating-jwks.json"
+    jwks_server.sets[path] = jwks("rsa-1", "rsa-2")
+    assert service.call(mint("rsa-2", payload=claims(ISS_REMOTE))).status_code == 200
+    jwks_server.sets[path] = jwks("rsa-1")
+    now[0] += 299
+    assert service.call(mint("rsa-2", payload=claims(ISS_REMOTE))).status_code == 200
+    now[0] += 2
+    assert_bare_401(service.call(mint("rsa-2", payload=claims(ISS_REMOTE))))
