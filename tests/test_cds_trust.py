@@ -543,3 +543,25 @@ def test_without_cache_headers_keys_are_refetched_every_five_minutes(
     assert service.call(mint("rsa-2", payload=claims(ISS_REMOTE))).status_code == 200
     now[0] += 2
     assert_bare_401(service.call(mint("rsa-2", payload=claims(ISS_REMOTE))))
+
+
+def test_feedback_is_taken_only_from_the_client_the_card_was_shown_by(tmp_path: Any) -> None:
+    settings = Settings(
+        public_base_url=BASE,
+        database_url=f"sqlite:///{tmp_path / 'cards.db'}",
+        cds_show_ineligible=True,
+        cds_clients=(
+            CdsClient(iss=ISS_INLINE, jwks=jwks("rsa-1")),
+            CdsClient(iss=ISS_REMOTE, jwks=jwks("rsa-1")),
+        ),
+    )
+    with TestClient(create_app(settings)) as client:
+        response = client.post(SERVICE, json=hook_body(client), headers=bearer(mint()))
+        assert response.status_code == 200, response.text
+        card = response.json()["cards"][0]["uuid"]
+        body = {"feedback": [{"card": card, "outcome": "accepted"}]}
+        fb_aud = f"{BASE}{FEEDBACK}"
+        other = mint(payload=claims(ISS_REMOTE, aud=fb_aud))
+        assert client.post(FEEDBACK, json=body, headers=bearer(other)).status_code == 404
+        own = mint(payload=claims(ISS_INLINE, aud=fb_aud))
+        assert client.post(FEEDBACK, json=body, headers=bearer(own)).status_code == 200

@@ -5,6 +5,12 @@ Scopes follow SMART on FHIR: ``system/GuidanceResponse.read`` (or ``.rs``) reads
 screenings; ``system/GuidanceResponse.write`` (or ``.c``) runs ``$screen``, which creates them;
 ``system/AuditEvent.read`` is the auditor's. Without a token, requests are served only when
 ``TRIALSCREEN_ALLOW_UNAUTHENTICATED`` says so (development).
+
+Which patients a token reaches depends on the level of the scope that grants the request:
+``system/`` every patient; ``patient/`` only the patient in the token's ``patient`` claim (403
+without one); ``user/`` the patient in the ``patient`` claim when the token carries one (a user
+launched in one patient's context), else every patient, since this service keeps no record of
+which users may see which patients (issue patient/ scopes to confine a user).
 """
 
 import asyncio
@@ -13,7 +19,7 @@ import math
 import re
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import jwt
@@ -21,7 +27,7 @@ from fastapi import Request
 
 from app.access.jwks import KeyCache, parse_jwks
 from app.core.errors import Forbidden, NotAuthenticated, TooManyRequests
-from app.core.limits import printable
+from app.core.limits import is_id, printable
 from app.core.settings import Settings
 from app.store import audit
 from app.store.database import Store
@@ -40,10 +46,30 @@ class Principal:
     client_id: str
     scopes: frozenset[str]
     authenticated: bool
+    patient: str | None = None
+    """The token's ``patient`` claim (SMART launch context), if any."""
+    confined_to: str | None = None
+    """``Patient/{id}`` when the request is confined to one patient (set by :func:`require`)."""
 
     def may(self, resource: str, permission: Permission) -> bool:
-        if not self.authenticated:
-            return True  # development setting: everything is allowed
+        return not self.authenticated or bool(self._levels(resource, permission))
+
+    def compartment(self, resource: str, permission: Permission) -> str | None:
+        """``Patient/{id}`` the granting scope confines the request to, or None for every
+        patient (see the module docstring); Forbidden for a patient/ scope without a patient."""
+        levels = self._levels(resource, permission)
+        if not self.authenticated or "system" in levels:
+            return None
+        patient = self.patient if self.patient and is_id(self.patient) else None
+        if "user" in levels:
+            return f"Patient/{patient}" if patient else None
+        if patient is None:
+            raise Forbidden("A patient/ scope needs the token's patient claim (a FHIR id).")
+        return f"Patient/{patient}"
+
+    def _levels(self, resource: str, permission: Permission) -> set[str]:
+        """The levels (system, user, patient) of the scopes granting ``permission``."""
+        levels = set()
         for scope in self.scopes:
             match = _SCOPE.fullmatch(scope)
             if match and match[2] in {resource, "*"}:
@@ -51,8 +77,29 @@ class Principal:
                 # SMART v1 words (read, write, *) or v2 letters (c r u d s, e.g. "rs")
                 letters = set() if granted in {"read", "write", "*"} else set(granted)
                 if granted in _GRANTS[permission] or letters & _GRANTS[permission]:
-                    return True
-        return False
+                    levels.add(match[1])
+        return levels
+
+
+def reaches(who: Principal, patient_ref: str | None) -> bool:
+    """Whether the caller may reach ``patient_ref`` (a request confined to one patient reaches
+    that patient only)."""
+    return who.confined_to is None or patient_ref == who.confined_to
+
+
+def confine(who: Principal, patient_ref: str | None) -> None:
+    """403 unless the caller :func:`reaches` ``patient_ref``."""
+    if not reaches(who, patient_ref):
+        raise Forbidden("The access token reaches only the patient in its patient claim.")
+
+
+def confined_search(who: Principal, patient_ref: str | None) -> str | None:
+    """The patient a search is limited to: the one asked for, which a confined caller may only
+    leave out (then it is theirs) or set to their own patient."""
+    if who.confined_to is None:
+        return patient_ref
+    confine(who, patient_ref or who.confined_to)
+    return who.confined_to
 
 
 class InboundVerifier:
@@ -96,7 +143,13 @@ class InboundVerifier:
         scope = claims.get("scope", claims.get("scp", ""))
         scopes = scope.split() if isinstance(scope, str) else [str(s) for s in scope or []]
         client = claims.get("client_id") or claims.get("azp") or claims.get("sub") or "unknown"
-        return Principal(str(client), frozenset(scopes), authenticated=True)
+        patient = claims.get("patient")
+        return Principal(
+            printable(str(client)),
+            frozenset(scopes),
+            authenticated=True,
+            patient=patient if isinstance(patient, str) else None,
+        )
 
     async def _key(self, kid: Any) -> jwt.PyJWK | None:
         settings = self.settings
@@ -160,6 +213,7 @@ def require(resource: str, permission: Permission) -> Callable[[Request], Awaita
                     f"The access token lacks a scope allowing {permission} of {resource} "
                     f"(e.g. system/{resource}.{permission if permission == 'read' else 'write'})."
                 )
+            principal = replace(principal, confined_to=principal.compartment(resource, permission))
         except (NotAuthenticated, Forbidden) as exc:
             # Refusals are limited per address before anything is written, then counted in one
             # audit row per source, route and minute: a flood cannot fill the audit trail.

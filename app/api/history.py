@@ -9,6 +9,7 @@ import orjson
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
+from app.access.inbound import confine, confined_search, reaches
 from app.api.common import FHIR_JSON, Auditor, FhirResponse, Reader, SettingsDep
 from app.core import limits
 from app.core.errors import InvalidInput, NotFound
@@ -25,18 +26,26 @@ async def read_screening(screening_id: str, request: Request, who: Reader) -> Re
     limits.fhir_id(screening_id, "GuidanceResponse.id")
     store: Store = request.app.state.store
     row = await asyncio.to_thread(store.screening, screening_id)
+    refused = row is not None and not reaches(who, row.patient_ref)
     await audit.record(
         request,
         action="R",
         interaction="read",
-        outcome="0" if row else "4",
+        outcome="0" if row and not refused else "4",
         agent=who.client_id,
-        description="read a stored screening" if row else "not found",
+        description=(
+            "refused: another patient's screening"
+            if refused
+            else "read a stored screening"
+            if row
+            else "not found"
+        ),
         patient_ref=row.patient_ref if row else None,
         entities=(f"GuidanceResponse/{screening_id}",) if row else (),
     )
     if row is None:
         raise NotFound(f"No screening {screening_id!r} is stored here.")
+    confine(who, row.patient_ref)
     return Response(row.guidance, media_type=FHIR_JSON)
 
 
@@ -55,6 +64,7 @@ async def search_screenings(
     ``module={PlanDefinition canonical}`` (with or without ``|version``)."""
     if sort != "-date":
         raise InvalidInput("Only _sort=-date (newest first) is supported.", expression="_sort")
+    subject = confined_search(who, subject)
     if subject is None or not subject.startswith("Patient/"):
         raise InvalidInput("Search by subject=Patient/{id}.", expression="subject")
     limits.patient_reference(subject, "subject")
@@ -96,6 +106,7 @@ async def search_audit(
     offset: Annotated[int, Query(alias="_offset", ge=0, le=1_000_000)] = 0,
 ) -> FhirResponse:
     """The audit trail, newest first (auditor scope: system/AuditEvent.read)."""
+    patient = confined_search(who, patient)
     if patient is not None:
         limits.patient_reference(patient, "patient")
     store: Store = request.app.state.store

@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from app.access.inbound import Principal
+from app.access.inbound import Principal, confine
 from app.api.common import (
     FHIR_JSON,
     CatalogDep,
@@ -81,9 +81,11 @@ async def _screen(
         else:
             assert parsed.patient_id is not None  # parse_screen_request: bundle or patient
             patient = f"Patient/{parsed.patient_id}"
+            confine(who, patient)  # before anything is fetched
             source: RecordSource = request.app.state.record_source
             fetched = await source.fetch(parsed.patient_id, as_of)
         patient = fetched.record.patient.ref or patient
+        confine(who, patient)
         screenings = [
             describe(evaluate(trial, fetched.record, as_of), fetched, settings, now, who.client_id)
             for trial in trials

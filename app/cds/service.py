@@ -137,9 +137,14 @@ async def feedback(service_id: str, request: Request) -> Response:
                 "Each feedback names its card and an outcome.", expression=f"feedback[{i}]"
             )
         card_id = item.get("card")
-        screening_id = await asyncio.to_thread(store.screening_for_card, str(card_id))
-        if screening_id is None:
-            raise NotFound(f"No card {card_id!r} was issued by this service.")
+        if not isinstance(card_id, str) or not 0 < len(card_id) <= _INSTANCE_LIMIT:
+            raise InvalidInput("Each feedback names its card.", expression=f"feedback[{i}].card")
+        limits.text_value(card_id, f"feedback[{i}].card", _INSTANCE_LIMIT)
+        issued = await asyncio.to_thread(store.card_screening, card_id)
+        # Only the client the card was shown by may answer it; to any other it does not exist.
+        if issued is None or issued[1] != f"cds:{caller.client.iss}":
+            raise NotFound(f"No card {card_id!r} was issued by this service to this client.")
+        screening_id = issued[0]
         reason = item.get("overrideReason")
         rows.append(
             StoredFeedback(

@@ -165,6 +165,15 @@ class Store:
             query = select(StoredScreening.id).where(StoredScreening.card_uuid == card_uuid)
             return session.exec(query).first()
 
+    def card_screening(self, card_uuid: str) -> tuple[str, str] | None:
+        """(screening id, who requested it) of the screening a CDS card was issued for."""
+        with Session(self.engine) as session:
+            query = select(StoredScreening.id, StoredScreening.requested_by).where(
+                StoredScreening.card_uuid == card_uuid
+            )
+            row = session.exec(query).first()
+            return None if row is None else (row[0], row[1])
+
     def screenings_for(
         self, patient_ref: str | None, trial_id: str | None, offset: int, count: int
     ) -> tuple[int, list[bytes]]:
