@@ -12,6 +12,7 @@ in a test run) count into the same series. Metrics are per process; run one work
 
 import contextvars
 import logging
+import os
 import re
 import sys
 import time
@@ -25,6 +26,7 @@ from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     gc_collector,
     generate_latest,
@@ -74,6 +76,11 @@ SCREENINGS = Counter(
     ["trial", "eligibility"],
     registry=REGISTRY,
 )
+PROCESS_ID = Gauge(
+    "trialscreen_process_id",
+    "The id of the worker process answering the scrape (tells workers of one replica apart).",
+    registry=REGISTRY,
+)
 UPSTREAM_FHIR_ERRORS = Counter(
     "trialscreen_upstream_fhir_errors",
     "Failed requests to the EHR's FHIR server, each try counted: timeout, transport, "
@@ -101,6 +108,7 @@ def install_observability(app: FastAPI, settings: Settings) -> None:
     (once per process). Called by the app factory after every other middleware, so the request
     line also covers what CORS answers on its own."""
     configure_logging()
+    PROCESS_ID.set(os.getpid())
     app.add_middleware(RequestObservability)
     if settings.metrics_enabled:
         app.add_api_route("/metrics", metrics, methods=["GET"], include_in_schema=False)

@@ -126,6 +126,9 @@ class Store:
         config = Config()
         config.set_main_option("script_location", str(_MIGRATIONS))
         with self.engine.begin() as connection:
+            if connection.dialect.name == "postgresql":
+                # Replicas starting together: one migrates, the others wait, then find it done.
+                connection.exec_driver_sql("SELECT pg_advisory_xact_lock(7321504)")
             config.attributes["connection"] = connection
             command.upgrade(config, "head")
 
