@@ -140,7 +140,9 @@ def create_app(
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> FhirResponse:
         # Log the type and place only: the body may hold patient data.
-        log.error("unhandled %s on %s %s", type(exc).__name__, request.method, request.url.path)
+        # The route template, not the path: the path is the caller's (ids, any length).
+        route = getattr(request.scope.get("route"), "path_format", None) or "unmatched"
+        log.error("unhandled %s on %s %s", type(exc).__name__, request.method, route)
         return _outcome(500, "exception", "Internal error; the request was not processed.")
 
     return app

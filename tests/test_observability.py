@@ -242,6 +242,7 @@ def test_the_apps_500_answer_is_counted_and_its_error_line_carries_the_request_i
         ("trialscreen", "ERROR"),
     ]
     assert lines[0]["status"] == 500 and "must not be logged" not in json.dumps(lines)
+    assert lines[1]["message"] == f"unhandled RuntimeError on GET {route}"  # never the raw path
     assert sample("trialscreen_requests_total", method="GET", route=route, status="500") == (
         before + 1
     )
