@@ -565,3 +565,49 @@ def test_feedback_is_taken_only_from_the_client_the_card_was_shown_by(tmp_path: 
         assert client.post(FEEDBACK, json=body, headers=bearer(other)).status_code == 404
         own = mint(payload=claims(ISS_INLINE, aud=fb_aud))
         assert client.post(FEEDBACK, json=body, headers=bearer(own)).status_code == 200
+
+
+def test_readers_see_only_their_tenants_screenings(tmp_path: Any) -> None:
+    from tests.test_access import ISSUER as REST_ISSUER
+    from tests.test_access import READER
+    from tests.test_access import _jwks as rest_jwks
+    from tests.test_access import token as rest_token
+
+    settings = Settings(
+        public_base_url=BASE,
+        database_url=f"sqlite:///{tmp_path / 'tenants.db'}",
+        cds_show_ineligible=True,
+        auth_issuer=REST_ISSUER,
+        auth_jwks=rest_jwks(),
+        cross_tenant_clients=("auditing-engine",),
+        cds_clients=(
+            CdsClient(iss=ISS_INLINE, jwks=jwks("rsa-1")),
+            CdsClient(iss=ISS_TENANT, jwks=jwks("rsa-1"), tenant=TENANT),
+        ),
+    )
+    patient = f"t-{uuid.uuid4().hex[:8]}"
+    with TestClient(create_app(settings)) as client:
+        made = {}
+        for iss, extra in ((ISS_INLINE, {}), (ISS_TENANT, {"tenant": TENANT})):
+            token = mint(payload=claims(iss, **extra))
+            response = client.post(SERVICE, json=hook_body(client, patient), headers=bearer(token))
+            assert response.status_code == 200, response.text
+            made[iss] = response.json()["cards"][0]["links"][0]["url"].rsplit("/", 1)[1]
+
+        def visible(**token_claims: Any) -> set[str]:
+            headers = bearer(rest_token(READER, **token_claims))
+            search = client.get(
+                f"/fhir/GuidanceResponse?subject=Patient/{patient}", headers=headers
+            )
+            found = {e["resource"]["id"] for e in search.json()["entry"]}
+            for iss, screening_id in made.items():
+                read = client.get(f"/fhir/GuidanceResponse/{screening_id}", headers=headers)
+                assert read.status_code == (200 if screening_id in found else 404), iss
+            return found
+
+        # Each CDS client's screenings carry its tenant (the configured one, else its issuer).
+        assert made[ISS_TENANT] in visible(tenant=TENANT)
+        assert made[ISS_INLINE] not in visible(tenant=TENANT)
+        assert made[ISS_INLINE] in visible(tenant=ISS_INLINE)
+        assert visible() == set()  # no tenant claim: only screenings made without a tenant
+        assert set(made.values()) <= visible(client_id="auditing-engine")

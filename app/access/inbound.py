@@ -30,7 +30,7 @@ from app.core.errors import Forbidden, NotAuthenticated, TooManyRequests
 from app.core.limits import is_id, printable
 from app.core.settings import Settings
 from app.store import audit
-from app.store.database import Store
+from app.store.database import ANY_TENANT, Store
 
 Permission = Literal["read", "create"]
 _SKEW = 30
@@ -50,6 +50,10 @@ class Principal:
     """The token's ``patient`` claim (SMART launch context), if any."""
     confined_to: str | None = None
     """``Patient/{id}`` when the request is confined to one patient (set by :func:`require`)."""
+    tenant: str | None = None
+    """The token's ``tenant`` claim: screenings it asks for carry it; it reads only those."""
+    across_tenants: bool = False
+    """Reads screenings of every tenant (``TRIALSCREEN_CROSS_TENANT_CLIENTS``, development)."""
 
     def may(self, resource: str, permission: Permission) -> bool:
         return not self.authenticated or bool(self._levels(resource, permission))
@@ -85,6 +89,15 @@ def reaches(who: Principal, patient_ref: str | None) -> bool:
     """Whether the caller may reach ``patient_ref`` (a request confined to one patient reaches
     that patient only)."""
     return who.confined_to is None or patient_ref == who.confined_to
+
+
+def tenant_filter(who: Principal) -> str | None:
+    """The tenant whose screenings the caller reads, or ``ANY_TENANT``."""
+    return ANY_TENANT if who.across_tenants or not who.authenticated else who.tenant
+
+
+def same_tenant(who: Principal, tenant: str | None) -> bool:
+    return who.across_tenants or not who.authenticated or tenant == who.tenant
 
 
 def confine(who: Principal, patient_ref: str | None) -> None:
@@ -143,12 +156,14 @@ class InboundVerifier:
         scope = claims.get("scope", claims.get("scp", ""))
         scopes = scope.split() if isinstance(scope, str) else [str(s) for s in scope or []]
         client = claims.get("client_id") or claims.get("azp") or claims.get("sub") or "unknown"
-        patient = claims.get("patient")
+        patient, tenant = claims.get("patient"), claims.get("tenant")
         return Principal(
             printable(str(client)),
             frozenset(scopes),
             authenticated=True,
             patient=patient if isinstance(patient, str) else None,
+            tenant=printable(tenant) if isinstance(tenant, str) else None,
+            across_tenants=str(client) in settings.cross_tenant_clients,
         )
 
     async def _key(self, kid: Any) -> jwt.PyJWK | None:

@@ -9,7 +9,13 @@ import orjson
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
-from app.access.inbound import confine, confined_search, reaches
+from app.access.inbound import (
+    confine,
+    confined_search,
+    reaches,
+    same_tenant,
+    tenant_filter,
+)
 from app.api.common import FHIR_JSON, Auditor, FhirResponse, Reader, SettingsDep
 from app.core import limits
 from app.core.errors import InvalidInput, NotFound
@@ -26,6 +32,8 @@ async def read_screening(screening_id: str, request: Request, who: Reader) -> Re
     limits.fhir_id(screening_id, "GuidanceResponse.id")
     store: Store = request.app.state.store
     row = await asyncio.to_thread(store.screening, screening_id)
+    if row is not None and not same_tenant(who, row.tenant):
+        row = None  # another tenant's screening does not exist for this caller
     refused = row is not None and not reaches(who, row.patient_ref)
     await audit.record(
         request,
@@ -73,7 +81,9 @@ async def search_screenings(
         limits.text_value(module, "module")
         trial_id = module.split("|")[0].rstrip("/").rsplit("/", 1)[-1]
     store: Store = request.app.state.store
-    total, rows = await asyncio.to_thread(store.screenings_for, subject, trial_id, offset, count)
+    total, rows = await asyncio.to_thread(
+        store.screenings_for, subject, trial_id, offset, count, tenant_filter(who)
+    )
     await audit.record(
         request,
         action="E",

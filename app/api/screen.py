@@ -1,6 +1,7 @@
 """``$screen``: one patient's record screened against one trial or every trial."""
 
 import asyncio
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -90,6 +91,7 @@ async def _screen(
             describe(evaluate(trial, fetched.record, as_of), fetched, settings, now, who.client_id)
             for trial in trials
         ]
+        screenings = [replace(s, tenant=who.tenant) for s in screenings]  # the caller's tenant
         done = audit.event(
             action="E",
             interaction="screen",

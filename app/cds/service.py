@@ -11,6 +11,7 @@ import asyncio
 import logging
 import time
 import uuid
+from dataclasses import replace
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -237,6 +238,12 @@ def _from_prefetch(
     return patient, parts, to_fetch
 
 
+def tenant_of(caller: Caller) -> str:
+    """The tenant a CDS client's screenings carry: the one configured for it, else the JWT's
+    tenant claim, else the issuer itself (each EHR its own tenant)."""
+    return caller.client.tenant or caller.tenant or caller.client.iss
+
+
 def _same_patient(
     patient_id: str, patient: Json | None, parts: list[tuple[Search, list[Json], str | None]]
 ) -> None:
@@ -309,17 +316,16 @@ async def _screen(
         screening = plausible(evaluate(trial, fetched.record, as_of))
         screening_id = ids[n] if ids else str(uuid.uuid4())
         shown = shows_card(screening, settings.cds_show_ineligible)
-        stored.append(
-            describe(
-                screening,
-                fetched,
-                settings,
-                now,
-                requested_by=f"cds:{caller.client.iss}",
-                card_uuid=card_uuid(screening_id) if shown or ids else None,
-                screening_id=screening_id,
-            )
+        issued = describe(
+            screening,
+            fetched,
+            settings,
+            now,
+            requested_by=f"cds:{caller.client.iss}",
+            card_uuid=card_uuid(screening_id) if shown or ids else None,
+            screening_id=screening_id,
         )
+        stored.append(replace(issued, tenant=tenant_of(caller)))
         if shown:
             base = settings.public_base_url.rstrip("/")
             cards.append(card(screening, screening_id, base, settings.canonical_base))

@@ -123,6 +123,10 @@ class Settings(BaseSettings):
     metrics_enabled: bool = True
     """Serve Prometheus metrics at GET /metrics. Turn off, or keep the path off the public
     proxy, in production: they show request rates and routes."""
+    cross_tenant_clients: tuple[str, ...] = ()
+    """Client ids (the token's client_id, azp or sub) that read screenings of every tenant;
+    every other token reads only its tenant's (its ``tenant`` claim; none: screenings made
+    without a tenant)."""
     docs_enabled: bool = True
     """Serve the interactive API docs at /docs and /redoc (development); /openapi.json stays."""
 

@@ -40,6 +40,9 @@ class StoredScreening(SQLModel, table=True):
     card_uuid: str | None = Field(default=None, index=True)
     guidance: bytes
     """The GuidanceResponse as issued (JSON)."""
+    tenant: str | None = Field(default=None, index=True)
+    """The tenant of the client that asked (a CDS client's, a token's tenant claim); None for
+    screenings asked for without one."""
 
 
 class StoredFeedback(SQLModel, table=True):
@@ -107,6 +110,11 @@ class NewScreening:
     record_digest: str
     requested_by: str
     card_uuid: str | None = None
+    tenant: str | None = None
+
+
+ANY_TENANT = "*"
+"""For :meth:`Store.screenings_for`: do not filter by tenant."""
 
 
 class Store:
@@ -152,6 +160,7 @@ class Store:
                         created=now,
                         card_uuid=s.card_uuid,
                         guidance=orjson.dumps(s.guidance),
+                        tenant=s.tenant,
                     )
                 )
 
@@ -178,10 +187,18 @@ class Store:
             return None if row is None else (row[0], row[1])
 
     def screenings_for(
-        self, patient_ref: str | None, trial_id: str | None, offset: int, count: int
+        self,
+        patient_ref: str | None,
+        trial_id: str | None,
+        offset: int,
+        count: int,
+        tenant: str | None = ANY_TENANT,
     ) -> tuple[int, list[bytes]]:
-        """(total, GuidanceResponses newest first) of the patient's screenings."""
+        """(total, GuidanceResponses newest first) of the patient's screenings; of one tenant's
+        only unless ``tenant`` is :data:`ANY_TENANT` (None: those made without a tenant)."""
         query = select(StoredScreening)
+        if tenant != ANY_TENANT:
+            query = query.where(StoredScreening.tenant == tenant)
         if patient_ref is not None:
             query = query.where(StoredScreening.patient_ref == patient_ref)
         if trial_id is not None:
