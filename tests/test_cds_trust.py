@@ -599,7 +599,7 @@ def test_readers_see_only_their_tenants_screenings(tmp_path: Any) -> None:
             search = client.get(
                 f"/fhir/GuidanceResponse?subject=Patient/{patient}", headers=headers
             )
-            found = {e["resource"]["id"] for e in search.json()["entry"]}
+            found = {e["resource"]["id"] for e in search.json().get("entry", [])}
             for iss, screening_id in made.items():
                 read = client.get(f"/fhir/GuidanceResponse/{screening_id}", headers=headers)
                 assert read.status_code == (200 if screening_id in found else 404), iss
