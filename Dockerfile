@@ -46,6 +46,7 @@ HEALTHCHECK --interval=30s --timeout=3s --start-period=10s --retries=3 \
 # One worker: the Prometheus metrics at /metrics are per process; scale with containers.
 # No access log: uvicorn's writes the raw path and query string, which may carry patient ids;
 # the service logs one JSON line per request with the route template instead.
-# Idle keep-alive connections close after 5 s; h11 refuses a request head over 16 KiB. uvicorn
-# has no timeout for a head sent slowly: the TLS proxy in front sets one (README, Operations).
-CMD ["uvicorn", "app.main:app", "--host", "0.0.0.0", "--port", "8000", "--workers", "1", "--no-access-log", "--timeout-keep-alive", "5", "--h11-max-incomplete-event-size", "16384"]
+# Idle keep-alive connections close after 5 s; h11 refuses a request head over 16 KiB; the
+# protocol of app/core/http_server.py closes a connection whose head is not in within
+# TRIALSCREEN_HEAD_TIMEOUT (10 s), which uvicorn alone does not bound.
+CMD ["uvicorn", "app.main:app", "--host", "0.0.0.0", "--port", "8000", "--workers", "1", "--no-access-log", "--timeout-keep-alive", "5", "--h11-max-incomplete-event-size", "16384", "--http", "app.core.http_server:HeadTimeoutProtocol"]

@@ -127,6 +127,8 @@ class Settings(BaseSettings):
     """Client ids (the token's client_id, azp or sub) that read screenings of every tenant;
     every other token reads only its tenant's (its ``tenant`` claim; none: screenings made
     without a tenant)."""
+    head_timeout: float = 10.0
+    """Seconds a client has to send a request's head (app/core/http_server.py; 0: no limit)."""
     docs_enabled: bool = True
     """Serve the interactive API docs at /docs and /redoc (development); /openapi.json stays."""
 
