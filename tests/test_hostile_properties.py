@@ -5,11 +5,13 @@ a 5xx, always get an answer JSON can carry (a valid R4 GuidanceResponse when scr
 Each example damages a record that meets every computable criterion (the golden baseline): a
 field of a resource replaced by a value of the wrong type, a huge or non-finite-looking number,
 a date at the ends of the calendar, a control character, an overlong string; a Bundle's link or
-entry replaced by junk. Bounded and repeatable for CI: derandomized, no example database.
+entry replaced by junk. Posted records and prefetches are screened on SQLite and on PostgreSQL.
+Bounded and repeatable for CI: derandomized, no example database.
 """
 
 import asyncio
 import copy
+import secrets
 from collections.abc import Iterator
 from datetime import UTC, date, datetime
 from typing import Any
@@ -29,6 +31,7 @@ from app.ehr.record_source import EhrRecordSource
 from app.engine import Eligibility, evaluate
 from app.fhir_io.report import guidance_response
 from app.main import create_app
+from tests import postgres
 from tests.mock_ehr import BASE, MockEhr
 from tests.test_api import SCREEN, parameters, validate_r4
 from tests.test_hostile_input import baseline_bundle
@@ -113,10 +116,22 @@ def _resources(bundle: Json) -> list[Json]:
 BASELINE = baseline_bundle()
 
 
-@pytest.fixture(scope="module")
-def app_client() -> Iterator[TestClient]:
-    with TestClient(create_app(Settings(allow_unauthenticated=True))) as client:
-        yield client
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def app_client(request: pytest.FixtureRequest) -> Iterator[TestClient]:
+    """The service on SQLite (the test session's file) or on a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        with TestClient(create_app(Settings(allow_unauthenticated=True))) as client:
+            yield client
+        return
+    url = postgres.create_database(
+        request.getfixturevalue("postgres_url"), f"props_{secrets.token_hex(6)}"
+    )
+    try:
+        settings = Settings(allow_unauthenticated=True, database_url=url)
+        with TestClient(create_app(settings)) as client:
+            yield client
+    finally:
+        postgres.drop_database(url)
 
 
 def _eligibility(guidance: Json) -> str:
