@@ -252,3 +252,38 @@ def test_the_refusal_limit_is_per_address(store_url: str) -> None:
             429,
         ]
         assert two.get("/fhir/GuidanceResponse/x").status_code == 401
+
+
+@pytest.mark.parametrize(
+    "patient",
+    [
+        {"id": "a\x00b"},
+        {"id": "p" * 9000},
+        {"id": "line\nbreak"},
+    ],
+    ids=["nul", "9000 characters", "newline"],
+)
+def test_a_posted_patient_id_that_cannot_be_stored_is_400(
+    hardened: tuple[TestClient, Store], patient: dict[str, Any]
+) -> None:
+    client, store = hardened
+    bundle = baseline_bundle()
+    bundle["entry"][0]["resource"] |= patient
+    headers = bearer(token("system/GuidanceResponse.write"))
+    response = client.post(SCREEN, json=parameters(bundle), headers=headers)
+    assert response.status_code == 400, response.text
+    assert store.screenings_for(None, None, 0, 10)[0] == 0
+    assert "\x00" not in stored_text(store)
+
+
+def test_a_patient_without_id_is_cited_by_a_bounded_full_url(
+    hardened: tuple[TestClient, Store],
+) -> None:
+    client, _ = hardened
+    bundle = baseline_bundle()
+    del bundle["entry"][0]["resource"]["id"]
+    headers = bearer(token("system/GuidanceResponse.write"))
+    bundle["entry"][0]["fullUrl"] = "urn:uuid:" + "0" * 2000
+    assert client.post(SCREEN, json=parameters(bundle), headers=headers).status_code == 400
+    bundle["entry"][0]["fullUrl"] = "urn:uuid:5b0c6d1e-4a35-4d0e-9e1b-7f0a2f4b8c11"
+    assert client.post(SCREEN, json=parameters(bundle), headers=headers).status_code == 200

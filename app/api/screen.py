@@ -19,6 +19,7 @@ from app.api.common import (
 )
 from app.api.screen_request import parse_screen_request
 from app.catalog.loader import Catalog
+from app.core import limits
 from app.core.errors import InvalidInput, TrialscreenError
 from app.core.settings import Settings, zone_of
 from app.ehr.record_source import FetchedRecord, RecordSource
@@ -86,6 +87,8 @@ async def _screen(
             source: RecordSource = request.app.state.record_source
             fetched = await source.fetch(parsed.patient_id, as_of)
         patient = fetched.record.patient.ref or patient
+        if patient:  # stored and indexed: bounded, no control characters
+            limits.text_value(patient, "the Patient's id or fullUrl", limits.MAX_REFERENCE)
         confine(who, patient)
         screenings = [
             describe(evaluate(trial, fetched.record, as_of), fetched, settings, now, who.client_id)

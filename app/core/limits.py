@@ -17,6 +17,9 @@ PATIENT_REFERENCE = re.compile(r"Patient/[A-Za-z0-9\-.]{1,64}")
 CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 MAX_VALUE = 1024
 """Longest search value, canonical URL or header value served (characters)."""
+MAX_REFERENCE = 512
+"""Longest patient reference stored (a Patient/{id}, or the fullUrl of a Patient without id):
+indexed, and PostgreSQL's index rows hold about 2.7 KB."""
 MAX_PATH = 2048
 MAX_QUERY = 4096
 MAX_HEADER = 8192
