@@ -31,6 +31,7 @@ from app.core.settings import Settings, get_settings
 from app.demo import DEMO_PATIENTS
 from app.ehr.connection import ehr_auth, ehr_http_client, ehr_record_source, fetch_plan
 from app.ehr.record_source import DemoRecordSource
+from app.ehr.terminology import TerminologyServer
 from app.store.database import Store
 
 log = logging.getLogger("trialscreen")
@@ -83,6 +84,11 @@ def create_app(
                     DemoRecordSource(DEMO_PATIENTS)
                     if settings.ehr_base_url is None
                     else ehr_record_source(settings, plan, http)
+                )
+                app.state.terminology = (
+                    TerminologyServer(settings.terminology_url, settings.terminology_budget, http)
+                    if settings.terminology_url
+                    else None
                 )
                 yield
                 for task in list(background):

@@ -105,6 +105,36 @@ BROKEN: list[tuple[str, Callable[[dict[str, Any]], None], str]] = [
         lambda d: _check(d, "I7.anc").update(id="I6.anc"),
         "start with",
     ),
+    (
+        "room-air rule with an unknown code set",
+        lambda d: _check(d, "I7.spo2")["room_air"].update(codes="on_air"),
+        "unknown code set 'on_air'",
+    ),
+    (
+        "supplemental oxygen in a unit its analyte does not convert",
+        lambda d: _check(d, "I7.spo2")["room_air"]["supplemental_oxygen"][1].update(unit="%"),
+        "'inspired_oxygen_flow' is not an analyte in '%'",
+    ),
+    (
+        "review_not_met on a group that is not 'any'",
+        lambda d: _check(d, "I7.coagulation").update(check="all"),
+        "review_not_met is for 'any' groups",
+    ),
+    (
+        "negative_codes on a finding that is not coded",
+        lambda d: _check(d, "I5.ana").update(negative_codes="not_pregnant"),
+        "negative_codes only with finding: coded",
+    ),
+    (
+        "unknown negative_codes",
+        lambda d: _check(d, "E4.pregnancy_status").update(negative_codes="not_expecting"),
+        "unknown code set 'not_expecting'",
+    ),
+    (
+        "a single reading is not 'repeated'",
+        lambda d: _check(d, "I7.hb").update(repeated=1),
+        "repeated",
+    ),
 ]
 
 

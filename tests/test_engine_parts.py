@@ -84,5 +84,7 @@ def test_unit_conversions(catalog: Catalog) -> None:
     assert analytes["creatinine"].to_canonical(88.4, "umol/L") == pytest.approx(1.0, rel=1e-3)
     assert analytes["bilirubin_total"].to_canonical(34.2, "umol/L") == pytest.approx(2.0, rel=1e-3)
     assert analytes["lvef"].to_canonical(0.45, "1") == pytest.approx(45)
-    assert analytes["hemoglobin"].to_canonical(8.0, "g/dl") is None  # UCUM is case-sensitive
+    # UCUM by meaning: "l" and "L" are both the litre (issue 10), a non-UCUM unit is refused
+    assert analytes["hemoglobin"].to_canonical(8.0, "g/dl") == pytest.approx(80)
+    assert analytes["hemoglobin"].to_canonical(8.0, "G/DL") is None
     assert analytes["sledai_2k"].to_canonical(8, "") == 8  # valueInteger, no unit

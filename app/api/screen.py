@@ -23,6 +23,7 @@ from app.core import limits
 from app.core.errors import InvalidInput, TrialscreenError
 from app.core.settings import Settings, zone_of
 from app.ehr.record_source import FetchedRecord, RecordSource
+from app.ehr.terminology import recognised
 from app.engine import evaluate
 from app.fhir_io.bundle_reader import read_bundle, record_digest
 from app.screening.issued import describe
@@ -90,9 +91,10 @@ async def _screen(
         if patient:  # stored and indexed: bounded, no control characters
             limits.text_value(patient, "the Patient's id or fullUrl", limits.MAX_REFERENCE)
         confine(who, patient)
+        terminology = getattr(request.app.state, "terminology", None)
         screenings = [
-            describe(evaluate(trial, fetched.record, as_of), fetched, settings, now, who.client_id)
-            for trial in trials
+            describe(evaluate(known, fetched.record, as_of), fetched, settings, now, who.client_id)
+            for known in [await recognised(terminology, t, fetched.record) for t in trials]
         ]
         screenings = [replace(s, tenant=who.tenant) for s in screenings]  # the caller's tenant
         done = audit.event(

@@ -5,6 +5,7 @@ protocol order, ranges and windows are not contradictory.
 Run as ``python -m app.catalog`` to lint the files (exit status 1 on the first problem).
 """
 
+import json
 import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ import yaml
 from pydantic import ValidationError
 
 from app.catalog.mappings import (
+    WHO_MAX_LEN,
     Analyte,
     AnalyteSpec,
     CodeMatcher,
@@ -25,7 +27,12 @@ from app.catalog.mappings import (
     Ingredient,
     Mappings,
     MedicationsSpec,
+    Route,
+    RoutesSpec,
     StrictSpec,
+    TermMatcher,
+    ValueSet,
+    ValueSetFile,
 )
 from app.catalog.schema import (
     AgeCheck,
@@ -136,6 +143,51 @@ def _code_set_files(directory: Path) -> list[Path]:
     return [directory / f"{n}.yaml" for n in ("conditions", "procedures", "vaccines", "results")]
 
 
+def _load_json(path: Path) -> Any:
+    try:
+        with path.open(encoding="utf-8") as handle:
+            return json.load(handle)
+    except (OSError, ValueError) as exc:
+        raise CatalogError(f"{path}: {exc}") from exc
+
+
+def load_value_sets(directory: Path, systems: dict[str, str]) -> dict[str, ValueSet]:
+    """Every checked-in expansion under ``directory`` (``<id>.json``), codes resolved to URIs."""
+    out: dict[str, ValueSet] = {}
+    for path in sorted(directory.glob("*.json")) if directory.is_dir() else []:
+        spec: ValueSetFile = _parse(ValueSetFile, _load_json(path), str(path))
+        if path.stem != spec.id:
+            raise CatalogError(f"{path}: file name must be the value set id {spec.id}.json")
+        codes: list[tuple[str, str, str]] = []
+        for entry in spec.codes:
+            parts = entry.split("|", 2)
+            if len(parts) != 3 or not parts[1]:
+                raise CatalogError(f"{path}: {entry!r} is not system|code|display")
+            if parts[0] not in systems:
+                raise CatalogError(f"{path}: unknown system {parts[0]!r} (see systems.yaml)")
+            codes.append((systems[parts[0]], parts[1], parts[2]))
+        out[spec.id] = ValueSet(spec, tuple(codes))
+    short = {uri: name for name, uri in systems.items()}
+    for vs in out.values():
+        parent, rule = vs.spec.subset_of, vs.spec.select
+        if parent is None or rule is None:
+            continue
+        if parent not in out:
+            raise CatalogError(f"valuesets/{vs.spec.id}.json: subset of unknown {parent!r}")
+        missing = set(vs.codes) - set(out[parent].codes)
+        if missing:
+            raise CatalogError(
+                f"valuesets/{vs.spec.id}.json: codes not in {parent}: {sorted(missing)[:5]}"
+            )
+        selected = {c for c in out[parent].codes if rule.selects(short[c[0]], c[2])}
+        if selected != set(vs.codes):
+            raise CatalogError(
+                f"valuesets/{vs.spec.id}.json: its rule does not select exactly its codes "
+                f"(rebuild with build.py): {sorted(selected ^ set(vs.codes))[:5]}"
+            )
+    return out
+
+
 def load_mappings(directory: Path, canonical_base: str) -> Mappings:
     systems_raw = load_yaml(directory / "systems.yaml")
     if not isinstance(systems_raw, dict):
@@ -150,15 +202,49 @@ def load_mappings(directory: Path, canonical_base: str) -> Mappings:
             raise CatalogError(f"{where}: unknown system {row.system!r} (see systems.yaml)")
         return systems[row.system]
 
-    def matcher(rows: Iterable[CodeRow], excluded: Iterable[CodeRow], where: str) -> CodeMatcher:
-        def split(rs: Iterable[CodeRow]) -> tuple[frozenset[tuple[str, str]], tuple[Any, ...]]:
-            rs = tuple(rs)
-            exact = frozenset((uri(r, where), r.code) for r in rs if r.match == "exact")
-            prefixes = tuple((uri(r, where), r.code) for r in rs if r.match == "prefix")
-            return exact, prefixes
+    value_sets = load_value_sets(directory / "valuesets", systems)
+    who, icd10cm = systems.get("icd10"), systems.get("icd10cm")
 
-        exact, prefixes = split(rows)
-        ex_exact, ex_prefixes = split(excluded)
+    def expanded(names: Iterable[str], where: str) -> tuple[ValueSet, ...]:
+        out = []
+        for name in names:
+            if name not in value_sets:
+                raise CatalogError(
+                    f"{where}: unknown value set {name!r} (fhir_mappings/valuesets/)"
+                )
+            out.append(value_sets[name])
+        return tuple(out)
+
+    def keys(
+        rows: tuple[CodeRow, ...], sets: Iterable[ValueSet], where: str
+    ) -> tuple[frozenset[tuple[str, str]], tuple[tuple[str, str], ...]]:
+        exact: set[tuple[str, str]] = {(s, c) for vs in sets for s, c, _ in vs.codes}
+        prefixes: list[tuple[str, str]] = []
+        for r in rows:
+            (exact.add if r.match == "exact" else prefixes.append)((uri(r, where), r.code))
+        # WHO ICD-10 reads the ICD-10-CM entries of WHO length (README: "WHO ICD-10"); an exact
+        # ICD-10-CM category without subdivisions (B20, F05) stands for WHO's subdivisions of it.
+        no_twin = {r.code for r in rows if r.system == "icd10cm" and not r.who}
+        if who is not None and icd10cm is not None:
+            twins = [
+                (c, kind)
+                for kind, pairs in (("exact", exact), ("prefix", prefixes))
+                for s, c in list(pairs)
+                if s == icd10cm and len(c) <= WHO_MAX_LEN and c not in no_twin
+            ]
+            exact |= {(who, c) for c, kind in twins if kind == "exact" and len(c) > 3}
+            prefixes += [(who, c) for c, kind in twins if kind == "prefix" or len(c) == 3]
+        return frozenset(exact), tuple(prefixes)
+
+    def matcher(
+        rows: tuple[CodeRow, ...],
+        excluded: tuple[CodeRow, ...],
+        where: str,
+        sets: Iterable[ValueSet] = (),
+        excluded_sets: Iterable[ValueSet] = (),
+    ) -> CodeMatcher:
+        exact, prefixes = keys(rows, sets, where)
+        ex_exact, ex_prefixes = keys(excluded, excluded_sets, where)
         return CodeMatcher(exact, prefixes, ex_exact, ex_prefixes)
 
     code_sets: dict[str, CodeSet] = {}
@@ -169,12 +255,18 @@ def load_mappings(directory: Path, canonical_base: str) -> Mappings:
             if name in code_sets:
                 raise CatalogError(f"{where}: code set name already defined in another file")
             spec: CodeSetSpec = _parse(CodeSetSpec, body, where)
+            included = expanded(spec.value_sets, where)
+            removed = expanded(spec.exclude_value_sets, where)
             code_sets[name] = CodeSet(
                 name=name,
                 description=spec.description,
                 rows=spec.codes,
-                matcher=matcher(spec.codes, spec.exclude, where),
+                matcher=matcher(spec.codes, spec.exclude, where, included, removed),
                 strings=frozenset(s.lower() for s in spec.strings),
+                value_sets=included,
+                excluded_rows=spec.exclude,
+                excluded_value_sets=removed,
+                terms=TermMatcher.of(spec.terms, spec.codes),
             )
 
     analytes: dict[str, Analyte] = {}
@@ -218,10 +310,22 @@ def load_mappings(directory: Path, canonical_base: str) -> Mappings:
             name, cls.description, frozenset(cls.ingredients), cls.atc_prefixes
         )
 
+    routes: dict[tuple[str, str], Route] = {}
+    if (directory / "routes.yaml").exists():
+        spec_routes: RoutesSpec = _parse(
+            RoutesSpec, {"routes": load_yaml(directory / "routes.yaml")}, "routes.yaml"
+        )
+        for route, rows in spec_routes.routes.items():
+            for row in rows:
+                key = (uri(row, f"routes.yaml:{route}"), row.code)
+                if routes.get(key, route) != route:
+                    raise CatalogError(f"routes.yaml:{route}: {row.code} is already {routes[key]}")
+                routes[key] = route
+
     clash = set(code_sets) & (set(analytes) | set(classes))
     if clash:
         raise CatalogError(f"names used twice across mapping files: {sorted(clash)}")
-    return Mappings(systems, code_sets, analytes, ingredients, classes, by_code)
+    return Mappings(systems, code_sets, analytes, ingredients, classes, by_code, routes, value_sets)
 
 
 def _check_engine_names(mappings: Mappings) -> None:
@@ -270,8 +374,10 @@ def _check_problems(check: Check, criterion_id: str, seen: set[str], m: Mappings
         for child in check.checks:
             if not child.id.startswith(f"{check.id}."):
                 yield f"{child.id}: nested ids start with their group id ({check.id}.)"
+        if check.review_not_met and check.check != "any":
+            yield f"{where}: review_not_met is for 'any' groups"
     if isinstance(check, ConditionCheck | ProcedureCheck | ImmunizationCheck):
-        excepted = check.except_codes if isinstance(check, ConditionCheck) else ()
+        excepted = check.except_codes if not isinstance(check, ImmunizationCheck) else ()
         for name in (*check.codes, *excepted):
             if name not in m.code_sets:
                 yield f"{where}: unknown code set {name!r}"
@@ -301,12 +407,20 @@ def _check_problems(check: Check, criterion_id: str, seen: set[str], m: Mappings
                 yield f"{where}: percent_of.percent names an analyte reported in %"
             if total is None or total.unit not in analyte.factors:
                 yield f"{where}: percent_of.total must convert to {analyte.name}'s units"
+        if check.room_air is not None:
+            if check.room_air.codes not in m.code_sets:
+                yield f"{where}: unknown code set {check.room_air.codes!r}"
+            for oxygen in check.room_air.supplemental_oxygen:
+                o2 = m.analytes.get(oxygen.analyte)
+                if o2 is None or oxygen.unit not in o2.factors:
+                    yield f"{where}: {oxygen.analyte!r} is not an analyte in {oxygen.unit!r}"
     if isinstance(check, LabFindingCheck):
         for name in check.analytes:
             if name not in m.analytes:
                 yield f"{where}: unknown analyte {name!r}"
-        if check.result_codes is not None and check.result_codes not in m.code_sets:
-            yield f"{where}: unknown code set {check.result_codes!r}"
+        for codes in (check.result_codes, check.negative_codes):
+            if codes is not None and codes not in m.code_sets:
+                yield f"{where}: unknown code set {codes!r}"
     if isinstance(check, CreatinineClearanceCheck) and check.value <= 0:
         yield f"{where}: a clearance threshold is positive"
     if isinstance(check, AgeCheck):

@@ -6,9 +6,12 @@ keys, unknown system names, duplicate names, empty sets and analytes without the
 fail with a :class:`CatalogError` naming the file and entry.
 """
 
+import math
+import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, field, replace
+from functools import lru_cache
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -31,6 +34,8 @@ class CodeRow(StrictSpec):
     strength_mg: float | None = Field(default=None, gt=0)
     per: Literal["mL"] | None = None
     route: Route | None = None
+    # ICD-10-CM rows only: also read for a WHO ICD-10 coding (rows of at most 5 characters)
+    who: bool = True
 
     @model_validator(mode="after")
     def _explained(self) -> "CodeRow":
@@ -43,9 +48,75 @@ class CodeRow(StrictSpec):
 
 class CodeSetSpec(StrictSpec):
     description: str
-    codes: tuple[CodeRow, ...] = Field(min_length=1)
+    codes: tuple[CodeRow, ...] = ()
+    value_sets: tuple[str, ...] = ()
+    """Ids of checked-in expansions (``fhir_mappings/valuesets/<id>.json``) whose codes belong to
+    the set, beside the hand-listed ``codes``."""
     exclude: tuple[CodeRow, ...] = ()
+    exclude_value_sets: tuple[str, ...] = ()
+    """Ids of checked-in expansions whose codes are removed (like ``exclude`` rows)."""
     strings: tuple[str, ...] = ()
+    terms: tuple[str, ...] = ()
+    """Words that name the concept in a resource's text or coding displays (synonyms,
+    abbreviations). Matched whole-word and case-insensitively by :class:`TermMatcher`; a hit on an
+    entry the codes do not recognise sends the check to review, never to a definite answer."""
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> "CodeSetSpec":
+        if not self.codes and not self.value_sets:
+            raise ValueError("a code set lists codes or value sets")
+        return self
+
+
+class ValueSetSource(StrictSpec):
+    repository: str
+    path: str
+    commit: str = Field(pattern=r"^[0-9a-f]{40}$")
+
+
+class SubsetRule(StrictSpec):
+    """How a subset was selected from its parent: display matches ``match`` and not ``unless``
+    (Python regexes, case-insensitive), in ``systems`` (short names; empty = any)."""
+
+    match: str
+    unless: str = ""
+    systems: tuple[str, ...] = ()
+
+    def selects(self, system: str, display: str) -> bool:
+        if self.systems and system not in self.systems:
+            return False
+        if not re.search(self.match, display, re.IGNORECASE):
+            return False
+        return not (self.unless and re.search(self.unless, display, re.IGNORECASE))
+
+
+class ValueSetFile(StrictSpec):
+    """One checked-in value set expansion (``fhir_mappings/valuesets/<id>.json``).
+
+    Either a published expansion (``source`` says where it was read, ``url``/``version`` what it
+    is) or a documented subset of one (``subset_of`` + ``rule``) used to exclude codes."""
+
+    id: str
+    url: str
+    name: str
+    title: str = ""
+    version: str
+    expansion_timestamp: str
+    source: ValueSetSource | None = None
+    subset_of: str | None = None
+    rule: str = ""
+    select: SubsetRule | None = None
+    """The subset's rule in machine-readable form (applied to codes a terminology server adds)."""
+    codes: tuple[str, ...] = Field(min_length=1)
+    """``system|code|display`` with the short system names of systems.yaml."""
+
+    @model_validator(mode="after")
+    def _provenance(self) -> "ValueSetFile":
+        if (self.source is None) == (self.subset_of is None):
+            raise ValueError("a value set names its source, or the value set it is a subset of")
+        if self.subset_of is not None and (not self.rule or self.select is None):
+            raise ValueError("a subset says by which rule it was selected")
+        return self
 
 
 class AnalyteSpec(StrictSpec):
@@ -91,31 +162,118 @@ class DrugClassSpec(StrictSpec):
         return self
 
 
+class RoutesSpec(StrictSpec):
+    """routes.yaml: route name -> the route codes (SNOMED CT and HL7 v3) that mean it."""
+
+    routes: dict[Route, tuple[CodeRow, ...]]
+
+
 class MedicationsSpec(StrictSpec):
     ingredients: dict[str, IngredientSpec]
     classes: dict[str, DrugClassSpec]
 
 
+ICD10CM = "http://hl7.org/fhir/sid/icd-10-cm"
+ICD10_WHO = "http://hl7.org/fhir/sid/icd-10"
+ICD_SYSTEMS = frozenset({ICD10CM, ICD10_WHO})
+WHO_MAX_LEN = 5
+"""WHO ICD-10 codes have at most four characters plus the dot (``I50.9``): an ICD-10-CM row that
+short is read for a WHO ICD-10 coding too (see fhir_mappings/README.md, "WHO ICD-10")."""
+
+
+def icd_code(code: str) -> str:
+    """An ICD-10 / ICD-10-CM code as the code sets write it: upper case, dot after the category
+    (``i509`` -> ``I50.9``), without the WHO dagger/asterisk marks (``G01*`` -> ``G01``)."""
+    c = code.strip().upper().rstrip("*†+!")
+    if len(c) > 3 and "." not in c:
+        c = f"{c[:3]}.{c[3:]}"
+    return c
+
+
 @dataclass(frozen=True, slots=True)
 class CodeMatcher:
-    """Membership test for codings: exact (system, code) pairs and code prefixes per system."""
+    """Membership test for codings: exact (system, code) pairs and code prefixes per system.
+    ICD-10(-CM) codes are normalised first (:func:`icd_code`)."""
 
     exact: frozenset[tuple[str, str]]
     prefixes: tuple[tuple[str, str], ...]
     excluded_exact: frozenset[tuple[str, str]] = frozenset()
     excluded_prefixes: tuple[tuple[str, str], ...] = ()
 
-    def matches(self, system: str, code: str) -> bool:
-        if (system, code) in self.excluded_exact or any(
+    def excluded(self, system: str, code: str) -> bool:
+        """Whether an exclusion row removes the code (whatever includes it)."""
+        if system in ICD_SYSTEMS:
+            code = icd_code(code)
+        return (system, code) in self.excluded_exact or any(
             s == system and code.startswith(p) for s, p in self.excluded_prefixes
-        ):
+        )
+
+    def matches(self, system: str, code: str) -> bool:
+        if self.excluded(system, code):
             return False
+        if system in ICD_SYSTEMS:
+            code = icd_code(code)
         if (system, code) in self.exact:
             return True
         return any(s == system and code.startswith(p) for s, p in self.prefixes)
 
     def matches_any(self, codings: Iterable[tuple[str, str]]) -> bool:
         return any(self.matches(s, c) for s, c in codings)
+
+    def excludes_any(self, codings: Iterable[tuple[str, str]]) -> bool:
+        """Whether a coding is on the set's ``exclude`` list: known, and known not to count."""
+        return any(
+            (s, c) in self.excluded_exact
+            or any(s == es and c.startswith(p) for es, p in self.excluded_prefixes)
+            for s, c in codings
+        )
+
+
+_SEMANTIC_TAG = re.compile(
+    r"\s*\((disorder|finding|procedure|situation|event|morphologic abnormality)\)\s*$"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class TermMatcher:
+    """Whole-word, case-insensitive search for any of a list of terms in free text. A term's
+    own spaces match any run of whitespace or hyphens ("non invasive" finds "non-invasive");
+    word boundaries keep "CVA" out of "CVAD" and "TB" out of "TBD"."""
+
+    terms: tuple[str, ...]
+    _pattern: "re.Pattern[str] | None" = field(default=None, compare=False, repr=False)
+
+    @classmethod
+    def of(cls, terms: Iterable[str], rows: Iterable[CodeRow] = ()) -> "TermMatcher":
+        """The terms, plus each row's display without its SNOMED semantic tag: a code replaced
+        by its own display is still recognised as naming the concept."""
+        displays = (_SEMANTIC_TAG.sub("", r.display) for r in rows if r.display)
+        terms = tuple(dict.fromkeys(t.strip() for t in (*terms, *displays) if t.strip()))
+        if not terms:
+            return cls(())
+        words = sorted(
+            (r"[\s\-]+".join(re.escape(w) for w in t.split()) for t in terms), key=len, reverse=True
+        )
+        pattern = re.compile(r"(?<![\w])(?:" + "|".join(words) + r")(?![\w])", re.IGNORECASE)
+        return cls(terms, pattern)
+
+    def first_in(self, labels: Iterable[str]) -> str | None:
+        """The first term found in any of the labels, as written there; None if none."""
+        if self._pattern is None:
+            return None
+        for label in labels:
+            found = self._pattern.search(label)
+            if found:
+                return found.group(0)
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class ValueSet:
+    """A checked-in expansion, its codes resolved to (system URI, code, display)."""
+
+    spec: ValueSetFile
+    codes: tuple[tuple[str, str, str], ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +283,17 @@ class CodeSet:
     rows: tuple[CodeRow, ...]
     matcher: CodeMatcher
     strings: frozenset[str]
+    value_sets: tuple[ValueSet, ...] = ()
+    excluded_rows: tuple[CodeRow, ...] = ()
+    excluded_value_sets: tuple[ValueSet, ...] = ()
+    terms: TermMatcher = TermMatcher(())
+
+    def entries(self, systems: Mapping[str, str]) -> frozenset[tuple[str, str, str]]:
+        """(system URI, code, match) of every entry, exclusions applied: hand rows (a prefix row
+        is one entry) plus the expansions' codes. WHO ICD-10 twins are not counted."""
+        out = {(s, c, "exact") for vs in self.value_sets for s, c, _ in vs.codes}
+        out |= {(systems[r.system], r.code, r.match) for r in self.rows}
+        return frozenset(e for e in out if e[2] == "prefix" or self.matcher.matches(e[0], e[1]))
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,16 +306,70 @@ class Analyte:
     factors: Mapping[str, float]
     panel_codes: tuple[tuple[str, str], ...] = ()
 
+    def factor(self, unit: str) -> float | None:
+        """The factor from ``unit`` to the canonical unit, by UCUM meaning: a listed unit as
+        written, else a listed unit the UCUM expression converts to exactly (``g/dl`` = ``g/dL``,
+        ``{cells}/uL`` = ``/uL``, ``10*3/mm3`` = ``10*3/uL``, ``mg/L`` from ``mg/dL``). None when
+        the unit is unknown, not valid UCUM, of another dimension (a molar unit where only mass
+        units are listed) or carries an annotation the listed units do not (``mL/min/{1.73_m2}``
+        is not ``mL/min``). Dimensionless analytes (scores, ratios) only take their units as
+        written."""
+        factor = self.factors.get(unit)
+        if factor is not None:
+            return factor
+        if self.unit is None:
+            return None
+        if _dimensionless(self.unit):
+            return 1.0 if unit == "" else None  # a score or ratio sent as valueInteger / unitless
+        for listed, listed_factor in self.factors.items():
+            ratio = ucum_ratio(unit, listed)
+            if ratio is not None:
+                return ratio * listed_factor
+        return None
+
     def to_canonical(self, value: float, unit: str) -> float | None:
         """The value in the canonical unit; None when this analyte does not accept the unit."""
-        factor = self.factors.get(unit)
-        if factor is None and unit == "" and self.unit is not None and _dimensionless(self.unit):
-            factor = 1.0  # a score or ratio sent as valueInteger / without a unit
+        factor = self.factor(unit)
         return None if factor is None else value * factor
 
 
 def _dimensionless(ucum: str) -> bool:
     return ucum == "1" or (ucum.startswith("{") and ucum.endswith("}"))
+
+
+_COUNT_ANNOTATIONS = frozenset({"{cells}", "{cell}", "{#}", "{count}", "{rbc}", "{wbc}"})
+"""Annotations that only say what is counted: ``{cells}/uL`` means ``/uL``."""
+_ANNOTATION = re.compile(r"\{[^}]*\}")
+
+
+def _annotations(ucum: str) -> frozenset[str]:
+    return frozenset(a.lower() for a in _ANNOTATION.findall(ucum)) - _COUNT_ANNOTATIONS
+
+
+@lru_cache(maxsize=1)
+def _ucum_registry() -> Any:
+    from ucumvert import PintUcumRegistry  # type: ignore[import-untyped]
+
+    return PintUcumRegistry()
+
+
+@lru_cache(maxsize=4096)
+def ucum_ratio(unit: str, target: str) -> float | None:
+    """How many ``target`` one ``unit`` is, when both are valid UCUM of the same dimension and
+    carry the same annotations (other than count annotations); None otherwise. Parsed with
+    ``ucumvert`` (UCUM grammar, offline)."""
+    if not unit or _annotations(unit) != _annotations(target):
+        return None
+    try:
+        registry = _ucum_registry()
+        source = registry.from_ucum(_ANNOTATION.sub("", unit) or "1")
+        goal = registry.from_ucum(_ANNOTATION.sub("", target) or "1")
+        if source.dimensionality != goal.dimensionality:
+            return None
+        ratio = float((1 * source).to(goal).magnitude)
+    except Exception:
+        return None
+    return ratio if math.isfinite(ratio) and ratio > 0 else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,6 +397,28 @@ class Mappings:
     drug_classes: Mapping[str, DrugClass]
     ingredient_by_code: Mapping[tuple[str, str], str]
     """(system URI, code) of an ingredient or any of its products -> ingredient name."""
+    routes: Mapping[tuple[str, str], Route] = field(default_factory=dict)
+    """(system URI, code) of a route of administration (SNOMED CT, HL7 v3) -> route name."""
+    value_sets: Mapping[str, ValueSet] = field(default_factory=dict)
+    """Every checked-in expansion by id (fhir_mappings/valuesets/)."""
+
+    def with_codes(self, learned: Mapping[str, frozenset[tuple[str, str]]]) -> "Mappings":
+        """These mappings with more exact (system URI, code) members in the named code sets (codes
+        a terminology server placed in their value sets). Exclusions still win."""
+        code_sets = dict(self.code_sets)
+        for name, codes in learned.items():
+            cs = code_sets[name]
+            matcher = replace(cs.matcher, exact=cs.matcher.exact | codes)
+            code_sets[name] = replace(cs, matcher=matcher)
+        return replace(self, code_sets=code_sets)
+
+    def route_of(self, codings: Iterable[tuple[str, str]]) -> Route | None:
+        """The route named by the first recognised coding; None when none is recognised."""
+        for coding in codings:
+            route = self.routes.get(coding)
+            if route is not None:
+                return route
+        return None
 
     def ingredient_of(self, codings: Iterable[tuple[str, str]]) -> str | None:
         for coding in codings:

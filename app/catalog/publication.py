@@ -4,10 +4,10 @@ ResearchStudy, PlanDefinition (the criteria, one action per criterion), ValueSet
 CodeSystem (SLE activity scores) and CapabilityStatement.
 """
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
-from app.catalog.mappings import CodeSet, Mappings
+from app.catalog.mappings import CodeRow, CodeSet, Mappings, ValueSet
 from app.catalog.schema import (
     AllergyCheck,
     Check,
@@ -151,32 +151,16 @@ def _requirements(check: Check, m: Mappings, base: str) -> Iterator[Json]:
 
 
 def value_set(code_set: CodeSet, m: Mappings, base: str) -> Json:
-    """A code set as an R4 ValueSet: exact codes as concepts, prefixes as regex filters."""
-    by_system: dict[str, list[Json]] = {}
-    includes: list[Json] = []
-    for row in code_set.rows:
-        system = m.systems[row.system]
-        if row.match == "prefix":
-            includes.append(
-                {
-                    "system": system,
-                    "filter": [
-                        {
-                            "property": "code",
-                            "op": "regex",
-                            "value": _regex_prefix(row.code),
-                        }
-                    ],
-                }
-            )
-        else:
-            concept: Json = {"code": row.code}
-            if row.display:
-                concept["display"] = row.display
-            by_system.setdefault(system, []).append(concept)
-    includes = [{"system": s, "concept": c} for s, c in by_system.items()] + includes
-    compose: Json = {"include": includes}
-    return {
+    """A code set as an R4 ValueSet. ``compose`` says what it is made of: the published value sets
+    it includes (by canonical URL; checked-in expansions, fhir_mappings/valuesets/), hand-listed
+    exact codes as concepts, ICD-10 prefixes as regex filters, and what it excludes. A set built
+    on published value sets also carries its ``expansion``: every enumerable code (the included
+    expansions and exact codes, exclusions applied); prefix rows stay filters in ``compose``."""
+    compose: Json = {"include": _compose(code_set.rows, code_set.value_sets, m)}
+    excluded = _compose(code_set.excluded_rows, code_set.excluded_value_sets, m)
+    if excluded:
+        compose["exclude"] = excluded
+    resource: Json = {
         "resourceType": "ValueSet",
         "id": code_set.name.replace("_", "-"),
         "url": f"{base}/ValueSet/{code_set.name}",
@@ -185,6 +169,60 @@ def value_set(code_set: CodeSet, m: Mappings, base: str) -> Json:
         "description": code_set.description,
         "compose": compose,
     }
+    if code_set.value_sets:
+        contains = _expansion(code_set, m)
+        resource["expansion"] = {
+            # the newest of the published expansions it is built from
+            "timestamp": max(vs.spec.expansion_timestamp for vs in code_set.value_sets),
+            "total": len(contains),
+            "parameter": [
+                {"name": "used-valueset", "valueUri": f"{vs.spec.url}|{vs.spec.version}"}
+                for vs in code_set.value_sets
+            ],
+            "contains": contains,
+        }
+    return resource
+
+
+def _compose(rows: Iterable[CodeRow], value_sets: Iterable[ValueSet], m: Mappings) -> list[Json]:
+    by_system: dict[str, list[Json]] = {}
+    filters: list[Json] = []
+    for row in rows:
+        system = m.systems[row.system]
+        if row.match == "prefix":
+            filters.append(
+                {
+                    "system": system,
+                    "filter": [
+                        {"property": "code", "op": "regex", "value": _regex_prefix(row.code)}
+                    ],
+                }
+            )
+        else:
+            concept: Json = {"code": row.code}
+            if row.display:
+                concept["display"] = row.display
+            by_system.setdefault(system, []).append(concept)
+    sets: list[Json] = [{"valueSet": [vs.spec.url]} for vs in value_sets]
+    return sets + [{"system": s, "concept": c} for s, c in by_system.items()] + filters
+
+
+def _expansion(code_set: CodeSet, m: Mappings) -> list[Json]:
+    seen: dict[tuple[str, str], str] = {}
+    for vs in code_set.value_sets:
+        for system, code, display in vs.codes:
+            seen.setdefault((system, code), display)
+    for row in code_set.rows:
+        if row.match == "exact":
+            seen.setdefault((m.systems[row.system], row.code), row.display)
+    out = []
+    for (system, code), display in sorted(seen.items()):
+        if code_set.matcher.matches(system, code):
+            entry: Json = {"system": system, "code": code}
+            if display:
+                entry["display"] = display
+            out.append(entry)
+    return out
 
 
 def _regex_prefix(code: str) -> str:

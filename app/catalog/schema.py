@@ -92,12 +92,19 @@ class ConditionCheck(_Matching):
     """Only conditions whose clinical status is active / recurrence / relapse count."""
     onset_at_least: Duration | None = None
     """The earliest matching onset must be at least this long before the as-of date."""
+    current_within: Duration | None = None
+    """For states that end by themselves (pregnancy, lactation): an entry counts as current only
+    when dated inside this window (replaces ``within``); an older one still marked active goes to
+    review, an older one without a clinical status has lapsed."""
 
 
 class ProcedureCheck(_Matching):
     check: Literal["procedure"]
     codes: tuple[str, ...] = Field(min_length=1)
+    except_codes: tuple[str, ...] = ()
+    """Code sets that do not count even when ``codes`` match (left to a sibling review check)."""
     within: Duration | None = None
+    """Performed inside the window (a performedPeriod that overlaps it, or in progress)."""
 
 
 class ImmunizationCheck(_Matching):
@@ -124,7 +131,11 @@ class AllergyCheck(_Matching):
     substances: tuple[str, ...] = ()
     """Drug classes whose ingredients count as the allergen; empty: any substance."""
     severe: bool = False
-    """Only high-criticality allergies, severe reactions or anaphylaxis count."""
+    """Only allergies with a severe reaction or anaphylaxis recorded count; high criticality alone
+    (a potential, not a reaction) goes to review."""
+    reaction: Literal["severe_or_anaphylaxis", "anaphylaxis"] = "severe_or_anaphylaxis"
+    """With ``severe``: what the protocol calls severe. ``anaphylaxis``: only an anaphylactic
+    reaction counts; a severe reaction of another kind goes to review."""
 
 
 class PercentOf(_Strict):
@@ -134,6 +145,24 @@ class PercentOf(_Strict):
     """Analyte reported in %."""
     total: str
     """Analyte the percentage is of (e.g. absolute lymphocytes)."""
+
+
+class SupplementalOxygen(_Strict):
+    """A result that shows oxygen being given: its value (canonical unit of ``unit``) above this."""
+
+    analyte: str
+    above: float
+    unit: str
+
+
+class RoomAir(_Strict):
+    """The measurement counts only on room air (HN2301 I7 SpO2 "while breathing indoor air")."""
+
+    codes: str
+    """Code set of result codes that say "on room air" themselves (LOINC 59410-1)."""
+    supplemental_oxygen: tuple[SupplementalOxygen, ...] = Field(min_length=1)
+    """Inspired-oxygen results that, as a component of the reading or as a result of the same
+    day, show supplemental oxygen (not comparable) or room air (at or below the limit)."""
 
 
 class MeasurementCheck(_Check):
@@ -149,6 +178,11 @@ class MeasurementCheck(_Check):
     """None: the trial's screening window."""
     percent_of: "PercentOf | None" = None
     """Also derive the value from a percentage and a total of the same draw (same day)."""
+    room_air: RoomAir | None = None
+    """Only readings on room air are compared (see :class:`RoomAir`)."""
+    repeated: int | None = Field(default=None, ge=2)
+    """``met`` needs this many of the latest readings, on different days, all satisfying it; a
+    single one is unknown with a review item (e.g. "poorly controlled" blood pressure)."""
 
     @model_validator(mode="after")
     def _unit_or_uln(self) -> "MeasurementCheck":
@@ -157,7 +191,7 @@ class MeasurementCheck(_Check):
         return self
 
 
-class LabFindingCheck(_Check):
+class LabFindingCheck(_Matching):
     check: Literal["lab_finding"]
     analytes: tuple[str, ...] = Field(min_length=1)
     finding: Literal["positive", "low", "coded"]
@@ -170,11 +204,21 @@ class LabFindingCheck(_Check):
     titer_cutoff: float | None = Field(default=None, gt=0)
     """A titer "1:N" is positive when N reaches this (e.g. 80 for ANA, the 2019 EULAR/ACR entry)."""
     within: Duration | None = None
+    negative_codes: str | None = None
+    """For ``coded``: the answers that read as not the finding; any other answer is unclear
+    (e.g. pregnancy status "unknown"). Without it, every other answer reads as not the finding."""
+    history: bool = False
+    """Every result in the window counts, not only the latest ("history of ... within")."""
+    if_none: Literal["unknown", "not_met"] = "unknown"
+    """No result in the window: ``unknown`` (ask for one), or ``not_met`` where a result is only
+    counter-evidence that is not expected to exist (a pregnancy status beside a required test)."""
 
     @model_validator(mode="after")
     def _coded_needs_codes(self) -> "LabFindingCheck":
         if (self.finding == "coded") != (self.result_codes is not None):
             raise ValueError(f"{self.id}: result_codes is given exactly when finding is coded")
+        if self.negative_codes is not None and self.finding != "coded":
+            raise ValueError(f"{self.id}: negative_codes only with finding: coded")
         return self
 
 
@@ -219,6 +263,9 @@ class GroupCheck(_Check):
     """all / any: Kleene and / or. all_available: every child with data must be met; children
     unknown for lack of data are set aside while at least one child has data."""
     checks: tuple["Check", ...] = Field(min_length=1)
+    review_not_met: bool = False
+    """For ``any``: when a child meets it, each child that does not is listed for review (the
+    protocol's "INR or APTT" is met by one, but a failing other test is for a clinician)."""
 
 
 Check = Annotated[

@@ -30,6 +30,7 @@ from app.ehr.client import Deadline, FhirClient, SearchOutcome
 from app.ehr.connection import fhir_client
 from app.ehr.fetch_plan import FetchPlan, Search
 from app.ehr.record_source import FetchedRecord, assemble, fetch_parts
+from app.ehr.terminology import recognised
 from app.engine import evaluate
 from app.fhir_io.report import plausible
 from app.screening.issued import describe
@@ -313,7 +314,10 @@ async def _screen(
     stored: list[NewScreening] = []
     cards: list[Json] = []
     for n, trial in enumerate(catalog.trials.values()):
-        screening = plausible(evaluate(trial, fetched.record, as_of))
+        known = await recognised(
+            getattr(request.app.state, "terminology", None), trial, fetched.record
+        )
+        screening = plausible(evaluate(known, fetched.record, as_of))
         screening_id = ids[n] if ids else str(uuid.uuid4())
         shown = shows_card(screening, settings.cds_show_ineligible)
         issued = describe(

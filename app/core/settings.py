@@ -114,6 +114,11 @@ class Settings(BaseSettings):
     """Tries per request on 429, 502-504 and connection errors."""
     ehr_max_response_bytes: int = 32 * 1024 * 1024
     """Largest single EHR response read."""
+    terminology_url: str | None = None
+    """Optional FHIR terminology server (base URL) asked ``ValueSet/$validate-code`` for codes the
+    shipped value set expansions do not hold (app/ehr/terminology.py); unset, they decide."""
+    terminology_budget: float = 3.0
+    """Seconds one screening may spend asking the terminology server."""
 
     # --- hardening (issue 12) -----------------------------------------------------------------
     refused_per_minute: int = 60

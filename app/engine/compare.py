@@ -40,3 +40,12 @@ def satisfies_censored(
     if comparator in {">", ">="}:
         return True if satisfies(value, ">=", threshold) else None
     return False if satisfies(value, ">=", threshold) else None
+
+
+def satisfies_range(
+    low: float, high: float, comparator: Comparator, threshold: float
+) -> bool | None:
+    """As :func:`satisfies` for a result written as a range ("5-10"): decided only when both
+    ends fall on the same side of the threshold; None otherwise."""
+    ends = {satisfies(low, comparator, threshold), satisfies(high, comparator, threshold)}
+    return ends.pop() if len(ends) == 1 else None

@@ -122,6 +122,7 @@ def _check(check: Check, ctx: Context) -> Result:
             check.label,
             status,
             _group_reason(check.check, status, children),
+            review=_failing_alternatives(check, status, children),
             children=children,
         )
     else:
@@ -134,6 +135,19 @@ def _check(check: Check, ctx: Context) -> Result:
     if review:
         result = _add_review(result, review)
     return result
+
+
+def _failing_alternatives(
+    check: GroupCheck, status: Status, children: tuple[Result, ...]
+) -> tuple[str, ...]:
+    """For an ``any`` group met by one child: the children that fail, for a clinician to weigh."""
+    if not check.review_not_met or status is not Status.MET:
+        return ()
+    return tuple(
+        f"{c.label}: not met ({c.reason}) although {check.label} is met by another test"
+        for c in children
+        if c.status is Status.NOT_MET
+    )
 
 
 def _unfetched(check: Check, source: str, problem: str) -> Result:
@@ -222,10 +236,10 @@ def _group_reason(match: str, status: Status, children: tuple[Result, ...]) -> s
 
 def _age(check: AgeCheck, ctx: Context) -> Result:
     patient = ctx.record.patient
-    age = patient.age_on(ctx.as_of)
+    ages = patient.age_range_on(ctx.as_of)
     low = check.min if check.min is not None else 0
     bounds = f"{low}-{check.max if check.max is not None else '∞'} years"
-    if age is None:
+    if ages is None:
         return Result(
             check.id,
             check.label,
@@ -235,15 +249,39 @@ def _age(check: AgeCheck, ctx: Context) -> Result:
             data_requests=(DataRequest("Patient", (), "birth date"),),
             threshold=bounds,
         )
-    ok = (check.min is None or age >= check.min) and (check.max is None or age <= check.max)
+
+    def inside(age: int) -> bool:
+        return (check.min is None or age >= check.min) and (check.max is None or age <= check.max)
+
+    youngest, oldest = ages
+    if youngest != oldest and inside(youngest) != inside(oldest):
+        # A partial birthDate ("1956", "2008-03"): decided only when every possible age agrees.
+        return Result(
+            check.id,
+            check.label,
+            Status.UNKNOWN,
+            f"The birth date is recorded only as {patient.birth_date} to {patient.birth_latest}: "
+            f"on {ctx.as_of} the patient is {youngest} or {oldest}, on both sides of {bounds} "
+            "inclusive.",
+            evidence=(patient.ref,),
+            data_requests=(DataRequest("Patient", (), "exact birth date"),),
+            threshold=f"{bounds} inclusive",
+        )
+    ok = inside(oldest)
+    shown = f"{oldest}" if youngest == oldest else f"{youngest}-{oldest}"
+    born = (
+        f"born {patient.birth_date}"
+        if patient.birth_latest is None
+        else f"born between {patient.birth_date} and {patient.birth_latest}"
+    )
     return Result(
         check.id,
         check.label,
         Status.MET if ok else Status.NOT_MET,
-        f"Age {age} on {ctx.as_of} (born {patient.birth_date}) is "
+        f"Age {shown} on {ctx.as_of} ({born}) is "
         f"{'within' if ok else 'outside'} {bounds} inclusive.",
         evidence=(patient.ref,),
-        values=(Value("age", age, "a"),),
+        values=(Value("age", oldest, "a"),),
         threshold=f"{bounds} inclusive",
     )
 

@@ -1,13 +1,19 @@
 """Checks on coded history: conditions, procedures, immunizations, allergies.
 
 History is taken as recorded: no matching record means "no record found" (not-met), not unknown.
+Two things keep that closed-world reading honest. An entry whose codes the check does not recognise
+but whose text or coding displays name the concept (the code set's ``terms``) sends the check to
+review instead of "no record found". And an entry that does not establish the fact (a provisional
+diagnosis, an unconfirmed or only high-criticality allergy) is shown to a clinician, never counted
+as a definite finding. Words only ever move an answer toward review, never to met or not-met.
 """
 
-from collections.abc import Callable, Sequence
+import re
+from collections.abc import Callable, Iterable, Sequence
 from datetime import date
 from typing import Protocol, TypeVar
 
-from app.catalog.mappings import CodeMatcher
+from app.catalog.mappings import CodeMatcher, Mappings, TermMatcher
 from app.catalog.schema import (
     AllergyCheck,
     ConditionCheck,
@@ -15,8 +21,12 @@ from app.catalog.schema import (
     ProcedureCheck,
 )
 from app.engine.context import Context
-from app.engine.record import Allergy, Coding, Condition
+from app.engine.record import Allergy, Coding, Condition, Procedure
 from app.engine.results import Result, Status
+
+_ACTIVE = frozenset({"active", "recurrence", "relapse"})
+_ALLERGY_GONE = frozenset({"inactive", "resolved"})
+"""AllergyIntolerance clinicalStatus codes under which the allergy no longer counts."""
 
 
 class _Dated(Protocol):
@@ -28,9 +38,12 @@ class _Dated(Protocol):
     def text(self) -> str: ...
     @property
     def when(self) -> date | None: ...
+    @property
+    def displays(self) -> tuple[str, ...]: ...
 
 
 _T = TypeVar("_T", bound=_Dated)
+_Check = ConditionCheck | ProcedureCheck | ImmunizationCheck | AllergyCheck
 
 
 def _matcher(ctx: Context, names: Sequence[str]) -> list[CodeMatcher]:
@@ -42,17 +55,20 @@ def _what(code_sets: Sequence[str]) -> str:
 
 
 def _describe(item: _Dated) -> str:
-    label = item.text or (item.codes[0][1] if item.codes else "a record")
-    return f"{label} ({item.when or 'undated'}, {item.ref})"
+    label = item.text or next(iter(item.displays), "") or (item.codes[0][1] if item.codes else "")
+    status = getattr(item, "clinical_status", None)
+    noted = f", {status}" if status and status not in _ACTIVE else ""
+    return f"{label or 'a record'} ({item.when or 'undated'}{noted}, {item.ref})"
 
 
-def _found(
-    check: ConditionCheck | ProcedureCheck | ImmunizationCheck | AllergyCheck,
-    matches: Sequence[_Dated],
-    what: str,
-) -> Result:
+def _listed(items: Sequence[_Dated]) -> str:
+    more = f" and {len(items) - 5} more" if len(items) > 5 else ""
+    return "; ".join(_describe(m) for m in items[:5]) + more
+
+
+def _found(check: _Check, matches: Sequence[_Dated], what: str) -> Result:
     refs = tuple(m.ref for m in matches)
-    listed = "; ".join(_describe(m) for m in matches[:5])
+    listed = _listed(matches)
     if check.on_match == "review":
         return Result(
             check.id,
@@ -70,6 +86,20 @@ def _none_found(check_id: str, label: str, since: date | None) -> Result:
     return Result(check_id, label, Status.NOT_MET, f"No record found: {label}{span}.")
 
 
+def _to_review(check: _Check, items: Sequence[_Dated], why: str) -> Result:
+    """Unknown with a review item naming each resource: what the record holds may count, but
+    only a clinician can say."""
+    listed = _listed(items)
+    return Result(
+        check.id,
+        check.label,
+        Status.UNKNOWN,
+        f"{why}: {listed}. A clinician must judge whether it counts.",
+        evidence=tuple(i.ref for i in items),
+        review=(f"{check.label}: {why.lower()}: {listed}",),
+    )
+
+
 def _select_dated(
     items: Sequence[_T],
     matchers: list[CodeMatcher],
@@ -78,29 +108,90 @@ def _select_dated(
 ) -> tuple[list[_T], list[_T]]:
     """(matches inside the window, matches without a date when a window applies)."""
     coded = [i for i in items if any(m.matches_any(i.codes) for m in matchers)]
+    return _in_window(coded, since, counts_anyway)
+
+
+def _in_window(
+    items: Sequence[_T], since: date | None, counts_anyway: Callable[[_T], bool]
+) -> tuple[list[_T], list[_T]]:
+    """(inside the window, cannot be placed): undated, or dated so coarsely (a year, a month, a
+    period without an end) that it may or may not reach into the window."""
     if since is None:
-        return coded, []
-    inside = [i for i in coded if (i.when is not None and i.when >= since) or counts_anyway(i)]
-    undated = [i for i in coded if i.when is None and i not in inside]
-    return inside, undated
+        return list(items), []
+    inside = [i for i in items if (i.when is not None and i.when >= since) or counts_anyway(i)]
+    placed = {id(i) for i in inside}
+    vague = [i for i in items if id(i) not in placed and (i.when is None or _may_reach(i, since))]
+    return inside, vague
+
+
+def _may_reach(item: _Dated, since: date) -> bool:
+    latest: date | None = getattr(item, "latest", None)
+    return latest is not None and latest >= since
 
 
 def _undated(check_id: str, label: str, what: str, undated: Sequence[_Dated]) -> Result:
-    listed = "; ".join(_describe(u) for u in undated[:5])
+    listed = _listed(undated)
     return Result(
         check_id,
         label,
         Status.UNKNOWN,
-        f"Found {what} without a date, so it cannot be placed in the window: {listed}.",
+        f"Found {what} without a date precise enough to place it in the window: {listed}.",
         evidence=tuple(u.ref for u in undated),
         review=(f"{label}: date of {listed}",),
     )
 
 
+def _labels(item: _Dated) -> tuple[str, ...]:
+    return (item.text, *item.displays) if item.text else item.displays
+
+
+def _named_in_words(
+    ctx: Context,
+    check: ConditionCheck | ProcedureCheck | ImmunizationCheck,
+    candidates: Iterable[_T],
+) -> list[tuple[_T, str]]:
+    """Entries the check's codes do not recognise whose text or a display names the concept,
+    with the words found."""
+    sets = [ctx.mappings.code_sets[n] for n in check.codes]
+    out = []
+    for item in candidates:
+        # A code the set lists, or explicitly excludes, is recognised: words do not overrule it.
+        if any(
+            s.matcher.matches_any(item.codes) or s.matcher.excludes_any(item.codes) for s in sets
+        ):
+            continue
+        labels = _labels(item)
+        term = next((t for s in sets if (t := s.terms.first_in(labels)) is not None), None)
+        if term is not None:
+            out.append((item, term))
+    return out
+
+
+def _safety_net(
+    check: ConditionCheck | ProcedureCheck | ImmunizationCheck,
+    ctx: Context,
+    result: Result,
+    candidates: Sequence[_Dated],
+) -> Result:
+    """A not-met answer that an entry named only in words may overturn goes to review."""
+    if result.status is not Status.NOT_MET:
+        return result
+    named = _named_in_words(ctx, check, candidates)
+    if not named:
+        return result
+    items = [i for i, _ in named]
+    words = ", ".join(sorted({f"'{t}'" for _, t in named}))
+    why = (
+        f"No code recognised for {_what(check.codes)}, but the record names it in words "
+        f"({words}) in an entry whose codes the check does not know"
+    )
+    return _to_review(check, items, why)
+
+
 def condition(check: ConditionCheck, ctx: Context) -> Result:
-    matchers = _matcher(ctx, check.codes)
     since = ctx.history_since(check.within)
-    what = _what(check.codes)
+    if check.current_within is not None:
+        since = check.current_within.before(ctx.as_of)
     excepted = _matcher(ctx, check.except_codes)
     pool = [
         c
@@ -114,13 +205,86 @@ def condition(check: ConditionCheck, ctx: Context) -> Result:
         ended = c.abated is not None and since is not None and c.abated >= since
         return check.or_active and (c.active_on(ctx.as_of) or ended)
 
+    confirmed = [c for c in pool if not c.tentative]
+    result = _condition_in(check, ctx, confirmed, since, present_in_window)
+    if result.status is not Status.NOT_MET:
+        return result
+    # A provisional / differential / unconfirmed diagnosis neither establishes nor rules out.
+    tentative = [c for c in pool if c.tentative]
+    # With onset_at_least an entry bears on the answer if it may be old enough: it may lengthen
+    # the history the confirmed entries show.
+    window = since if check.onset_at_least is None else None
+    limit = check.onset_at_least.before(ctx.as_of) if check.onset_at_least else date.max
+
+    def may_count(c: Condition) -> bool:
+        return c.when is None or c.when <= limit
+
+    inside, undated = _select_dated(
+        tentative, _matcher(ctx, check.codes), window, present_in_window
+    )
+    inside = [c for c in inside if may_count(c)]
+    if inside or undated:
+        why = f"{_what(check.codes)} is recorded only as a provisional or unconfirmed diagnosis"
+        return _to_review(check, [*inside, *undated], why)
+    inside, undated = _in_window(pool, window, present_in_window)
+    inside = [c for c in inside if may_count(c)]
+    if check.current_within is not None:
+        # Still marked active though older than the window: as for coded entries, review.
+        placed = {id(c) for c in (*inside, *undated)}
+        undated += [c for c in pool if c.clinical_status in _ACTIVE and id(c) not in placed]
+    return _safety_net(check, ctx, result, [*inside, *undated])
+
+
+def _condition_in(
+    check: ConditionCheck,
+    ctx: Context,
+    pool: Sequence[Condition],
+    since: date | None,
+    present_in_window: Callable[[Condition], bool],
+) -> Result:
+    matchers = _matcher(ctx, check.codes)
+    what = _what(check.codes)
     inside, undated = _select_dated(pool, matchers, since, present_in_window)
+    seen = {id(c) for c in (*inside, *undated)}
+    if check.or_active and since is not None:
+        # Ended (remission, resolved) without an abatement date, diagnosed before the window:
+        # it may have been present during it.
+        undated += [
+            c
+            for c in pool
+            if id(c) not in seen
+            and c.abated is None
+            and c.when is not None
+            and any(m.matches_any(c.codes) for m in matchers)
+        ]
+    if check.current_within is not None:
+        # Older than the window yet still marked active: most likely never closed, but the
+        # status says current, so a clinician decides (without a status it simply lapsed).
+        seen = {id(c) for c in (*inside, *undated)}
+        stale = [
+            c
+            for c in pool
+            if id(c) not in seen
+            and c.when is not None
+            and c.clinical_status in _ACTIVE
+            and any(m.matches_any(c.codes) for m in matchers)
+        ]
+        if not inside and not undated and stale:
+            why = (
+                f"{what} is still marked active but was recorded more than "
+                f"{check.current_within} ago"
+            )
+            return _to_review(check, stale + undated, why)
     if check.onset_at_least is not None and inside:
         latest_onset = check.onset_at_least.before(ctx.as_of)
         dated = [c for c in inside if c.when is not None]
         if not dated:
             return _undated(check.id, check.label, what, inside)
         first = min(dated, key=lambda c: c.when or date.max)
+        surely = [c for c in dated if (c.latest or c.when or date.max) <= latest_onset]
+        if not surely and first.when is not None and first.when <= latest_onset:
+            # A partial date ("2025") that may fall on either side of the limit.
+            return _undated(check.id, check.label, what, [first])
         if first.when is not None and first.when > latest_onset:
             return Result(
                 check.id,
@@ -142,20 +306,34 @@ def condition(check: ConditionCheck, ctx: Context) -> Result:
 
 
 def procedure(check: ProcedureCheck, ctx: Context) -> Result:
-    return _events(check, ctx, ctx.record.procedures)
+    since = ctx.history_since(check.within)
+    excepted = _matcher(ctx, check.except_codes)
+    pool = [p for p in ctx.record.procedures if not any(m.matches_any(p.codes) for m in excepted)]
+
+    def overlaps(p: Procedure) -> bool:
+        # A performedPeriod counts over its whole length; in-progress means happening now.
+        return p.ongoing() or (p.end is not None and since is not None and p.end >= since)
+
+    return _events(check, ctx, pool, since, overlaps)
 
 
 def immunization(check: ImmunizationCheck, ctx: Context) -> Result:
-    return _events(check, ctx, ctx.record.immunizations)
+    since = ctx.history_since(check.within)
+    return _events(check, ctx, ctx.record.immunizations, since, lambda _: False)
 
 
 def _events(
-    check: ProcedureCheck | ImmunizationCheck, ctx: Context, items: Sequence[_Dated]
+    check: ProcedureCheck | ImmunizationCheck,
+    ctx: Context,
+    items: Sequence[_T],
+    since: date | None,
+    counts_anyway: Callable[[_T], bool],
 ) -> Result:
-    since = ctx.history_since(check.within)
     what = _what(check.codes)
-    inside, undated = _select_dated(items, _matcher(ctx, check.codes), since)
-    return _verdict(check, what, inside, undated, since)
+    inside, undated = _select_dated(items, _matcher(ctx, check.codes), since, counts_anyway)
+    result = _verdict(check, what, inside, undated, since)
+    inside, undated = _in_window(items, since, counts_anyway)
+    return _safety_net(check, ctx, result, [*inside, *undated])
 
 
 def _verdict(
@@ -174,24 +352,78 @@ def _verdict(
 
 
 def allergy(check: AllergyCheck, ctx: Context) -> Result:
+    """Active allergies that are definitely to the substances and (for ``severe``) definitely
+    severe count; one that may be (named only in words, unconfirmed, or of high criticality
+    without a recorded severe reaction) goes to review."""
     mappings = ctx.mappings
-    anaphylaxis = mappings.code_sets["anaphylaxis"].matcher
-
-    def relevant(a: Allergy) -> bool:
+    anaphylaxis = mappings.code_sets["anaphylaxis"]
+    substance_terms = _substance_terms(mappings, check.substances)
+    definite: list[Allergy] = []
+    doubtful: list[tuple[Allergy, str]] = []
+    for a in ctx.record.allergies:
+        if a.clinical_status in _ALLERGY_GONE:
+            continue
+        doubts: list[str] = []
         if check.substances:
             ingredient = mappings.ingredient_of(a.codes)
             if not any(mappings.in_class(ingredient, a.codes, c) for c in check.substances):
-                return False
-        if check.severe:
-            return (
-                a.criticality == "high"
-                or a.severe_reaction
-                or anaphylaxis.matches_any(a.manifestations)
-            )
-        return True
-
-    matches = [a for a in ctx.record.allergies if relevant(a)]
+                term = substance_terms.first_in(_labels(a))
+                if term is None:
+                    continue
+                doubts.append(f"substance named in words ('{term}'), not by a recognised code")
+        anaphylactic = anaphylaxis.matcher.matches_any(a.manifestations)
+        severe_enough = anaphylactic or (
+            a.severe_reaction and check.reaction == "severe_or_anaphylaxis"
+        )
+        if check.severe and not severe_enough:
+            term = anaphylaxis.terms.first_in(a.manifestation_text)
+            if term is not None:
+                doubts.append(f"reaction written as '{term}', not coded")
+            elif a.severe_reaction:
+                doubts.append("a severe reaction, not recorded as anaphylaxis")
+            elif a.criticality == "high":
+                doubts.append("high criticality, but no severe reaction or anaphylaxis recorded")
+            else:
+                continue
+        if a.tentative:
+            doubts.append(f"verification status {a.verification}")
+        if doubts:
+            doubtful.append((a, "; ".join(doubts)))
+        else:
+            definite.append(a)
     what = check.label.rstrip(".").lower()
-    if matches:
-        return _found(check, matches, what)
+    if definite:
+        return _found(check, definite, what)
+    if doubtful:
+        listed = "; ".join(f"{_describe(a)}: {why}" for a, why in doubtful[:5])
+        return Result(
+            check.id,
+            check.label,
+            Status.UNKNOWN,
+            f"Possibly {what}, not established: {listed}. A clinician must judge whether it "
+            "counts.",
+            evidence=tuple(a.ref for a, _ in doubtful),
+            review=(f"{check.label}: {listed}",),
+        )
     return _none_found(check.id, check.label, None)
+
+
+_GRADE = re.compile(r"^(\w+)\s+\d[\d.]*$")
+
+
+def _substance_terms(mappings: Mappings, classes: Sequence[str]) -> TermMatcher:
+    """Words an allergy written in text may use for the ingredients of these drug classes: the
+    ingredient's name, its display (without a parenthesis), its brand names (the bracketed part of
+    its RxNorm product names) and, for a graded name such as "dextran 40", the bare name, since
+    "dextran" alone may well mean this one."""
+    terms: set[str] = set()
+    for cls in classes:
+        for name in mappings.drug_classes[cls].ingredients:
+            ingredient = mappings.ingredients[name]
+            for label in (name.replace("_", " "), ingredient.display.split("(")[0].strip()):
+                terms.add(label)
+                if graded := _GRADE.match(label):
+                    terms.add(graded.group(1))
+            for row in ingredient.products.values():
+                terms.update(re.findall(r"\[([^\]]+)\]", row.display))
+    return TermMatcher.of(sorted(terms))

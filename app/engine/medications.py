@@ -10,11 +10,6 @@ from app.engine.context import Context
 from app.engine.record import MedicationUse
 from app.engine.results import DataRequest, Result, Status, Value
 
-_ROUTES = {
-    ("http://snomed.info/sct", "26643006"): "oral",
-    ("http://snomed.info/sct", "47625008"): "intravenous",
-}
-"""SNOMED CT route codes (codes.md 4-I: 26643006 Oral use, 47625008 Intravenous route)."""
 _PER_DAY = {
     "s": 86400.0,
     "min": 1440.0,
@@ -216,9 +211,9 @@ def prednisone_dose(check: PrednisoneDoseCheck, ctx: Context) -> Result:
 def _route(ctx: Context, u: _Use) -> str | None:
     """The route from the dosage, else from the product ('oral', 'intravenous', ... or 'other');
     None when neither says."""
-    for coding in u.use.routes:
-        if coding in _ROUTES:
-            return _ROUTES[coding]
+    route = ctx.mappings.route_of(u.use.routes)  # SNOMED CT or HL7 v3 (fhir_mappings/routes.yaml)
+    if route is not None:
+        return route
     if u.use.routes:
         return "other"
     product = _product(ctx, u)

@@ -13,6 +13,11 @@ from datetime import date
 Coding = tuple[str, str]
 """(system URI, code)."""
 
+TENTATIVE = frozenset({"unconfirmed", "provisional", "differential", "presumed"})
+"""Condition / AllergyIntolerance verificationStatus codes that do not establish the entry
+(condition-ver-status and allergyintolerance-verification; ``presumed`` is the R5 child of
+unconfirmed some servers already send)."""
+
 
 @dataclass(frozen=True, slots=True)
 class Quantity:
@@ -31,11 +36,15 @@ class Observation:
     quantity: Quantity | None = None
     value_codes: tuple[Coding, ...] = ()
     value_text: str | None = None
-    """valueString, valueCodeableConcept.text or a titer written as "1:160", lower-cased."""
+    """valueString, valueCodeableConcept.text or a titer written as "1:160", as written (read by
+    :mod:`app.engine.result_text`)."""
     value_bool: bool | None = None
     interpretation: tuple[Coding, ...] = ()
     ref_low: Quantity | None = None
     ref_high: Quantity | None = None
+    when_latest: date | None = None
+    """Set when the effective date is partial ("2026-05"): the last day it may be (``when`` is
+    the first). Such a result cannot be placed inside or outside a window by one day."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,10 +56,21 @@ class Condition:
     recorded: date | None
     abated: date | None
     clinical_status: str | None
+    verification: str | None = None
+    """verificationStatus code; None when not recorded (read as confirmed)."""
+    displays: tuple[str, ...] = ()
+    """Every coding display, beside ``text``: what the text safety net reads."""
+    latest: date | None = None
+    """The last day ``when`` can stand for when it is a partial date ("2024", "2024-05")."""
 
     @property
     def when(self) -> date | None:
         return self.onset or self.recorded
+
+    @property
+    def tentative(self) -> bool:
+        """Recorded as unconfirmed, provisional or differential: not a diagnosis yet."""
+        return self.verification in TENTATIVE
 
     def active_on(self, day: date) -> bool:
         """Active on ``day``: a recorded abatement decides (an illness that abated later was
@@ -100,7 +120,11 @@ class Immunization:
     ref: str
     codes: tuple[Coding, ...]
     text: str
-    when: date
+    when: date | None
+    """None when the date is only written as text (occurrenceString): present, not placeable."""
+    displays: tuple[str, ...] = ()
+    latest: date | None = None
+    """The last day ``when`` can stand for when it is a partial date ("2024", "2024-05")."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +133,18 @@ class Procedure:
     codes: tuple[Coding, ...]
     text: str
     when: date | None
+    """performedDateTime, or the start of performedPeriod."""
+    end: date | None = None
+    """The end of performedPeriod: the procedure counts over the whole period."""
+    status: str | None = None
+    displays: tuple[str, ...] = ()
+    latest: date | None = None
+    """The latest day it may have been going on when the record does not say exactly: the end of
+    a partial date's span, or ``date.max`` for a period with a start and no end."""
+
+    def ongoing(self) -> bool:
+        """In progress by its status: happening at the as-of date whatever its start."""
+        return self.status == "in-progress"
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +156,16 @@ class Allergy:
     criticality: str | None
     severe_reaction: bool
     manifestations: tuple[Coding, ...]
+    clinical_status: str | None = None
+    verification: str | None = None
+    displays: tuple[str, ...] = ()
+    """Code and substance displays, beside ``text``."""
+    manifestation_text: tuple[str, ...] = ()
+    """Reaction manifestation texts and displays."""
+
+    @property
+    def tentative(self) -> bool:
+        return self.verification in TENTATIVE
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,14 +173,29 @@ class Patient:
     ref: str
     birth_date: date | None
     gender: str | None
+    birth_latest: date | None = None
+    """Set when ``birthDate`` is partial ("1956", "2008-03"): the last day the birthday may be
+    (``birth_date`` is the first)."""
 
     def age_on(self, day: date) -> int | None:
         """Completed years on ``day``: the birthday itself counts (a Feb 29 birthday falls on
-        Mar 1 in other years)."""
+        Mar 1 in other years). With a partial birth date, the oldest the patient may be; use
+        :meth:`age_range_on` to decide anything on it."""
         if self.birth_date is None:
             return None
-        born = self.birth_date
-        return day.year - born.year - ((day.month, day.day) < (born.month, born.day))
+        return _completed_years(self.birth_date, day)
+
+    def age_range_on(self, day: date) -> tuple[int, int] | None:
+        """(youngest, oldest) completed years on ``day`` the recorded birth date allows."""
+        if self.birth_date is None:
+            return None
+        oldest = _completed_years(self.birth_date, day)
+        youngest = oldest if self.birth_latest is None else _completed_years(self.birth_latest, day)
+        return youngest, oldest
+
+
+def _completed_years(born: date, day: date) -> int:
+    return day.year - born.year - ((day.month, day.day) < (born.month, born.day))
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,7 +252,7 @@ class PatientRecord:
             observations=tuple(o for o in self.observations if o.when <= day),
             conditions=tuple(c for c in self.conditions if kept(c.when) and kept(c.recorded)),
             medications=tuple(m for m in self.medications if kept(m.start)),
-            immunizations=tuple(i for i in self.immunizations if i.when <= day),
+            immunizations=tuple(i for i in self.immunizations if kept(i.when)),
             procedures=tuple(p for p in self.procedures if kept(p.when)),
             allergies=tuple(a for a in self.allergies if kept(a.when)),
             _by_code={},

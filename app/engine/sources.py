@@ -43,7 +43,11 @@ def source_of(check: Check) -> str | None:
 def analytes_of(check: Check) -> tuple[str, ...]:
     """The analytes a measurement-type check reads (by name)."""
     if isinstance(check, MeasurementCheck):
-        extra = (check.percent_of.percent, check.percent_of.total) if check.percent_of else ()
+        extra: tuple[str, ...] = ()
+        if check.percent_of is not None:
+            extra = (check.percent_of.percent, check.percent_of.total)
+        if check.room_air is not None:
+            extra += tuple(o.analyte for o in check.room_air.supplemental_oxygen)
         return (check.analyte, *extra)
     if isinstance(check, LabFindingCheck):
         return check.analytes

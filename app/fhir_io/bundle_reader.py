@@ -7,6 +7,7 @@ read), and the checks it may bear on are left undecided. Only a Bundle that is n
 that does not hold exactly one Patient, is refused.
 """
 
+import calendar
 import hashlib
 from collections.abc import Callable
 from datetime import date
@@ -15,7 +16,7 @@ from typing import Any
 import orjson
 
 from app.core.errors import InvalidInput, UnprocessableInput
-from app.core.fhir_dates import parse_fhir_date
+from app.core.fhir_dates import parse_fhir_date, parse_fhir_date_range
 from app.engine.record import (
     Allergy,
     Coding,
@@ -95,6 +96,18 @@ class _Reader:
         except ValueError:
             raise self.fail(key, f"a FHIR date or dateTime (got {value!r})") from None
 
+    def last_day(self, data: Json, key: str) -> date | None:
+        """The last day a partial date ("2024", "2024-05") can stand for; None when the day is
+        written (or the field is absent). ``day`` gives the first: together, the span."""
+        value = self.text(data, key)
+        if value is None or len(value) not in (4, 7):
+            return None
+        first = self.day(data, key)
+        if first is None:
+            return None
+        month = 12 if len(value) == 4 else first.month
+        return date(first.year, month, calendar.monthrange(first.year, month)[1])
+
     def period_start(self, data: Json, key: str) -> date | None:
         period = self.obj(data, key)
         return None if period is None else self.at(key).day(period, "start")
@@ -118,6 +131,18 @@ class _Reader:
             "",
         )
         return codings, label
+
+    def displays(self, data: Json, key: str) -> tuple[str, ...]:
+        """Every coding display of a CodeableConcept (``concept`` keeps only one label): an EHR
+        may put the words that name the concept in any of them."""
+        cc = self.obj(data, key)
+        if cc is None:
+            return ()
+        return tuple(
+            c["display"]
+            for c in self.at(key).objs(cc, "coding")
+            if isinstance(c.get("display"), str) and c["display"]
+        )
 
     def concepts(self, data: Json, key: str) -> tuple[Coding, ...]:
         out: list[Coding] = []
@@ -146,6 +171,16 @@ class _Reader:
     def status_code(self, data: Json, key: str) -> str | None:
         codings, _ = self.concept(data, key)
         return codings[0][1] if codings else None
+
+    def day_range(self, data: Json, key: str) -> tuple[date, date] | None:
+        """The first and last day a (possibly partial) date may be."""
+        value = self.text(data, key)
+        if value is None:
+            return None
+        try:
+            return parse_fhir_date_range(value)
+        except ValueError:
+            raise self.fail(key, f"a FHIR date or dateTime (got {value!r})") from None
 
 
 def read_bundle(bundle: Any) -> PatientRecord:
@@ -236,23 +271,36 @@ def _unreadable(read: _Reader, resource: Json, exc: InvalidInput) -> Unreadable:
 
 
 def _patient(read: _Reader, r: Json) -> Patient:
-    return Patient(read.ref, read.day(r, "birthDate"), read.text(r, "gender"))
+    born = read.day_range(r, "birthDate")
+    if born is None:
+        return Patient(read.ref, None, read.text(r, "gender"))
+    first, last = born
+    return Patient(read.ref, first, read.text(r, "gender"), last if last != first else None)
 
 
 def _observations(read: _Reader, r: Json) -> list[Observation]:
     if read.text(r, "status") not in _OBSERVATION_COUNTS:
         return []
-    when = read.day(r, "effectiveDateTime") or read.period_start(r, "effectivePeriod")
-    when = when or read.day(r, "effectiveInstant") or read.day(r, "issued")
+    # A partial effectiveDateTime ("2026-05") keeps its last possible day too: the engine does
+    # not place it inside a window on a day the source did not write.
+    span = read.day_range(r, "effectiveDateTime")
+    period = read.obj(r, "effectivePeriod")
+    if span is None and period is not None:
+        span = read.at("effectivePeriod").day_range(period, "start")
+    when = span[0] if span else read.day(r, "effectiveInstant") or read.day(r, "issued")
     if when is None:
-        return []
+        # A result with no date cannot be placed in any window, but it is not nothing: it may
+        # be the newest result or the positive one. Kept as unreadable, it holds back the checks
+        # its code bears on (unknown + review) instead of vanishing.
+        raise read.fail("effective[x]", "a date (effective[x] or issued) for a final result")
+    when_latest = span[1] if span and span[1] != span[0] else None
     ref = read.ref
     ranges = read.objs(r, "referenceRange")
     low = read.quantity(ranges[0], "low") if ranges else None
     high = read.quantity(ranges[0], "high") if ranges else None
     interpretation = read.concepts(r, "interpretation")
     codes, text = read.concept(r, "code")
-    out = [_observation(read, r, ref, codes, text, when, interpretation, low, high)]
+    out = [_observation(read, r, ref, codes, text, when, interpretation, low, high, when_latest)]
     for i, component in enumerate(read.objs(r, "component")):
         sub = read.at(f"component[{i}]")
         c_codes, c_text = sub.concept(component, "code")
@@ -268,6 +316,7 @@ def _observations(read: _Reader, r: Json) -> list[Observation]:
                 sub.concepts(component, "interpretation"),
                 sub.quantity(c_ranges[0], "low") if c_ranges else None,
                 sub.quantity(c_ranges[0], "high") if c_ranges else None,
+                when_latest,
             )
         )
     return out
@@ -283,6 +332,7 @@ def _observation(
     interpretation: tuple[Coding, ...],
     low: Quantity | None,
     high: Quantity | None,
+    when_latest: date | None = None,
 ) -> Observation:
     quantity = read.quantity(data, "valueQuantity")
     integer = data.get("valueInteger")
@@ -295,7 +345,8 @@ def _observation(
     if ratio is not None:
         num, den = read.quantity(ratio, "numerator"), read.quantity(ratio, "denominator")
         if num is not None and den is not None:
-            value_text = f"{num.value:g}:{den.value:g}"
+            # A titer as a ratio; a censored one ("<1:40") keeps its comparator.
+            value_text = f"{num.comparator or ''}{num.value:g}:{den.value:g}"
     flag = data.get("valueBoolean")
     if flag is not None and not isinstance(flag, bool):
         raise read.fail("valueBoolean", "true or false")
@@ -306,11 +357,12 @@ def _observation(
         when=when,
         quantity=quantity,
         value_codes=value_codes,
-        value_text=value_text.strip().lower() if value_text else None,
+        value_text=value_text.strip() or None if value_text else None,
         value_bool=flag,
         interpretation=interpretation,
         ref_low=low,
         ref_high=high,
+        when_latest=when_latest,
     )
 
 
@@ -319,7 +371,20 @@ def _conditions(read: _Reader, r: Json) -> list[Condition]:
         return []
     codes, text = read.concept(r, "code")
     onset = read.day(r, "onsetDateTime") or read.period_start(r, "onsetPeriod")
-    abated = read.day(r, "abatementDateTime") or read.period_end(r, "abatementPeriod")
+    # A partial abatement ("2026") is not known to have come before any day of its span: it is
+    # read as the span's last day, so the condition is not ended early on a guess.
+    abated = (
+        read.last_day(r, "abatementDateTime")
+        or read.day(r, "abatementDateTime")
+        or read.period_end(r, "abatementPeriod")
+    )
+    if onset is not None:
+        period = read.obj(r, "onsetPeriod")
+        latest = read.last_day(r, "onsetDateTime") or (
+            read.at("onsetPeriod").last_day(period, "start") if period else None
+        )
+    else:
+        latest = read.last_day(r, "recordedDate")
     return [
         Condition(
             ref=read.ref,
@@ -329,6 +394,9 @@ def _conditions(read: _Reader, r: Json) -> list[Condition]:
             recorded=read.day(r, "recordedDate"),
             abated=abated,
             clinical_status=read.status_code(r, "clinicalStatus"),
+            verification=read.status_code(r, "verificationStatus"),
+            displays=read.displays(r, "code"),
+            latest=latest,
         )
     ]
 
@@ -415,19 +483,33 @@ def _dosage(read: _Reader, dosage: Json) -> tuple[tuple[Coding, ...], Dose | Non
 def _immunizations(read: _Reader, r: Json) -> list[Immunization]:
     if read.text(r, "status") in _EVENT_VOID:
         return []
+    # Only occurrenceString: the vaccine was given, when is not machine-readable. It is kept
+    # undated (a check with a window then asks for review), never dropped as if absent.
     when = read.day(r, "occurrenceDateTime") or read.day(r, "recorded")
-    if when is None:
-        return []
+    key = "occurrenceDateTime" if r.get("occurrenceDateTime") is not None else "recorded"
     codes, text = read.concept(r, "vaccineCode")
-    return [Immunization(read.ref, codes, text, when)]
+    displays = read.displays(r, "vaccineCode")
+    return [Immunization(read.ref, codes, text, when, displays, read.last_day(r, key))]
 
 
 def _procedures(read: _Reader, r: Json) -> list[Procedure]:
     if read.text(r, "status") in _EVENT_VOID:
         return []
     when = read.day(r, "performedDateTime") or read.period_start(r, "performedPeriod")
+    end = read.period_end(r, "performedPeriod")
     codes, text = read.concept(r, "code")
-    return [Procedure(read.ref, codes, text, when)]
+    status = read.text(r, "status")
+    # The latest day it may have been going on, when the record does not say exactly: the end of
+    # a partial date's span, or (a period with a start and no end) any day up to now.
+    latest = read.last_day(r, "performedDateTime")
+    if (period := read.obj(r, "performedPeriod")) is not None:
+        inner = read.at("performedPeriod")
+        spans = [d for d in (inner.last_day(period, "start"), inner.last_day(period, "end")) if d]
+        if when is not None and period.get("end") is None:
+            spans.append(date.max)
+        latest = max(spans, default=None)
+    displays = read.displays(r, "code")
+    return [Procedure(read.ref, codes, text, when, end, status, displays, latest)]
 
 
 def _allergies(read: _Reader, r: Json) -> list[Allergy]:
@@ -439,6 +521,14 @@ def _allergies(read: _Reader, r: Json) -> list[Allergy]:
         m for x in reactions for m in read.at("reaction").concepts(x, "manifestation")
     )
     substances = tuple(c for x in reactions for c in read.concept(x, "substance")[0])
+    reaction = read.at("reaction")
+    manifestation_text: list[str] = []
+    displays = list(read.displays(r, "code"))
+    for x in reactions:
+        for cc in reaction.objs(x, "manifestation"):
+            manifestation_text.extend(_labels(reaction.at("manifestation"), cc))
+        if (substance := reaction.obj(x, "substance")) is not None:
+            displays.extend(_labels(reaction.at("substance"), substance))
     return [
         Allergy(
             ref=read.ref,
@@ -448,8 +538,19 @@ def _allergies(read: _Reader, r: Json) -> list[Allergy]:
             criticality=read.text(r, "criticality"),
             severe_reaction=any(x.get("severity") == "severe" for x in reactions),
             manifestations=manifestations,
+            clinical_status=read.status_code(r, "clinicalStatus"),
+            verification=read.status_code(r, "verificationStatus"),
+            displays=tuple(displays),
+            manifestation_text=tuple(manifestation_text),
         )
     ]
+
+
+def _labels(read: _Reader, cc: Json) -> list[str]:
+    """The text and every coding display of one CodeableConcept."""
+    text = read.text(cc, "text")
+    displays = [c["display"] for c in read.objs(cc, "coding") if isinstance(c.get("display"), str)]
+    return ([text] if text else []) + displays
 
 
 _READERS: dict[str, Callable[[_Reader, Json], list[Any]]] = {
