@@ -831,3 +831,18 @@ def test_a_prefetch_of_another_patient_is_400_and_stores_nothing(
 def test_a_hostile_hook_instance_is_400(hooks: Hooks, instance: str) -> None:
     response = hooks.call(_spec_example() | {"hookInstance": instance})
     assert response.status_code == 400
+
+
+@pytest.mark.parametrize(
+    "moment",
+    ["0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-12:00", "2026-13-45", "x" * 10_000, 7],
+)
+def test_a_hostile_outcome_timestamp_is_not_a_500(
+    hooks: Hooks, fhir_server: FhirServer, moment: Any
+) -> None:
+    patient_id = PATIENT_IDS[2]
+    (card,) = hooks.cards(hook_request(patient_id, prefetch_for(hooks, patient_id, fhir_server)))
+    item = {"card": card["uuid"], "outcome": "accepted", "outcomeTimestamp": moment}
+    assert _post_feedback(hooks, {"feedback": [item]}).status_code == 200
+    (stored,) = hooks.app.state.store.feedback_for(_screening_id(card))
+    assert 1900 <= stored.outcome_timestamp.year <= 2999

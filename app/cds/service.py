@@ -386,9 +386,15 @@ def _pending(
 
 
 def _timestamp(value: Any) -> datetime:
-    if isinstance(value, str):
+    """The feedback's outcomeTimestamp in UTC (CDS Hooks: a UTC timestamp; one without a zone
+    is read as UTC); now when it is missing, unreadable or outside 1900-2999 (an instant such as
+    0001-01-01T00:00+14:00 falls before year 1 in UTC)."""
+    if isinstance(value, str) and len(value) <= 64:
         try:
-            return datetime.fromisoformat(value)
-        except ValueError:
+            parsed = datetime.fromisoformat(value)
+            moment = parsed.astimezone(UTC) if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+            if limits.EARLIEST_AS_OF.year <= moment.year <= limits.LATEST_AS_OF.year:
+                return moment
+        except (ValueError, OverflowError):
             pass
     return datetime.now(UTC)
