@@ -3,6 +3,8 @@
 Every screening, read or search of stored screenings, CDS Hooks call and feedback writes one
 row; ``GET /fhir/AuditEvent`` shows them to an auditor as FHIR R4 AuditEvents. Rows hold the
 patient reference and the resources touched, never names, dates of birth, tokens or bodies.
+Refused requests are counted, one row per source, description and minute (``occurrences``), so
+a flood of them cannot fill the trail; every text is bounded and stripped of control characters.
 """
 
 import asyncio
