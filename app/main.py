@@ -23,6 +23,7 @@ from app.api.openapi import contract
 from app.api.published import router as published_router
 from app.api.screen import router as screen_router
 from app.catalog.loader import load_catalog
+from app.cds.service import fail_interrupted
 from app.cds.service import router as cds_router
 from app.cds.trust import JwtVerifier, Unauthorized
 from app.core.errors import TrialscreenError
@@ -61,6 +62,7 @@ def create_app(
         app.state.fetch_plan = plan = fetch_plan(settings, catalog)
         app.state.started = datetime.now(UTC).isoformat(timespec="seconds")
         app.state.store = store = Store(settings.database_url)
+        await fail_interrupted(store)  # screenings a previous run left pending past their time
         background: set[asyncio.Task[None]] = set()
         app.state.background = background
         if settings.allow_unauthenticated:

@@ -35,11 +35,13 @@ from app.engine import evaluate
 from app.fhir_io.report import plausible
 from app.screening.issued import describe
 from app.store import audit
-from app.store.database import NewScreening, Store, StoredFeedback
+from app.store.database import NewScreening, PendingScreening, Store, StoredFeedback
 
 log = logging.getLogger("trialscreen.cds")
 router = APIRouter(prefix="/cds-services")
 SERVICE_ID = "trial-eligibility"
+_PENDING_GRACE = 30.0
+"""Seconds past the EHR deadline before a pending screening counts as interrupted."""
 _INSTANCE_LIMIT = 128
 """hookInstance is a UUID (CDS Hooks 2.0); anything much longer is not one."""
 _ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-.")
@@ -81,6 +83,7 @@ async def patient_view(service_id: str, request: Request) -> JSONResponse:
     _known(service_id)
     settings: Settings = request.app.state.settings
     caller = await _authenticate(request, settings)
+    await fail_interrupted(request.app.state.store)
     hook = _parse(await request.body())
     if hook.get("hook") != "patient-view":
         raise InvalidInput("This service answers the patient-view hook.", expression="hook")
@@ -112,7 +115,7 @@ async def patient_view(service_id: str, request: Request) -> JSONResponse:
         try:
             patient, fetched_parts = await asyncio.wait_for(asyncio.shield(task), budget)
         except TimeoutError:
-            return _pending(request, task, parts, as_of, now, caller, instance)
+            return await _pending(request, task, parts, as_of, now, caller, instance, patient_id)
     assert patient is not None
     fetched = assemble(patient, parts + [(s, o.resources, o.problem) for s, o in fetched_parts])
     cards = await _screen(request, fetched, as_of, now, caller, instance)
@@ -344,11 +347,11 @@ async def _screen(
         entities=tuple(f"GuidanceResponse/{s.guidance['id']}" for s in stored),
     )
     store: Store = request.app.state.store
-    await asyncio.to_thread(store.save, stored, done)
+    await asyncio.to_thread(store.save, stored, done, tuple(ids or ()))
     return cards
 
 
-def _pending(
+async def _pending(
     request: Request,
     task: "asyncio.Future[tuple[Json | None, list[tuple[Search, SearchOutcome]]]]",
     parts: list[tuple[Search, list[Json], str | None]],
@@ -356,13 +359,34 @@ def _pending(
     now: datetime,
     caller: Caller,
     instance: str,
+    patient_id: str,
 ) -> JSONResponse:
     """The EHR is slower than the hook's time: answer now, finish in the background, and store
-    each trial's report under the id the card already links to."""
+    each trial's report under the id the card already links to. The pending screenings are
+    written down first: if this worker dies before they are done, any replica answers their
+    links with a failure (:func:`fail_interrupted`)."""
     settings: Settings = request.app.state.settings
     catalog: Catalog = request.app.state.catalog
+    store: Store = request.app.state.store
     trials = list(catalog.trials.values())
     ids = [str(uuid.uuid4()) for _ in trials]
+    expires = time.time() + settings.ehr_deadline + _PENDING_GRACE
+    pending_rows = [
+        PendingScreening(
+            id=sid,
+            trial_id=t.id,
+            criteria_version=t.spec.version,
+            module=f"{settings.canonical_base}/PlanDefinition/{t.spec.id}|{t.spec.version}",
+            as_of=as_of,
+            patient_ref=f"Patient/{patient_id}",
+            requested_by=f"cds:{caller.client.iss}",
+            card_uuid=card_uuid(sid),
+            tenant=tenant_of(caller),
+            expires=expires,
+        )
+        for t, sid in zip(trials, ids, strict=True)
+    ]
+    await asyncio.to_thread(store.save_pending, pending_rows)
 
     async def finish() -> None:
         try:
@@ -372,6 +396,7 @@ def _pending(
             await _screen(request, fetched, as_of, now, caller, instance, ids)
         except Exception as exc:
             log.warning("hook %s: background screening failed (%s)", instance, type(exc).__name__)
+            await asyncio.to_thread(store.fail_pending, time.time(), interrupted, tuple(ids))
 
     background: set[asyncio.Task[None]] = request.app.state.background
     job = asyncio.create_task(finish())
@@ -383,6 +408,57 @@ def _pending(
     # The pending card answers for the first trial's screening: feedback on it lands there.
     pending = pending_card(reports, base, settings.canonical_base, card_uuid(ids[0]))
     return JSONResponse({"cards": [pending]})
+
+
+def interrupted(pending: PendingScreening) -> NewScreening:
+    """What a pending screening's link answers when its background fetch never finished (the
+    worker died, or the fetch failed outright): a GuidanceResponse with status ``failure`` that
+    says so, never a result."""
+    response_id = pending.id
+    guidance: Json = {
+        "resourceType": "GuidanceResponse",
+        "id": response_id,
+        "contained": [
+            {
+                "resourceType": "OperationOutcome",
+                "id": "messages",
+                "issue": [
+                    {
+                        "severity": "error",
+                        "code": "incomplete",
+                        "diagnostics": "The screening was interrupted before the EHR's data "
+                        "arrived; open the patient's chart again to screen anew.",
+                    }
+                ],
+            }
+        ],
+        "identifier": [{"system": "urn:ietf:rfc:3986", "value": f"urn:uuid:{response_id}"}],
+        "moduleCanonical": pending.module,
+        "status": "failure",
+        "subject": {"reference": pending.patient_ref},
+        "occurrenceDateTime": datetime.now(UTC).isoformat(timespec="seconds"),
+        "evaluationMessage": [{"reference": "#messages"}],
+    }
+    return NewScreening(
+        guidance=guidance,
+        trial_id=pending.trial_id,
+        criteria_version=pending.criteria_version,
+        as_of=pending.as_of,
+        patient_ref=pending.patient_ref,
+        eligibility="interrupted",
+        record_digest="",
+        requested_by=pending.requested_by,
+        card_uuid=pending.card_uuid,
+        tenant=pending.tenant,
+    )
+
+
+async def fail_interrupted(store: Store) -> None:
+    """Answer every pending screening past its time with :func:`interrupted` (any replica may:
+    the one that started it may be gone)."""
+    failed = await asyncio.to_thread(store.fail_pending, time.time(), interrupted)
+    if failed:
+        log.warning("%d pending screening(s) were interrupted; answered as failed", failed)
 
 
 def _timestamp(value: Any) -> datetime:

@@ -7,6 +7,7 @@ Calls are synchronous (SQLAlchemy sessions) and short; the API runs them in a wo
 Each write is one transaction: a screening is stored whole or not at all.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -79,6 +80,28 @@ class StoredAuditEvent(SQLModel, table=True):
     """How many events the row stands for: refused requests are counted per source per minute."""
 
 
+class PendingScreening(SQLModel, table=True):
+    """A screening a CDS card already links to, still being fetched in the background. Kept in
+    the database so that, if the worker dies, any replica can answer the link with a failure
+    instead of leaving it unanswered for ever."""
+
+    __tablename__ = "pending_screening"
+
+    id: str = Field(primary_key=True)
+    """The GuidanceResponse id the card links to."""
+    trial_id: str
+    criteria_version: str
+    module: str
+    """The PlanDefinition canonical (with |version) the screening is against."""
+    as_of: date
+    patient_ref: str
+    requested_by: str
+    card_uuid: str | None = None
+    tenant: str | None = None
+    expires: float = Field(index=True)
+    """Wall-clock seconds after which, still pending, it counts as interrupted."""
+
+
 class RateBucket(SQLModel, table=True):
     """A token bucket of the rate limiter, shared by every worker and replica."""
 
@@ -140,29 +163,24 @@ class Store:
             config.attributes["connection"] = connection
             command.upgrade(config, "head")
 
-    def save(self, screenings: list[NewScreening], audit: "StoredAuditEvent | None" = None) -> None:
-        """The screenings and the audit row recording them: all in one transaction or none."""
+    def save(
+        self,
+        screenings: list[NewScreening],
+        audit: "StoredAuditEvent | None" = None,
+        resolves: tuple[str, ...] = (),
+    ) -> None:
+        """The screenings and the audit row recording them: all in one transaction or none.
+        ``resolves``: pending screenings these complete (their pending rows are dropped)."""
         now = datetime.now(UTC)
         with Session(self.engine, expire_on_commit=False) as session, session.begin():
+            if resolves:
+                session.execute(
+                    delete(PendingScreening).where(col(PendingScreening.id).in_(resolves))
+                )
             if audit is not None:
                 session.add(audit)
             for s in screenings:
-                session.add(
-                    StoredScreening(
-                        id=s.guidance["id"],
-                        trial_id=s.trial_id,
-                        criteria_version=s.criteria_version,
-                        as_of=s.as_of,
-                        patient_ref=s.patient_ref,
-                        eligibility=s.eligibility,
-                        record_digest=s.record_digest,
-                        requested_by=s.requested_by,
-                        created=now,
-                        card_uuid=s.card_uuid,
-                        guidance=orjson.dumps(s.guidance),
-                        tenant=s.tenant,
-                    )
-                )
+                session.add(_stored(s, now))
 
     def guidance(self, screening_id: str) -> bytes | None:
         row = self.screening(screening_id)
@@ -223,6 +241,32 @@ class Store:
             total = session.exec(select(func.count()).select_from(query.subquery())).one()
             page = query.order_by(col(StoredAuditEvent.recorded).desc(), col(StoredAuditEvent.id))
             return total, list(session.exec(page.offset(offset).limit(count)).all())
+
+    def save_pending(self, items: list[PendingScreening]) -> None:
+        with Session(self.engine, expire_on_commit=False) as session, session.begin():
+            session.add_all(items)
+
+    def fail_pending(
+        self,
+        now: float,
+        failed: Callable[[PendingScreening], NewScreening],
+        ids: tuple[str, ...] | None = None,
+    ) -> int:
+        """Store ``failed(row)`` for each pending screening that expired (or each of ``ids``)
+        and drop its pending row, in one transaction; rows another replica is handling at the
+        same moment are skipped. How many were failed."""
+        query = select(PendingScreening)
+        if ids is None:
+            query = query.where(col(PendingScreening.expires) < now)
+        else:
+            query = query.where(col(PendingScreening.id).in_(ids))
+        with Session(self.engine, expire_on_commit=False) as session, session.begin():
+            rows = list(session.exec(query.with_for_update(skip_locked=True)).all())
+            for row in rows:
+                screening = failed(row)
+                session.add(_stored(screening, datetime.now(UTC)))
+                session.delete(row)
+            return len(rows)
 
     def count_refusal(self, item: StoredAuditEvent) -> None:
         """Write a refusal's audit row, or add one to the row with the same id (the caller
@@ -305,6 +349,23 @@ class Store:
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+def _stored(s: NewScreening, now: datetime) -> StoredScreening:
+    return StoredScreening(
+        id=s.guidance["id"],
+        trial_id=s.trial_id,
+        criteria_version=s.criteria_version,
+        as_of=s.as_of,
+        patient_ref=s.patient_ref,
+        eligibility=s.eligibility,
+        record_digest=s.record_digest,
+        requested_by=s.requested_by,
+        created=now,
+        card_uuid=s.card_uuid,
+        guidance=orjson.dumps(s.guidance),
+        tenant=s.tenant,
+    )
 
 
 def _table(model: type[SQLModel]) -> Table:

@@ -6,6 +6,8 @@ minute (an unauthenticated flood writes one row a minute, not one per request). 
 and ``seen_token`` hold the rate limiter and the CDS ``jti`` replay cache, so a restart or a
 second worker enforces the same limit and refuses the same replay. ``screening.tenant`` is the
 tenant of the client that asked for the screening; readers see their tenant's only.
+``pending_screening`` holds the screenings a CDS card links to while they are fetched in the
+background, so an interrupted one is answered with a failure by any replica.
 
 Revision ID: 0002
 Revises: 0001
@@ -28,6 +30,19 @@ def upgrade() -> None:
     op.add_column("screening", sa.Column("tenant", sa.String(), nullable=True))
     op.create_index("ix_screening_tenant", "screening", ["tenant"])
     op.create_table(
+        "pending_screening",
+        sa.Column("id", sa.String(), primary_key=True),
+        sa.Column("trial_id", sa.String(), nullable=False),
+        sa.Column("criteria_version", sa.String(), nullable=False),
+        sa.Column("module", sa.String(), nullable=False),
+        sa.Column("as_of", sa.Date(), nullable=False),
+        sa.Column("patient_ref", sa.String(), nullable=False),
+        sa.Column("requested_by", sa.String(), nullable=False),
+        sa.Column("card_uuid", sa.String(), nullable=True),
+        sa.Column("tenant", sa.String(), nullable=True),
+        sa.Column("expires", sa.Float(), nullable=False, index=True),
+    )
+    op.create_table(
         "rate_bucket",
         sa.Column("key", sa.String(), primary_key=True),
         sa.Column("tokens", sa.Float(), nullable=False),
@@ -43,6 +58,7 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_table("seen_token")
     op.drop_table("rate_bucket")
+    op.drop_table("pending_screening")
     with op.batch_alter_table("screening") as batch:
         batch.drop_index("ix_screening_tenant")
         batch.drop_column("tenant")
