@@ -48,4 +48,7 @@ HEALTHCHECK --interval=30s --timeout=3s --start-period=10s --retries=3 \
 # the service logs one JSON line per request with the route template instead.
 # No proxy headers in uvicorn: the app judges Forwarded / X-Forwarded-* itself, from the proxies
 # in TRIALSCREEN_TRUSTED_PROXIES, and must see the proxy's own address to do so.
-CMD ["uvicorn", "app.main:app", "--host", "0.0.0.0", "--port", "8000", "--workers", "1", "--no-access-log", "--no-proxy-headers"]
+# Idle keep-alive connections close after 5 s; h11 refuses a request head over 16 KiB; the
+# protocol of app/core/http_server.py closes a connection whose head is not in within
+# TRIALSCREEN_HEAD_TIMEOUT (10 s), which uvicorn alone does not bound.
+CMD ["uvicorn", "app.main:app", "--host", "0.0.0.0", "--port", "8000", "--workers", "1", "--no-access-log", "--no-proxy-headers", "--timeout-keep-alive", "5", "--h11-max-incomplete-event-size", "16384", "--http", "app.core.http_server:HeadTimeoutProtocol"]

@@ -15,6 +15,7 @@ from starlette.exceptions import HTTPException
 
 from app.access.inbound import InboundVerifier, RateLimiter
 from app.access.jwks import KeyCache
+from app.access.request_guard import RequestGuard
 from app.api.common import FhirResponse
 from app.api.head import HeadAsGet
 from app.api.health import router as health_router
@@ -24,6 +25,7 @@ from app.api.openapi import contract
 from app.api.published import router as published_router
 from app.api.screen import router as screen_router
 from app.catalog.loader import load_catalog
+from app.cds.service import fail_interrupted
 from app.cds.service import router as cds_router
 from app.cds.trust import JwtVerifier, Unauthorized
 from app.core.errors import TrialscreenError
@@ -62,6 +64,7 @@ def create_app(
         app.state.fetch_plan = plan = fetch_plan(settings, catalog)
         app.state.started = datetime.now(UTC).isoformat(timespec="seconds")
         app.state.store = store = Store(settings.database_url)
+        await fail_interrupted(store)  # screenings a previous run left pending past their time
         background: set[asyncio.Task[None]] = set()
         app.state.background = background
         if settings.allow_unauthenticated:
@@ -73,10 +76,13 @@ def create_app(
             async with ehr_http_client(settings, ehr_transport) as http:
                 app.state.http = http
                 app.state.ehr_auth = ehr_auth(settings)
-                app.state.jwt_verifier = JwtVerifier(settings.cds_clients, http)
+                app.state.jwt_verifier = JwtVerifier(settings.cds_clients, http, store)
                 app.state.inbound_verifier = InboundVerifier(settings, KeyCache(http))
                 app.state.rate_limiter = RateLimiter(
-                    settings.rate_limit_per_minute, settings.rate_limit_burst
+                    store, settings.rate_limit_per_minute, settings.rate_limit_burst
+                )
+                app.state.refusal_limiter = RateLimiter(
+                    store, settings.refused_per_minute, settings.refused_burst
                 )
                 app.state.record_source = (
                     DemoRecordSource(DEMO_PATIENTS)
@@ -103,6 +109,8 @@ def create_app(
         version=software_version,
         summary="Clinical-trial eligibility screening over FHIR R4",
         lifespan=lifespan,
+        docs_url="/docs" if settings.docs_enabled else None,
+        redoc_url="/redoc" if settings.docs_enabled else None,
     )
     app.dependency_overrides[get_settings] = lambda: settings
     fhir_json = [Depends(negotiate)]
@@ -127,6 +135,7 @@ def create_app(
             # What a browser client may read: versions for caching, where a screening is kept.
             expose_headers=["ETag", "Last-Modified", "Content-Location", "Preference-Applied"],
         )
+    app.add_middleware(RequestGuard, max_body_bytes=settings.max_body_bytes)
     install_observability(app, settings)
     app.add_middleware(HeadAsGet)
 
@@ -156,7 +165,9 @@ def create_app(
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> FhirResponse:
         # Log the type and place only: the body may hold patient data.
-        log.error("unhandled %s on %s %s", type(exc).__name__, request.method, request.url.path)
+        # The route template, not the path: the path is the caller's (ids, any length).
+        route = getattr(request.scope.get("route"), "path_format", None) or "unmatched"
+        log.error("unhandled %s on %s %s", type(exc).__name__, request.method, route)
         return _outcome(500, "exception", "Internal error; the request was not processed.")
 
     return app

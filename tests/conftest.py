@@ -24,6 +24,7 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ["TRIALSCREEN_DATABASE_URL"] = f"sqlite:///{work / 'trialscreen.db'}"
     # Hundreds of calls from one test client would trip the rate limit; its own tests set it.
     os.environ["TRIALSCREEN_RATE_LIMIT_PER_MINUTE"] = "0"
+    os.environ["TRIALSCREEN_REFUSED_PER_MINUTE"] = "0"
 
 
 @pytest.fixture(scope="session")

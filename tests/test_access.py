@@ -151,9 +151,12 @@ def test_reading_screenings_needs_the_read_scope(secured: TestClient) -> None:
 
 
 def test_refused_access_is_audited(secured: TestClient) -> None:
+    probe = f"probe-{uuid.uuid4()}"
     assert secured.get("/fhir/GuidanceResponse/some-id").status_code == 401
     assert (
-        secured.get("/fhir/GuidanceResponse/some-id", headers=bearer(token(SCREENER))).status_code
+        secured.get(
+            "/fhir/GuidanceResponse/some-id", headers=bearer(token(SCREENER, client_id=probe))
+        ).status_code
         == 403
     )
     trail = secured.get("/fhir/AuditEvent", headers=bearer(token(AUDITOR))).json()
@@ -162,8 +165,9 @@ def test_refused_access_is_audited(secured: TestClient) -> None:
         for e in trail["entry"]
         if e["resource"]["subtype"][1]["code"] == "access-denied"
     ]
-    agents = {e["agent"][0]["who"]["identifier"]["value"] for e in denied[:2]}
-    assert agents == {"engine-1", "unauthenticated@testclient"}
+    # Refusals are aggregated per source, route and minute: look for both sources' rows.
+    agents = {e["agent"][0]["who"]["identifier"]["value"] for e in denied}
+    assert {probe, "unauthenticated@testclient"} <= agents
     assert all(e["outcome"] == "4" for e in denied)
 
 
@@ -210,3 +214,74 @@ def test_development_setting_serves_without_a_token() -> None:
             client.post(SCREEN, json=parameters(small_bundle()), headers=bearer("x")).status_code
             == 401
         )
+
+
+# --- patient-bound scopes (issue 12) -------------------------------------------------------------
+
+
+def _screen_patient(
+    client: TestClient, patient_id: str, scope: str = SCREENER, **claims: Any
+) -> Any:
+    bundle = small_bundle()
+    bundle["entry"][0]["resource"]["id"] = patient_id
+    return client.post(SCREEN, json=parameters(bundle), headers=bearer(token(scope, **claims)))
+
+
+@pytest.fixture(scope="module")
+def two_patients(secured: TestClient) -> dict[str, str]:
+    """A screening id for each of two patients, screened by the integration engine."""
+    ids = {}
+    for patient in (f"pa-{uuid.uuid4().hex[:8]}", f"pb-{uuid.uuid4().hex[:8]}"):
+        response = _screen_patient(secured, patient)
+        assert response.status_code == 200, response.text
+        ids[patient] = response.json()["id"]
+    return ids
+
+
+def test_a_patient_scope_reads_only_its_own_patient(
+    secured: TestClient, two_patients: dict[str, str]
+) -> None:
+    (mine, mine_id), (other, other_id) = two_patients.items()
+    headers = bearer(token("patient/GuidanceResponse.read", patient=mine))
+    assert secured.get(f"/fhir/GuidanceResponse/{mine_id}", headers=headers).status_code == 200
+    assert secured.get(f"/fhir/GuidanceResponse/{other_id}", headers=headers).status_code == 403
+    search = "/fhir/GuidanceResponse?subject=Patient/"
+    assert secured.get(search + other, headers=headers).status_code == 403
+    own = secured.get(search + mine, headers=headers)
+    assert own.status_code == 200 and own.json()["total"] == 1
+    # No subject: the search is filtered to the token's patient.
+    filtered = secured.get("/fhir/GuidanceResponse", headers=headers).json()
+    assert [e["resource"]["id"] for e in filtered["entry"]] == [mine_id]
+
+
+def test_a_patient_scope_without_a_patient_claim_is_403(
+    secured: TestClient, two_patients: dict[str, str]
+) -> None:
+    (_, screening_id), _ = two_patients.items()
+    headers = bearer(token("patient/GuidanceResponse.rs"))
+    assert secured.get(f"/fhir/GuidanceResponse/{screening_id}", headers=headers).status_code == 403
+
+
+def test_user_scopes_follow_the_patient_claim_when_there_is_one(
+    secured: TestClient, two_patients: dict[str, str]
+) -> None:
+    (mine, _), (_, other_id) = two_patients.items()
+    path = f"/fhir/GuidanceResponse/{other_id}"
+    anywhere = bearer(token("user/GuidanceResponse.read"))
+    assert secured.get(path, headers=anywhere).status_code == 200
+    in_context = bearer(token("user/GuidanceResponse.read", patient=mine))
+    assert secured.get(path, headers=in_context).status_code == 403
+    system = bearer(token("system/GuidanceResponse.read", patient=mine))
+    assert secured.get(path, headers=system).status_code == 200
+
+
+def test_a_patient_scope_screens_only_its_own_patient(secured: TestClient) -> None:
+    scope = "patient/GuidanceResponse.write"
+    assert _screen_patient(secured, "own-1", scope, patient="own-1").status_code == 200
+    assert _screen_patient(secured, "other-1", scope, patient="own-1").status_code == 403
+    by_id = {
+        "resourceType": "Parameters",
+        "parameter": [{"name": "patient", "valueString": "other-1"}],
+    }
+    refused = secured.post(SCREEN, json=by_id, headers=bearer(token(scope, patient="own-1")))
+    assert refused.status_code == 403

@@ -8,6 +8,7 @@ patient is not ineligible for, linking to a stored report equal to the REST answ
 response is held to the card rules of the specification.
 """
 
+import asyncio
 import json
 import re
 import time
@@ -23,9 +24,12 @@ import httpx
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from sqlmodel import Session, col, select
 
+from app.cds.service import interrupted
 from app.core.settings import CdsClient, Settings
 from app.main import create_app
+from app.store.database import PendingScreening, Store
 from tests.fhir_server import STRICT, FhirServer
 from tests.mock_ehr import MockEhr
 from tests.test_api import _same_answer, parameters, result_parameters, validate_r4
@@ -557,6 +561,12 @@ def test_a_slow_ehr_gets_a_pending_card_and_the_reports_follow(
         assert _same_answer(report) == _same_answer(rest[trial]), trial
         label = next(x["label"] for x in card["links"] if report["id"] in x["url"])
         assert label.split()[0] in {"HN2301", "KN5501"}
+    # Done: nothing is left pending (the reports replaced their pending rows in one transaction).
+    with Session(hooks_slow.app.state.store.engine) as session:
+        ids = [r["id"] for r in reports.values()]
+        assert not session.exec(
+            select(PendingScreening).where(col(PendingScreening.id).in_(ids))
+        ).all()
 
 
 def test_complete_prefetch_needs_no_fetch_time(hooks_slow: Hooks, fhir_server: FhirServer) -> None:
@@ -840,3 +850,128 @@ def test_a_prefetched_order_keeps_the_medication_its_bundle_carries() -> None:
     without = {"resourceType": "Bundle", "entry": [{"resource": patient}, {"resource": order}]}
     (bare,) = read_bundle(without).medications
     assert bare.unresolved == "Medication/m1" and bare.codes == ()
+
+
+# --- hostile prefetch (issue 12) ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "broken",
+    [{"link": "next"}, {"link": 42}, {"entry": 3}, {"entry": "all"}],
+    ids=["link string", "link number", "entry number", "entry string"],
+)
+def test_a_malformed_prefetch_bundle_marks_its_part_incomplete(
+    hooks_all: Hooks, fhir_server: FhirServer, broken: Json
+) -> None:
+    patient_id = PATIENT_IDS[0]
+    prefetch = prefetch_for(hooks_all, patient_id, fhir_server)
+    prefetch["conditions"] = prefetch["conditions"] | broken
+    response = hooks_all.call(hook_request(patient_id, prefetch))
+    assert response.status_code == 200, response.text
+    report = hooks_all.reports(response.json()["cards"])[SLE_TRIAL]
+    assert eligibility(report) != "eligible"
+    assert criterion_result(report, "I3")["result"] == "unknown"  # the SLE diagnosis
+    messages = next(c for c in report["contained"] if c["id"] == "messages")
+    assert any("Condition Bundle is malformed" in i["diagnostics"] for i in messages["issue"])
+
+
+def test_a_prefetch_of_another_patient_is_400_and_stores_nothing(
+    hooks: Hooks, fhir_server: FhirServer
+) -> None:
+    patient_id, other = PATIENT_IDS[0], PATIENT_IDS[1]
+    store = hooks.app.state.store
+    before = store.screenings_for(f"Patient/{other}", None, 0, 1)[0]
+    whole_other = prefetch_for(hooks, other, fhir_server)
+    mixed = prefetch_for(hooks, patient_id, fhir_server) | {"conditions": whole_other["conditions"]}
+    for prefetch in (whole_other, mixed):
+        response = hooks.call(hook_request(patient_id, prefetch))
+        assert response.status_code == 400, response.text
+    assert store.screenings_for(f"Patient/{other}", None, 0, 1)[0] == before
+
+
+@pytest.mark.parametrize(
+    "instance", ["x" * 300_000, "abc\x00def", "line\nbreak"], ids=["huge", "nul", "newline"]
+)
+def test_a_hostile_hook_instance_is_400(hooks: Hooks, instance: str) -> None:
+    response = hooks.call(_spec_example() | {"hookInstance": instance})
+    assert response.status_code == 400
+
+
+@pytest.mark.parametrize(
+    "moment",
+    ["0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-12:00", "2026-13-45", "x" * 10_000, 7],
+)
+def test_a_hostile_outcome_timestamp_is_not_a_500(
+    hooks: Hooks, fhir_server: FhirServer, moment: Any
+) -> None:
+    patient_id = PATIENT_IDS[2]
+    (card,) = hooks.cards(hook_request(patient_id, prefetch_for(hooks, patient_id, fhir_server)))
+    item = {"card": card["uuid"], "outcome": "accepted", "outcomeTimestamp": moment}
+    assert _post_feedback(hooks, {"feedback": [item]}).status_code == 200
+    (stored,) = hooks.app.state.store.feedback_for(_screening_id(card))
+    assert 1900 <= stored.outcome_timestamp.year <= 2999
+
+
+# --- pending screenings survive the worker that started them (issue 12) ---------------------------
+
+HANGING_EHR = "http://ehr.test/fhir"
+
+
+def _hanging_app(database_url: str) -> FastAPI:
+    """Every EHR request hangs: a hook call gets the pending card and its screenings stay
+    pending (as if the worker died mid-fetch)."""
+
+    async def hang(request: httpx.Request) -> httpx.Response:
+        await asyncio.sleep(3600)
+        raise AssertionError("unreachable")
+
+    settings = Settings(
+        public_base_url=BASE,
+        allow_unauthenticated=True,
+        ehr_base_url=HANGING_EHR,
+        cds_fetch_budget=0.0,
+        database_url=database_url,
+    )
+    return create_app(settings, ehr_transport=httpx.MockTransport(hang))
+
+
+def _pending_card(client: TestClient) -> Json:
+    body = hook_request("interrupted-1", fhir_server=HANGING_EHR)
+    del body["fhirAuthorization"]  # the development caller fetches without one
+    response = client.post(SERVICE, json=body)
+    assert response.status_code == 200, response.text
+    (card,) = response.json()["cards"]
+    pending: Json = card
+    return pending
+
+
+def test_an_interrupted_pending_screening_is_answered_as_failed(store_url: str) -> None:
+    with TestClient(_hanging_app(store_url)) as client:
+        card = _pending_card(client)
+        store = client.app.state.store  # type: ignore[attr-defined]
+        for link in card["links"]:
+            assert client.get(urlsplit(link["url"]).path).status_code == 404  # still pending
+        # The worker that started them is gone; later, any replica sweeps what is past its time.
+        assert store.fail_pending(time.time() + 3600, interrupted) == len(card["links"])
+        for link in card["links"]:
+            report = client.get(urlsplit(link["url"]).path).json()
+            validate_r4(report)
+            assert report["status"] == "failure"
+            assert "interrupted" in report["contained"][0]["issue"][0]["diagnostics"]
+        assert store.fail_pending(time.time() + 3600, interrupted) == 0
+
+
+def test_a_restarted_service_answers_what_it_left_pending(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'restart.db'}"
+    with TestClient(_hanging_app(url)) as client:
+        card = _pending_card(client)
+    # Past its time when the service comes back (its deadline moved into the past).
+    store = Store(url)
+    with Session(store.engine) as session, session.begin():
+        for row in session.exec(select(PendingScreening)).all():
+            row.expires = time.time() - 1
+    store.close()
+    with TestClient(_hanging_app(url)) as restarted:
+        for link in card["links"]:
+            report = restarted.get(urlsplit(link["url"]).path).json()
+            assert report["status"] == "failure"

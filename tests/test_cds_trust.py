@@ -132,6 +132,8 @@ class JwksServer:
     """Path -> the JWK Set served there."""
     served: list[str] = field(default_factory=list)
     """Every path requested, in order."""
+    cache_control: dict[str, str] = field(default_factory=dict)
+    """Path -> the Cache-Control header served with it."""
 
     def count(self, path: str) -> int:
         return self.served.count(path)
@@ -146,7 +148,9 @@ def _jwks_app(server: JwksServer) -> FastAPI:
         server.served.append(path)
         if path not in server.sets:
             return Response(status_code=404)
-        return JSONResponse(server.sets[path])
+        control = server.cache_control.get(path)
+        headers = {"cache-control": control} if control else None
+        return JSONResponse(server.sets[path], headers=headers)
 
     return app
 
@@ -261,7 +265,8 @@ def test_aud_as_an_array_holding_the_url_called_is_accepted(service: Service) ->
 
 def test_epic_style_claims_sub_and_nbf_are_accepted(service: Service) -> None:
     now = int(time.time())
-    response = service.call(mint(payload=claims(sub="ehr-client", nbf=now, exp=now + 900)))
+    # exp at most five minutes after iat (CDS Hooks); issue 12 caps it, so no longer 900 s.
+    response = service.call(mint(payload=claims(sub="ehr-client", nbf=now, exp=now + 300)))
     assert response.status_code == 200, response.text
 
 
@@ -476,3 +481,133 @@ def test_a_failed_refresh_keeps_the_keys_already_known(
     jwks_server.sets[path] = published
     response = service.call(mint("rsa-1", payload=claims(ISS_REMOTE)))
     assert response.status_code == 200, response.text
+
+
+# --- issue 12: lifetimes, replays across restarts, keys removed at the issuer ---------------------
+
+
+@pytest.mark.parametrize("lifetime", [301, 3600, 10 * 365 * 86400])
+def test_a_token_living_longer_than_five_minutes_is_refused(
+    service: Service, lifetime: int
+) -> None:
+    now = int(time.time())
+    assert_bare_401(service.call(mint(payload=claims(iat=now, exp=now + lifetime))))
+
+
+def test_a_replay_is_refused_by_a_restarted_service_on_the_same_database(
+    tmp_path: Any,
+) -> None:
+    settings = Settings(
+        public_base_url=BASE,
+        database_url=f"sqlite:///{tmp_path / 'shared.db'}",
+        cds_clients=(CdsClient(iss=ISS_INLINE, jwks=jwks("rsa-1")),),
+    )
+    token = mint()
+    with TestClient(create_app(settings)) as first:
+        assert first.post(SERVICE, json=hook_body(first), headers=bearer(token)).status_code == 200
+    with TestClient(create_app(settings)) as restarted:
+        assert_bare_401(restarted.post(SERVICE, json=hook_body(restarted), headers=bearer(token)))
+        fresh = mint()
+        response = restarted.post(SERVICE, json=hook_body(restarted), headers=bearer(fresh))
+        assert response.status_code == 200
+
+
+def test_a_key_removed_from_the_jwks_stops_working_within_its_max_age(
+    rotating: tuple[Service, list[float]], jwks_server: JwksServer
+) -> None:
+    service, now = rotating
+    path = "/rotating-jwks.json"
+    jwks_server.sets[path] = jwks("rsa-1", "rsa-2")
+    jwks_server.cache_control[path] = "public, max-age=120"
+    try:
+        assert service.call(mint("rsa-2", payload=claims(ISS_REMOTE))).status_code == 200
+        jwks_server.sets[path] = jwks("rsa-1")  # the issuer withdraws rsa-2
+        now[0] += 60
+        assert service.call(mint("rsa-2", payload=claims(ISS_REMOTE))).status_code == 200
+        now[0] += 61  # past max-age: the next call refetches
+        assert_bare_401(service.call(mint("rsa-2", payload=claims(ISS_REMOTE))))
+        assert service.call(mint("rsa-1", payload=claims(ISS_REMOTE))).status_code == 200
+    finally:
+        jwks_server.cache_control.pop(path)
+
+
+def test_without_cache_headers_keys_are_refetched_every_five_minutes(
+    rotating: tuple[Service, list[float]], jwks_server: JwksServer
+) -> None:
+    service, now = rotating
+    path = "/rotating-jwks.json"
+    jwks_server.sets[path] = jwks("rsa-1", "rsa-2")
+    assert service.call(mint("rsa-2", payload=claims(ISS_REMOTE))).status_code == 200
+    jwks_server.sets[path] = jwks("rsa-1")
+    now[0] += 299
+    assert service.call(mint("rsa-2", payload=claims(ISS_REMOTE))).status_code == 200
+    now[0] += 2
+    assert_bare_401(service.call(mint("rsa-2", payload=claims(ISS_REMOTE))))
+
+
+def test_feedback_is_taken_only_from_the_client_the_card_was_shown_by(tmp_path: Any) -> None:
+    settings = Settings(
+        public_base_url=BASE,
+        database_url=f"sqlite:///{tmp_path / 'cards.db'}",
+        cds_show_ineligible=True,
+        cds_clients=(
+            CdsClient(iss=ISS_INLINE, jwks=jwks("rsa-1")),
+            CdsClient(iss=ISS_REMOTE, jwks=jwks("rsa-1")),
+        ),
+    )
+    with TestClient(create_app(settings)) as client:
+        response = client.post(SERVICE, json=hook_body(client), headers=bearer(mint()))
+        assert response.status_code == 200, response.text
+        card = response.json()["cards"][0]["uuid"]
+        body = {"feedback": [{"card": card, "outcome": "accepted"}]}
+        fb_aud = f"{BASE}{FEEDBACK}"
+        other = mint(payload=claims(ISS_REMOTE, aud=fb_aud))
+        assert client.post(FEEDBACK, json=body, headers=bearer(other)).status_code == 404
+        own = mint(payload=claims(ISS_INLINE, aud=fb_aud))
+        assert client.post(FEEDBACK, json=body, headers=bearer(own)).status_code == 200
+
+
+def test_readers_see_only_their_tenants_screenings(tmp_path: Any) -> None:
+    from tests.test_access import ISSUER as REST_ISSUER
+    from tests.test_access import READER
+    from tests.test_access import _jwks as rest_jwks
+    from tests.test_access import token as rest_token
+
+    settings = Settings(
+        public_base_url=BASE,
+        database_url=f"sqlite:///{tmp_path / 'tenants.db'}",
+        cds_show_ineligible=True,
+        auth_issuer=REST_ISSUER,
+        auth_jwks=rest_jwks(),
+        cross_tenant_clients=("auditing-engine",),
+        cds_clients=(
+            CdsClient(iss=ISS_INLINE, jwks=jwks("rsa-1")),
+            CdsClient(iss=ISS_TENANT, jwks=jwks("rsa-1"), tenant=TENANT),
+        ),
+    )
+    patient = f"t-{uuid.uuid4().hex[:8]}"
+    with TestClient(create_app(settings)) as client:
+        made = {}
+        for iss, extra in ((ISS_INLINE, {}), (ISS_TENANT, {"tenant": TENANT})):
+            token = mint(payload=claims(iss, **extra))
+            response = client.post(SERVICE, json=hook_body(client, patient), headers=bearer(token))
+            assert response.status_code == 200, response.text
+            made[iss] = response.json()["cards"][0]["links"][0]["url"].rsplit("/", 1)[1]
+
+        def visible(**token_claims: Any) -> set[str]:
+            headers = bearer(rest_token(READER, **token_claims))
+            search = client.get(
+                f"/fhir/GuidanceResponse?subject=Patient/{patient}", headers=headers
+            )
+            found = {e["resource"]["id"] for e in search.json().get("entry", [])}
+            for iss, screening_id in made.items():
+                read = client.get(f"/fhir/GuidanceResponse/{screening_id}", headers=headers)
+                assert read.status_code == (200 if screening_id in found else 404), iss
+            return found
+
+        # Each CDS client's screenings carry its tenant (the configured one, else its issuer).
+        assert made[ISS_TENANT] in visible(tenant=TENANT)
+        assert made[ISS_INLINE] not in visible(tenant=TENANT)
+        assert made[ISS_INLINE] in visible(tenant=ISS_INLINE)
+        assert visible() == set()  # no tenant claim: only screenings made without a tenant
+        assert set(made.values()) <= visible(client_id="auditing-engine")

@@ -146,6 +146,10 @@ def test_runtime_stage_runs_readmes_command_as_a_non_root_user(
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     assert "uvicorn app.main:app" in readme
     assert "--no-access-log" in cmd, "uvicorn's access log writes query strings (patient ids)"
+    for flag in ("--no-access-log", "--timeout-keep-alive", "--h11-max-incomplete-event-size"):
+        assert flag in cmd and flag in readme, flag  # bounded connections, no raw paths logged
+    protocol = "app.core.http_server:HeadTimeoutProtocol"  # a deadline for the request head
+    assert cmd[cmd.index("--http") + 1] == protocol and f"--http {protocol}" in readme
     (healthcheck,) = [i.args for i in runtime if i.keyword == "HEALTHCHECK"]
     probe = json.loads(healthcheck.partition(" CMD ")[2])
     assert probe[:2] == ["python", "-c"]

@@ -5,6 +5,7 @@ never a crash, and never ``met``, ``not-met`` or ``eligible`` on data that did n
 """
 
 import asyncio
+import time
 from collections.abc import Iterator
 from datetime import date
 from typing import Any
@@ -17,7 +18,7 @@ from app.catalog.loader import Catalog
 from app.core.errors import NotFound, UpstreamUnavailable
 from app.core.settings import Settings
 from app.ehr.auth import EhrAuth, NoAuth
-from app.ehr.client import FhirClient
+from app.ehr.client import Deadline, FhirClient
 from app.ehr.fetch_plan import plan_for
 from app.ehr.record_source import EhrRecordSource, FetchedRecord
 from app.engine import Eligibility, Status, evaluate
@@ -250,3 +251,120 @@ def test_medication_searches_include_the_medication_but_prefetch_templates_do_no
     }
     assert all("_include" not in s.query() for s in searches.values())
     assert all(s.included_types == ("Medication",) for s in searches.values())
+
+
+# --- hostile pages (issue 12) --------------------------------------------------------------------
+
+
+def _page(ehr: MockEhr, kind: str, **fields: Any) -> Any:
+    def fault(request: httpx.Request) -> httpx.Response | None:
+        if f"/fhir/{kind}" not in request.url.path:
+            return None
+        page = {
+            "resourceType": "Bundle",
+            "type": "searchset",
+            "entry": [{"resource": r} for r in ehr.resources(kind)],
+        } | fields
+        return _json(200, page)
+
+    return fault
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"link": 7},
+        {"link": "next"},
+        {"link": [3, {"relation": "next", "url": 5}]},
+        {"entry": 12},
+        {"entry": "everything"},
+    ],
+)
+def test_a_malformed_page_marks_its_part_incomplete(
+    ehr: MockEhr, catalog: Catalog, fields: dict[str, Any]
+) -> None:
+    ehr.faults.append(_page(ehr, "Condition", **fields))
+    fetched = fetch(ehr, catalog)
+    statuses = _statuses(catalog, fetched)
+    if "entry" in fields or fields["link"] in (7, "next"):
+        assert "malformed" in fetched.record.incomplete["Condition"]
+        assert statuses["I1.sle"] is Status.UNKNOWN
+    else:  # a list of links holding junk: the junk is no next link
+        assert fetched.problems == ()
+    assert statuses["I7.anc"] is Status.MET
+
+
+def test_an_entry_whose_search_is_not_an_object_is_not_a_match(
+    ehr: MockEhr, catalog: Catalog
+) -> None:
+    def search_as_text(request: httpx.Request) -> httpx.Response | None:
+        if "/fhir/Condition" not in request.url.path:
+            return None
+        entries = [{"resource": r, "search": "match"} for r in ehr.resources("Condition")]
+        return _json(200, {"resourceType": "Bundle", "type": "searchset", "entry": entries})
+
+    ehr.faults.append(search_as_text)
+    fetched = fetch(ehr, catalog)
+    assert fetched.record.conditions == ()
+    screening = evaluate(catalog.trials["NCT06801119"], fetched.record, AS_OF)
+    assert screening.eligibility is not Eligibility.ELIGIBLE
+
+
+@pytest.mark.parametrize(
+    "next_url",
+    [
+        f"{BASE}/../other/Condition?page=2",
+        f"{BASE}/%2e%2e/other/Condition?page=2",
+        f"{BASE}/Condition/../../../other?page=2",
+        "http://ehr.test/fhirX/Condition?page=2",
+        "http://user@ehr.test/fhir/Condition?page=2",
+        "http://ehr.test:8080/fhir/Condition?page=2",
+        "https://ehr.test/fhir/Condition?page=2",
+        "http://ehr.test:99999/fhir/Condition",
+    ],
+)
+def test_a_next_link_leaving_the_base_path_is_not_followed(
+    ehr: MockEhr, catalog: Catalog, next_url: str
+) -> None:
+    ehr.faults.append(_page(ehr, "Condition", link=[{"relation": "next", "url": next_url}]))
+    fetched = fetch(ehr, catalog)
+    assert all(r.url.path.startswith("/fhir/") for r in ehr.requests)
+    assert sum("Condition" in r.url.path for r in ehr.requests) == 1
+    assert "outside the EHR base URL" in fetched.record.incomplete["Condition"]
+
+
+def test_a_next_link_with_harmless_dot_segments_is_followed_normalised(
+    ehr: MockEhr, catalog: Catalog
+) -> None:
+    ehr.faults.append(
+        once(_page(ehr, "Condition", link=[{"relation": "next", "url": f"{BASE}/x/../Condition"}]))
+    )
+    fetched = fetch(ehr, catalog)
+    followed = [r for r in ehr.requests if "Condition" in r.url.path]
+    assert [r.url.path for r in followed] == ["/fhir/Condition", "/fhir/Condition"]
+    assert "Condition" not in fetched.record.incomplete
+
+
+class _Dribble(httpx.AsyncByteStream):
+    async def __aiter__(self) -> Any:
+        for byte in b'{"resourceType": "Bundle", "type": "searchset"}':
+            await asyncio.sleep(0.05)
+            yield bytes([byte])
+
+
+def test_a_body_dribbled_byte_by_byte_is_cut_at_the_deadline(ehr: MockEhr) -> None:
+    def dribble(request: httpx.Request) -> httpx.Response | None:
+        return httpx.Response(200, stream=_Dribble()) if "Condition" in request.url.path else None
+
+    ehr.faults.append(dribble)
+
+    async def run() -> tuple[float, Any]:
+        async with httpx.AsyncClient(transport=ehr.transport()) as http:
+            client = FhirClient(http, BASE, NoAuth(), read_timeout=20.0, sleep=Sleeps())
+            started = time.monotonic()
+            outcome = await client.search("Condition", {"patient": "p"}, Deadline.after(0.6))
+            return time.monotonic() - started, outcome
+
+    elapsed, outcome = asyncio.run(run())
+    assert elapsed < 1.5  # the body alone takes 2.4 s; read timeouts never trip on it
+    assert outcome.problem is not None and "time" in outcome.problem

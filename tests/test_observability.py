@@ -5,8 +5,10 @@ import asyncio
 import json
 import logging
 import sys
+import traceback
 import uuid
 from collections.abc import Iterator
+from datetime import date
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -146,15 +148,15 @@ def test_one_json_line_per_request_with_the_route_template_and_no_query_string(
     assert "qs-marker-4411" not in err and "NCT06801119" not in json.dumps(line)
 
 
-def test_an_unmatched_path_is_logged_without_its_query(
+def test_an_unmatched_path_is_logged_as_unmatched_never_raw(
     client: TestClient, capsys: pytest.CaptureFixture[str]
 ) -> None:
     capsys.readouterr()
     client.get("/no/such/place?token=qs-marker-5522", headers={"X-Request-ID": "req-line-2"})
     err = capsys.readouterr().err
     (line,) = [e for e in request_lines(err) if e["request_id"] == "req-line-2"]
-    assert (line["path"], line["status"]) == ("/no/such/place", 404)
-    assert "qs-marker-5522" not in err
+    assert (line["path"], line["status"]) == ("unmatched", 404)
+    assert "qs-marker-5522" not in err and "/no/such/place" not in err
 
 
 def test_log_lines_inside_a_request_carry_its_id() -> None:
@@ -240,6 +242,7 @@ def test_the_apps_500_answer_is_counted_and_its_error_line_carries_the_request_i
         ("trialscreen", "ERROR"),
     ]
     assert lines[0]["status"] == 500 and "must not be logged" not in json.dumps(lines)
+    assert lines[1]["message"] == f"unhandled RuntimeError on GET {route}"  # never the raw path
     assert sample("trialscreen_requests_total", method="GET", route=route, status="500") == (
         before + 1
     )
@@ -500,3 +503,42 @@ def test_no_patient_data_reaches_any_log_output(
     everything = "\n".join([caplog.text, records, captured.out, captured.err])
     assert len(request_lines(captured.err)) >= len(answers)
     assert [needle for needle in PHI if needle in everything] == []
+
+
+# --- issue 12: what operators may turn off, what never reaches a log -----------------------------
+
+
+def test_metrics_and_docs_can_be_turned_off() -> None:
+    settings = Settings(allow_unauthenticated=True, metrics_enabled=False, docs_enabled=False)
+    with TestClient(create_app(settings)) as off:
+        for path in ("/metrics", "/docs", "/redoc"):
+            assert off.get(path).status_code == 404, path
+        assert off.get("/openapi.json").status_code == 200
+    with TestClient(create_app(Settings(allow_unauthenticated=True))) as on:
+        for path in ("/metrics", "/docs", "/redoc"):
+            assert on.get(path).status_code == 200, path
+
+
+def test_a_failing_statement_does_not_carry_its_parameters(tmp_path: Path) -> None:
+    from sqlalchemy.exc import IntegrityError
+
+    from app.store.database import NewScreening, Store
+
+    store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    screening = NewScreening(
+        guidance={"id": "dup"},
+        trial_id="NCT06801119",
+        criteria_version="1",
+        as_of=date(2026, 6, 1),
+        patient_ref=f"Patient/{PHI_ID}",
+        eligibility="needs-data",
+        record_digest="d",
+        requested_by="t",
+    )
+    store.save([screening])
+    with pytest.raises(IntegrityError) as failure:
+        store.save([screening])
+    store.close()
+    text = "".join(traceback.format_exception(failure.value))
+    assert "INSERT INTO screening" in text
+    assert PHI_ID not in text

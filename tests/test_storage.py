@@ -5,6 +5,7 @@ backend. The crash tests SIGKILL a child process that is writing a large `save` 
 the store holds none of it afterwards: one transaction per call, whatever happens to the writer.
 """
 
+import asyncio
 import json
 import queue
 import signal
@@ -414,3 +415,38 @@ def test_a_writer_killed_while_writing_stores_nothing(
     assert returncode == -signal.SIGKILL
     assert stored == 0, "killed mid-write, before COMMIT, yet stored"
     assert_store_usable_after_kill(store, store_url)
+
+
+# --- state shared by workers and replicas (issue 12) ---------------------------------------------
+
+
+def test_a_token_bucket_allows_its_burst_then_refills(store: Store) -> None:
+    now = 1_000_000.0
+    assert [store.take_token("k", 1.0, 3.0, now) for _ in range(3)] == [None, None, None]
+    wait = store.take_token("k", 1.0, 3.0, now)
+    assert wait is not None and 0.99 <= wait <= 1.0
+    assert store.take_token("other", 1.0, 3.0, now) is None  # buckets are per key
+    assert store.take_token("k", 1.0, 3.0, now + 1.0) is None  # one token back after 1 s
+    assert store.take_token("k", 1.0, 3.0, now + 1.0) is not None
+    store.forget_full_buckets(now + 100.0, idle=10.0)
+    assert [store.take_token("k", 1.0, 3.0, now + 100.0) for _ in range(3)] == [None] * 3
+
+
+def test_a_token_id_is_used_once_until_it_expires(store: Store) -> None:
+    assert store.first_use("iss|jti-1", expires=100.0, now=50.0)
+    assert not store.first_use("iss|jti-1", expires=100.0, now=60.0)
+    assert store.first_use("iss|jti-2", expires=100.0, now=60.0)
+    # Once expired it is forgotten (the token itself is refused for its exp by then).
+    assert store.first_use("iss|jti-1", expires=300.0, now=200.0)
+
+
+def test_refusals_in_one_minute_share_one_audit_row(store: Store) -> None:
+    from app.store import audit
+
+    for _ in range(5):
+        asyncio.run(audit.refused(store, agent="unauthenticated@1.2.3.4", description="401 on X"))
+    asyncio.run(audit.refused(store, agent="unauthenticated@5.6.7.8", description="401 on X"))
+    _, rows = store.audit_events(None, 0, 10)
+    counts = sorted(r.occurrences for r in rows)
+    assert counts in ([1, 5], [1, 1, 4], [1, 2, 3], [1, 1, 1, 3], [1, 1, 2, 2])  # minute edges
+    assert sum(counts) == 6

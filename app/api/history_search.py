@@ -18,7 +18,7 @@ from app.api.search import (
     token,
 )
 from app.core.errors import InvalidInput
-from app.store.database import Store, StoredAuditEvent, StoredScreening
+from app.store.database import ANY_TENANT, Store, StoredAuditEvent, StoredScreening
 
 _STATUS_SYSTEM = "http://hl7.org/fhir/guidance-response-status"
 _EVENT_TYPE_SYSTEM = "http://terminology.hl7.org/CodeSystem/audit-event-type"
@@ -133,9 +133,14 @@ def searched_patient(search: Search, spec: SearchSpec) -> str | None:
     return None
 
 
-def find_screenings(store: Store, search: Search) -> tuple[int, list[bytes]]:
-    """(total, the page of stored GuidanceResponses) matching the search."""
-    if not any(search.values(n) for n in ("patient", "subject", "_id", "identifier")):
+def find_screenings(
+    store: Store, search: Search, patient: str | None = None, tenant: str | None = ANY_TENANT
+) -> tuple[int, list[bytes]]:
+    """(total, the page of stored GuidanceResponses) matching the search; of ``patient`` only
+    when given (a request confined to one patient), of ``tenant``'s only unless it is
+    :data:`ANY_TENANT` (None: the screenings made without a tenant)."""
+    named = any(search.values(n) for n in ("patient", "subject", "_id", "identifier"))
+    if not named and patient is None:
         raise InvalidInput(
             "Search screenings by patient (or subject), _id or identifier: they are not listed "
             "across patients.",
@@ -143,6 +148,12 @@ def find_screenings(store: Store, search: Search) -> tuple[int, list[bytes]]:
         )
     row = StoredScreening
     conditions: list[ColumnElement[bool]] = []
+    if patient is not None:
+        conditions.append(col(row.patient_ref) == patient)
+    if tenant != ANY_TENANT:
+        conditions.append(
+            col(row.tenant) == tenant if tenant is not None else col(row.tenant).is_(None)
+        )
     for name, alternatives, _ in _each(search):
         if name == "_id":
             conditions.append(col(row.id).in_(alternatives))
@@ -170,10 +181,14 @@ def find_screenings(store: Store, search: Search) -> tuple[int, list[bytes]]:
 
 
 def find_audit_events(
-    store: Store, search: Search, client_system: str
+    store: Store, search: Search, client_system: str, patient: str | None = None
 ) -> tuple[int, list[StoredAuditEvent]]:
+    """(total, the page of audit events) matching the search; about ``patient`` only when
+    given (a request confined to one patient)."""
     row = StoredAuditEvent
     conditions: list[ColumnElement[bool]] = []
+    if patient is not None:
+        conditions.append(col(row.patient_ref) == patient)
     for name, alternatives, modifier in _each(search):
         if name == "_id":
             conditions.append(col(row.id).in_(alternatives))

@@ -1,13 +1,14 @@
 """``$screen``: one patient's record screened against one trial or every trial."""
 
 import asyncio
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from app.access.inbound import Principal
+from app.access.inbound import Principal, confine
 from app.api.common import (
     FHIR_JSON,
     CatalogDep,
@@ -19,6 +20,7 @@ from app.api.common import (
 )
 from app.api.screen_request import parse_screen_request
 from app.catalog.loader import Catalog
+from app.core import limits
 from app.core.base_url import public_base
 from app.core.errors import InvalidInput, TrialscreenError
 from app.core.settings import Settings, zone_of
@@ -93,9 +95,13 @@ async def _screen(
         else:
             assert parsed.patient_id is not None  # parse_screen_request: bundle or patient
             patient = f"Patient/{parsed.patient_id}"
+            confine(who, patient)  # before anything is fetched
             source: RecordSource = request.app.state.record_source
             fetched = await source.fetch(parsed.patient_id, as_of)
         patient = fetched.record.patient.ref or patient
+        if patient:  # stored and indexed: bounded, no control characters
+            limits.text_value(patient, "the Patient's id or fullUrl", limits.MAX_REFERENCE)
+        confine(who, patient)
         terminology = getattr(request.app.state, "terminology", None)
         screenings = [
             describe(evaluate(known, fetched.record, as_of), fetched, settings, now, who.client_id)
@@ -106,6 +112,7 @@ async def _screen(
                 "versionId": "1",
                 "lastUpdated": now.isoformat(timespec="milliseconds"),
             }
+        screenings = [replace(s, tenant=who.tenant) for s in screenings]  # the caller's tenant
         done = audit.event(
             action="E",
             interaction="screen",

@@ -12,6 +12,7 @@ from typing import Any
 
 import orjson
 
+from app.core import limits
 from app.core.errors import InvalidInput
 from app.core.fhir_dates import parse_fhir_date
 
@@ -105,6 +106,7 @@ def _as_of(item: dict[str, Any], where: str) -> date:
     if not isinstance(value, str) or len(value) != 10:
         raise InvalidInput("'asOf' must be a valueDate of the form YYYY-MM-DD.", expression=where)
     try:
-        return parse_fhir_date(value)
+        parsed = parse_fhir_date(value)
     except ValueError:
         raise InvalidInput(f"'asOf' {value!r} is not a calendar date.", expression=where) from None
+    return limits.as_of_date(parsed, where)

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import time
 import uuid
+from dataclasses import replace
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -21,6 +22,7 @@ from fastapi.responses import JSONResponse, Response
 from app.catalog.loader import Catalog
 from app.cds.cards import card, card_uuid, pending_card, shows_card
 from app.cds.trust import Caller, JwtVerifier
+from app.core import limits
 from app.core.base_url import public_base
 from app.core.errors import InvalidInput, NotFound, TrialscreenError
 from app.core.settings import CdsClient, Settings, zone_of
@@ -31,13 +33,18 @@ from app.ehr.fetch_plan import FetchPlan, Search
 from app.ehr.record_source import FetchedRecord, assemble, fetch_parts
 from app.ehr.terminology import recognised
 from app.engine import evaluate
+from app.fhir_io.report import plausible
 from app.screening.issued import describe
 from app.store import audit
-from app.store.database import NewScreening, Store, StoredFeedback
+from app.store.database import NewScreening, PendingScreening, Store, StoredFeedback
 
 log = logging.getLogger("trialscreen.cds")
 router = APIRouter(prefix="/cds-services")
 SERVICE_ID = "trial-eligibility"
+_PENDING_GRACE = 30.0
+"""Seconds past the EHR deadline before a pending screening counts as interrupted."""
+_INSTANCE_LIMIT = 128
+"""hookInstance is a UUID (CDS Hooks 2.0); anything much longer is not one."""
 _ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-.")
 Json = dict[str, Any]
 
@@ -77,6 +84,7 @@ async def patient_view(service_id: str, request: Request) -> JSONResponse:
     _known(service_id)
     settings: Settings = request.app.state.settings
     caller = await _authenticate(request, settings)
+    await fail_interrupted(request.app.state.store)
     hook = _parse(await request.body())
     if hook.get("hook") != "patient-view":
         raise InvalidInput("This service answers the patient-view hook.", expression="hook")
@@ -86,6 +94,7 @@ async def patient_view(service_id: str, request: Request) -> JSONResponse:
     if not isinstance(instance, str) or not _is_id(patient_id):
         raise InvalidInput("A hook call carries hookInstance and context.patientId.")
     assert isinstance(patient_id, str)
+    limits.text_value(instance, "hookInstance", _INSTANCE_LIMIT)
     now = datetime.now(UTC)
     as_of = now.astimezone(zone_of(settings)).date()
     plan: FetchPlan = request.app.state.fetch_plan
@@ -94,6 +103,7 @@ async def patient_view(service_id: str, request: Request) -> JSONResponse:
     if not isinstance(prefetch, dict):
         raise InvalidInput("prefetch must be an object.", expression="prefetch")
     patient, parts, to_fetch = _from_prefetch(prefetch, searches)
+    _same_patient(patient_id, patient, parts)
     fetched_parts: list[tuple[Search, SearchOutcome]] = []
     if patient is None or to_fetch:
         client = _fhir_client(hook, caller, request, settings)
@@ -106,7 +116,7 @@ async def patient_view(service_id: str, request: Request) -> JSONResponse:
         try:
             patient, fetched_parts = await asyncio.wait_for(asyncio.shield(task), budget)
         except TimeoutError:
-            return _pending(request, task, parts, as_of, now, caller, instance)
+            return await _pending(request, task, parts, as_of, now, caller, instance, patient_id)
     assert patient is not None
     fetched = assemble(patient, parts + [(s, o.resources, o.problem) for s, o in fetched_parts])
     cards = await _screen(request, fetched, as_of, now, caller, instance)
@@ -133,9 +143,14 @@ async def feedback(service_id: str, request: Request) -> Response:
                 "Each feedback names its card and an outcome.", expression=f"feedback[{i}]"
             )
         card_id = item.get("card")
-        screening_id = await asyncio.to_thread(store.screening_for_card, str(card_id))
-        if screening_id is None:
-            raise NotFound(f"No card {card_id!r} was issued by this service.")
+        if not isinstance(card_id, str) or not 0 < len(card_id) <= _INSTANCE_LIMIT:
+            raise InvalidInput("Each feedback names its card.", expression=f"feedback[{i}].card")
+        limits.text_value(card_id, f"feedback[{i}].card", _INSTANCE_LIMIT)
+        issued = await asyncio.to_thread(store.card_screening, card_id)
+        # Only the client the card was shown by may answer it; to any other it does not exist.
+        if issued is None or issued[1] != f"cds:{caller.client.iss}":
+            raise NotFound(f"No card {card_id!r} was issued by this service to this client.")
+        screening_id = issued[0]
         reason = item.get("overrideReason")
         rows.append(
             StoredFeedback(
@@ -203,24 +218,69 @@ def _from_prefetch(
             parts.append((search, [], None))
             continue
         bundle = prefetch.get(search.key)
-        complete = (
-            isinstance(bundle, dict)
-            and bundle.get("resourceType") == "Bundle"
-            and not any(link.get("relation") == "next" for link in bundle.get("link", []) or [])
-        )
-        if not complete:
+        if not (isinstance(bundle, dict) and bundle.get("resourceType") == "Bundle"):
             to_fetch.append(search)
             continue
-        assert isinstance(bundle, dict)
+        links, entries = bundle.get("link") or [], bundle.get("entry") or []
+        if not isinstance(links, list) or not isinstance(entries, list):
+            # A Bundle whose parts have the wrong shape: that part of the record is incomplete
+            # (its checks unknown), the rest is screened.
+            parts.append(
+                (search, [], f"The prefetched {search.resource_type} Bundle is malformed.")
+            )
+            continue
+        if any(isinstance(link, dict) and link.get("relation") == "next" for link in links):
+            to_fetch.append(search)
+            continue
         resources = [
             e["resource"]
-            for e in bundle.get("entry", []) or []
+            for e in entries
             if isinstance(e, dict)
             and isinstance(e.get("resource"), dict)
             and e["resource"].get("resourceType") in {search.resource_type, *search.included_types}
         ]
         parts.append((search, resources, None))
     return patient, parts, to_fetch
+
+
+def tenant_of(caller: Caller) -> str:
+    """The tenant a CDS client's screenings carry: the one configured for it, else the JWT's
+    tenant claim, else the issuer itself (each EHR its own tenant)."""
+    return caller.client.tenant or caller.tenant or caller.client.iss
+
+
+def _same_patient(
+    patient_id: str, patient: Json | None, parts: list[tuple[Search, list[Json], str | None]]
+) -> None:
+    """400 when prefetch holds another patient than ``context.patientId``: screening it would
+    store one person's results under another's id."""
+    if patient is not None and patient.get("id") != patient_id:
+        raise InvalidInput(
+            "The prefetched Patient is not the patient in context.patientId.",
+            expression="prefetch.patient",
+        )
+    for search, resources, _ in parts:
+        for resource in resources:
+            for field in ("subject", "patient"):
+                named = _patient_named(resource.get(field))
+                if named is not None and named != patient_id:
+                    raise InvalidInput(
+                        f"The prefetched {search.resource_type} Bundle holds resources of "
+                        "another patient than context.patientId.",
+                        expression=f"prefetch.{search.key}",
+                    )
+
+
+def _patient_named(reference: Any) -> str | None:
+    """The id in a ``Patient/{id}`` reference (relative or absolute, with or without a version);
+    None when the reference names no Patient id (a urn:uuid, a display only)."""
+    text = reference.get("reference") if isinstance(reference, dict) else None
+    if not isinstance(text, str):
+        return None
+    segments = text.split("/_history/")[0].rstrip("/").split("/")
+    if len(segments) >= 2 and segments[-2] == "Patient":
+        return segments[-1]
+    return None
 
 
 def _fhir_client(hook: Json, caller: Caller, request: Request, settings: Settings) -> FhirClient:
@@ -261,20 +321,19 @@ async def _screen(
         known = await recognised(
             getattr(request.app.state, "terminology", None), trial, fetched.record
         )
-        screening = evaluate(known, fetched.record, as_of)
+        screening = plausible(evaluate(known, fetched.record, as_of))
         screening_id = ids[n] if ids else str(uuid.uuid4())
         shown = shows_card(screening, settings.cds_show_ineligible)
-        stored.append(
-            describe(
-                screening,
-                fetched,
-                settings,
-                now,
-                requested_by=f"cds:{caller.client.iss}",
-                card_uuid=card_uuid(screening_id) if shown or ids else None,
-                screening_id=screening_id,
-            )
+        issued = describe(
+            screening,
+            fetched,
+            settings,
+            now,
+            requested_by=f"cds:{caller.client.iss}",
+            card_uuid=card_uuid(screening_id) if shown or ids else None,
+            screening_id=screening_id,
         )
+        stored.append(replace(issued, tenant=tenant_of(caller)))
         if shown:
             base = public_base(request, settings)
             cards.append(card(screening, screening_id, base, settings.canonical_base))
@@ -289,11 +348,11 @@ async def _screen(
         entities=tuple(f"GuidanceResponse/{s.guidance['id']}" for s in stored),
     )
     store: Store = request.app.state.store
-    await asyncio.to_thread(store.save, stored, done)
+    await asyncio.to_thread(store.save, stored, done, tuple(ids or ()))
     return cards
 
 
-def _pending(
+async def _pending(
     request: Request,
     task: "asyncio.Future[tuple[Json | None, list[tuple[Search, SearchOutcome]]]]",
     parts: list[tuple[Search, list[Json], str | None]],
@@ -301,13 +360,34 @@ def _pending(
     now: datetime,
     caller: Caller,
     instance: str,
+    patient_id: str,
 ) -> JSONResponse:
     """The EHR is slower than the hook's time: answer now, finish in the background, and store
-    each trial's report under the id the card already links to."""
+    each trial's report under the id the card already links to. The pending screenings are
+    written down first: if this worker dies before they are done, any replica answers their
+    links with a failure (:func:`fail_interrupted`)."""
     settings: Settings = request.app.state.settings
     catalog: Catalog = request.app.state.catalog
+    store: Store = request.app.state.store
     trials = list(catalog.trials.values())
     ids = [str(uuid.uuid4()) for _ in trials]
+    expires = time.time() + settings.ehr_deadline + _PENDING_GRACE
+    pending_rows = [
+        PendingScreening(
+            id=sid,
+            trial_id=t.id,
+            criteria_version=t.spec.version,
+            module=f"{settings.canonical_base}/PlanDefinition/{t.spec.id}|{t.spec.version}",
+            as_of=as_of,
+            patient_ref=f"Patient/{patient_id}",
+            requested_by=f"cds:{caller.client.iss}",
+            card_uuid=card_uuid(sid),
+            tenant=tenant_of(caller),
+            expires=expires,
+        )
+        for t, sid in zip(trials, ids, strict=True)
+    ]
+    await asyncio.to_thread(store.save_pending, pending_rows)
 
     async def finish() -> None:
         try:
@@ -317,6 +397,7 @@ def _pending(
             await _screen(request, fetched, as_of, now, caller, instance, ids)
         except Exception as exc:
             log.warning("hook %s: background screening failed (%s)", instance, type(exc).__name__)
+            await asyncio.to_thread(store.fail_pending, time.time(), interrupted, tuple(ids))
 
     background: set[asyncio.Task[None]] = request.app.state.background
     job = asyncio.create_task(finish())
@@ -330,10 +411,67 @@ def _pending(
     return JSONResponse({"cards": [pending]})
 
 
+def interrupted(pending: PendingScreening) -> NewScreening:
+    """What a pending screening's link answers when its background fetch never finished (the
+    worker died, or the fetch failed outright): a GuidanceResponse with status ``failure`` that
+    says so, never a result."""
+    response_id = pending.id
+    guidance: Json = {
+        "resourceType": "GuidanceResponse",
+        "id": response_id,
+        "contained": [
+            {
+                "resourceType": "OperationOutcome",
+                "id": "messages",
+                "issue": [
+                    {
+                        "severity": "error",
+                        "code": "incomplete",
+                        "diagnostics": "The screening was interrupted before the EHR's data "
+                        "arrived; open the patient's chart again to screen anew.",
+                    }
+                ],
+            }
+        ],
+        "identifier": [{"system": "urn:ietf:rfc:3986", "value": f"urn:uuid:{response_id}"}],
+        "moduleCanonical": pending.module,
+        "status": "failure",
+        "subject": {"reference": pending.patient_ref},
+        "occurrenceDateTime": datetime.now(UTC).isoformat(timespec="seconds"),
+        "evaluationMessage": [{"reference": "#messages"}],
+    }
+    return NewScreening(
+        guidance=guidance,
+        trial_id=pending.trial_id,
+        criteria_version=pending.criteria_version,
+        as_of=pending.as_of,
+        patient_ref=pending.patient_ref,
+        eligibility="interrupted",
+        record_digest="",
+        requested_by=pending.requested_by,
+        card_uuid=pending.card_uuid,
+        tenant=pending.tenant,
+    )
+
+
+async def fail_interrupted(store: Store) -> None:
+    """Answer every pending screening past its time with :func:`interrupted` (any replica may:
+    the one that started it may be gone)."""
+    failed = await asyncio.to_thread(store.fail_pending, time.time(), interrupted)
+    if failed:
+        log.warning("%d pending screening(s) were interrupted; answered as failed", failed)
+
+
 def _timestamp(value: Any) -> datetime:
-    if isinstance(value, str):
+    """The feedback's outcomeTimestamp in UTC (CDS Hooks: a UTC timestamp; one without a zone
+    is read as UTC); now when it is missing, unreadable or outside 1900-2999 (an instant such as
+    0001-01-01T00:00+14:00 falls before year 1 in UTC)."""
+    if isinstance(value, str) and len(value) <= 64:
         try:
-            return datetime.fromisoformat(value)
-        except ValueError:
+            parsed = datetime.fromisoformat(value)
+            moment = parsed.astimezone(UTC) if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+            if limits.EARLIEST_AS_OF.year <= moment.year <= limits.LATEST_AS_OF.year:
+                return moment
+        except (ValueError, OverflowError):
             pass
     return datetime.now(UTC)

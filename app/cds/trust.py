@@ -1,11 +1,15 @@
 """Who may call the CDS Hooks service: the caller's JWT, verified as CDS Hooks requires.
 
 Only RS384 / ES384 with a ``kid``; ``iss`` from the allowlist; ``aud`` equal to the URL called;
-``exp`` and ``iat`` with a small skew; a ``jti`` not seen before while the token lives; keys from
-the issuer's allowlisted ``jku`` or its configured JWKS (cached, refreshed once on an unknown kid).
+``exp`` and ``iat`` with a small skew, ``exp`` at most five minutes after ``iat``; a ``jti`` not
+seen before while the token lives, by any worker or replica (kept in the database); keys from the
+issuer's allowlisted ``jku`` or its configured JWKS (cached, refreshed on schedule and once on an
+unknown kid).
 Any failure is the same bare 401: the caller is not told why.
 """
 
+import asyncio
+import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,11 +20,14 @@ import jwt
 
 from app.access.jwks import KeyCache, parse_jwks
 from app.core.settings import CdsClient
+from app.store.database import Store
 
 _KEY_TYPES = {"RS384": "RSA", "ES384": "EC"}
 _ALGORITHMS = frozenset(_KEY_TYPES)
 _SKEW = 30
 """Seconds of clock difference tolerated on exp / iat."""
+_LIFETIME = 300
+"""CDS Hooks: the JWT's exp is at most five minutes after its iat."""
 
 
 class Unauthorized(Exception):
@@ -42,12 +49,13 @@ class JwtVerifier:
         self,
         clients: tuple[CdsClient, ...],
         http: httpx.AsyncClient,
+        store: Store,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.clients = {c.iss: c for c in clients}
         self.clock = clock
         self.keys = KeyCache(http, lambda: self.clock())
-        self._seen_jti: dict[str, float] = {}
+        self.store = store
 
     async def verify(self, authorization: str | None, audience: str) -> Caller:
         if not authorization or not authorization.startswith("Bearer "):
@@ -83,17 +91,22 @@ class JwtVerifier:
             raise Unauthorized(f"invalid token: {type(exc).__name__}") from None
         if client.tenant is not None and claims.get("tenant") != client.tenant:
             raise Unauthorized("wrong tenant")
-        self._remember(str(claims["jti"]), float(claims["exp"]))
+        try:
+            lifetime = float(claims["exp"]) - float(claims["iat"])
+        except (TypeError, ValueError):
+            raise Unauthorized("exp or iat not a number") from None
+        if lifetime > _LIFETIME:
+            raise Unauthorized("token lives longer than five minutes")
+        await self._remember(client.iss, str(claims["jti"]), float(claims["exp"]))
         tenant = claims.get("tenant")
         return Caller(client, tenant if isinstance(tenant, str) else None)
 
-    def _remember(self, jti: str, expires: float) -> None:
-        now = self.clock()
-        for old in [j for j, exp in self._seen_jti.items() if exp + _SKEW < now]:
-            del self._seen_jti[old]
-        if jti in self._seen_jti:
+    async def _remember(self, iss: str, jti: str, expires: float) -> None:
+        # Hashed: a jti is the caller's text, of any length; the key must fit an index.
+        key = hashlib.sha256(f"{iss}\n{jti}".encode()).hexdigest()
+        first = await asyncio.to_thread(self.store.first_use, key, expires + _SKEW, self.clock())
+        if not first:
             raise Unauthorized("jti replayed")
-        self._seen_jti[jti] = expires
 
     async def _key(self, client: CdsClient, jku: Any, kid: str) -> jwt.PyJWK:
         if jku is not None:

@@ -2,7 +2,8 @@
 request, JSON logs for the ``trialscreen`` loggers, and Prometheus metrics at ``GET /metrics``.
 
 No patient data leaves through here. The request log line and the metric labels name the route
-template (``/fhir/ResearchStudy/{study_id}/$screen``), never the path a caller sent, and nothing
+template (``/fhir/ResearchStudy/{study_id}/$screen``, or ``unmatched``), never the path a caller
+sent, and nothing
 reads a body, a query string or a header other than ``X-Request-ID``.
 
 The metrics live in one module-level registry, created once per process: apps built later (many
@@ -11,6 +12,7 @@ in a test run) count into the same series. Metrics are per process; run one work
 
 import contextvars
 import logging
+import os
 import re
 import sys
 import time
@@ -24,6 +26,7 @@ from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     gc_collector,
     generate_latest,
@@ -73,6 +76,11 @@ SCREENINGS = Counter(
     ["trial", "eligibility"],
     registry=REGISTRY,
 )
+PROCESS_ID = Gauge(
+    "trialscreen_process_id",
+    "The id of the worker process answering the scrape (tells workers of one replica apart).",
+    registry=REGISTRY,
+)
 UPSTREAM_FHIR_ERRORS = Counter(
     "trialscreen_upstream_fhir_errors",
     "Failed requests to the EHR's FHIR server, each try counted: timeout, transport, "
@@ -99,10 +107,11 @@ def install_observability(app: FastAPI, settings: Settings) -> None:
     """Wrap ``app`` in the request middleware, add ``GET /metrics``, and configure JSON logging
     (once per process). Called by the app factory after every other middleware, so the request
     line also covers what CORS answers on its own."""
-    del settings  # the same signature as the rest of the factory; nothing is configurable yet
     configure_logging()
+    PROCESS_ID.set(os.getpid())
     app.add_middleware(RequestObservability)
-    app.add_api_route("/metrics", metrics, methods=["GET"], include_in_schema=False)
+    if settings.metrics_enabled:
+        app.add_api_route("/metrics", metrics, methods=["GET"], include_in_schema=False)
 
 
 async def metrics(_: Request) -> Response:
@@ -155,7 +164,9 @@ def _finished(scope: Scope, status: int, elapsed: float) -> None:
         "request",
         extra={
             "method": method,
-            "path": template or scope["path"],
+            # Never the raw path of an unmatched request: it is the caller's text, of any
+            # length (ids, probes, patient references).
+            "path": route,
             "status": status,
             "duration_ms": round(elapsed * 1e3, 1),
         },

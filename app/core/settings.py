@@ -131,6 +131,23 @@ class Settings(BaseSettings):
     auth_authorize_url: str | None = None
     """The OAuth2 authorization endpoint, if the issuer offers user-facing launches."""
 
+    # --- hardening (issue 12) -----------------------------------------------------------------
+    refused_per_minute: int = 60
+    """Refused requests (401, 403, malformed) each client address may make per minute before
+    it gets 429 and nothing more is written (0: no limit)."""
+    refused_burst: int = 30
+    metrics_enabled: bool = True
+    """Serve Prometheus metrics at GET /metrics. Turn off, or keep the path off the public
+    proxy, in production: they show request rates and routes."""
+    cross_tenant_clients: tuple[str, ...] = ()
+    """Client ids (the token's client_id, azp or sub) that read screenings of every tenant;
+    every other token reads only its tenant's (its ``tenant`` claim; none: screenings made
+    without a tenant)."""
+    head_timeout: float = 10.0
+    """Seconds a client has to send a request's head (app/core/http_server.py; 0: no limit)."""
+    docs_enabled: bool = True
+    """Serve the interactive API docs at /docs and /redoc (development); /openapi.json stays."""
+
 
 @lru_cache
 def get_settings() -> Settings:

@@ -10,12 +10,14 @@ of the record incomplete.
 
 import asyncio
 import email.utils
+import posixpath
 import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import httpx
 import orjson
@@ -25,6 +27,8 @@ from app.ehr.auth import EhrAuth, EhrAuthError
 
 Json = dict[str, Any]
 _RETRY_STATUS = {429, 502, 503, 504}
+_PATH_SAFE = "/:@!$&'()*+,;=-._~"
+"""Characters RFC 3986 allows unescaped in a path (re-escaping a normalised next link)."""
 
 
 class EhrError(Exception):
@@ -125,8 +129,9 @@ class FhirClient:
                     f"instead of a Bundle{_diagnostics(page)}"
                 )
                 break
-            entries = page.get("entry", [])
-            if not isinstance(entries, list):
+            entries = page.get("entry") or []
+            links = page.get("link") or []
+            if not isinstance(entries, list) or not isinstance(links, list):
                 outcome.problem = f"{resource_type} search returned a malformed Bundle"
                 break
             outcome.resources += [
@@ -137,18 +142,40 @@ class FhirClient:
                 and _wanted(e, resource_type, included)
             ]
             url, query = _next_link(page), None
-            if url is not None and not self._own(url):
-                outcome.problem = (
-                    f"{resource_type} paging pointed outside the EHR base URL; not followed"
-                )
-                break
+            if url is not None:
+                url = self._own(url)
+                if url is None:
+                    outcome.problem = (
+                        f"{resource_type} paging pointed outside the EHR base URL; not followed"
+                    )
+                    break
         return outcome
 
-    def _own(self, url: str) -> bool:
-        return (
-            url == self.base_url
-            or url.startswith(self.base_url + "/")
-            or url.startswith(self.base_url + "?")
+    def _own(self, url: str) -> str | None:
+        """``url`` normalised (dot segments resolved, escapes of them too) if it stays under the
+        base URL: same scheme, host and port, no user info, and a path at or below the base's
+        path. None otherwise: the EHR token is never sent anywhere else."""
+        try:
+            parts, base = urlsplit(url), urlsplit(self.base_url)
+            port, base_port = parts.port, base.port
+        except ValueError:
+            return None
+        if (
+            parts.scheme.lower() != base.scheme.lower()
+            or (parts.hostname or "") != (base.hostname or "")
+            or port != base_port
+            or parts.username is not None
+            or parts.password is not None
+            or "\\" in parts.path
+        ):
+            return None
+        path = posixpath.normpath(unquote(parts.path)) if parts.path else "/"
+        path = "/" + path.lstrip("/")  # normpath keeps a leading "//"
+        root = base.path.rstrip("/")
+        if path != root and not path.startswith(root + "/"):
+            return None
+        return urlunsplit(
+            (parts.scheme, parts.netloc, quote(path, safe=_PATH_SAFE), parts.query, "")
         )
 
     async def _get(self, url: str, params: dict[str, str] | None, deadline: Deadline) -> Json:
@@ -209,6 +236,17 @@ class FhirClient:
     async def _send(
         self, url: str, params: dict[str, str] | None, headers: dict[str, str], left: float
     ) -> tuple[int, bytes, float | None]:
+        # httpx's timeouts bound each read, not the exchange: a server dribbling its body a byte
+        # at a time would never trip them. The deadline bounds the whole of it, body included.
+        try:
+            async with asyncio.timeout(left):
+                return await self._exchange(url, params, headers, left)
+        except TimeoutError:
+            raise httpx.ReadTimeout("the screening's deadline passed mid-response") from None
+
+    async def _exchange(
+        self, url: str, params: dict[str, str] | None, headers: dict[str, str], left: float
+    ) -> tuple[int, bytes, float | None]:
         timeout = httpx.Timeout(min(self.read_timeout, left), connect=min(5.0, left))
         request = self.http.build_request("GET", url, params=params, headers=headers)
         request.extensions["timeout"] = timeout.as_dict()
@@ -226,8 +264,17 @@ class FhirClient:
         return response.status_code, b"".join(chunks), _retry_after(response)
 
 
+def _search_mode(entry: Json) -> str | None:
+    """An entry's search mode: ``match`` when absent; None (not a match) when malformed."""
+    search = entry.get("search")
+    if search is None:
+        return "match"
+    mode = search.get("mode", "match") if isinstance(search, dict) else None
+    return mode if isinstance(mode, str) else None
+
+
 def _next_link(page: Json) -> str | None:
-    for link in page.get("link", []) or []:
+    for link in page.get("link") or []:
         if isinstance(link, dict) and link.get("relation") == "next":
             url = link.get("url")
             return url if isinstance(url, str) else None
@@ -270,7 +317,7 @@ def _diagnostics_bytes(body: bytes) -> str:
 def _wanted(entry: Json, resource_type: str, included: bool) -> bool:
     """A match of the search, or a resource its ``_include`` brought."""
     kind = entry["resource"].get("resourceType")
-    mode = entry.get("search", {}).get("mode", "match")
+    mode = _search_mode(entry)
     if mode == "include":
         return included and isinstance(kind, str) and kind != "OperationOutcome"
     return bool(mode == "match" and kind == resource_type)

@@ -124,7 +124,7 @@ class _Reader:
             return (), ""
         inner = self.at(key)
         codings = tuple(
-            (c.get("system") or "", c["code"])
+            (inner.text(c, "system") or "", c["code"])
             for c in inner.objs(cc, "coding")
             if isinstance(c.get("code"), str)
         )
@@ -151,7 +151,7 @@ class _Reader:
         inner = self.at(key)
         for cc in self.objs(data, key):
             out.extend(
-                (c.get("system") or "", c["code"])
+                (inner.text(c, "system") or "", c["code"])
                 for c in inner.objs(cc, "coding")
                 if isinstance(c.get("code"), str)
             )

@@ -4,12 +4,14 @@ Built as plain JSON-ready dicts (the hot path); tests validate the output with
 ``fhir.resources.R4B``. Nothing here emits an empty string, list or object.
 """
 
+import math
 import re
+from dataclasses import replace
 from datetime import datetime
 from html import escape
 from typing import Any
 
-from app.engine import DataRequest, Eligibility, Result, Screening, Value
+from app.engine import CriterionResult, DataRequest, Eligibility, Result, Screening, Status, Value
 
 Json = dict[str, Any]
 _UCUM = "http://unitsofmeasure.org"
@@ -33,6 +35,8 @@ def guidance_response(
 ) -> Json:
     """``evidence_base``: the FHIR base the record was read from; evidence references become
     absolute against it, so a client resolves them at the EHR, not here."""
+    screening = plausible(screening)
+    warnings += implausible_values(screening)
     needs_data = screening.eligibility is Eligibility.NEEDS_DATA
     parameters: Json = {
         "resourceType": "Parameters",
@@ -120,8 +124,99 @@ def _value(value: Value) -> Json:
 
 
 def _number(value: float) -> float | int:
+    if not plausible_number(value):  # plausible() keeps these out; never let one break JSON
+        return 0
     rounded = round(value, 4)
     return int(rounded) if rounded == int(rounded) else rounded
+
+
+# --- numbers outside any plausible range --------------------------------------------------------
+
+IMPLAUSIBLE = 1e12
+"""No quantity the criteria compare, once normalised to the criterion's unit (mg/dL, 10*9/L,
+/uL, mL/min, kg, mm[Hg], ...), comes near this; a record holding one (1e20, 1e300, a 30-digit
+integer) is damaged, and JSON cannot even carry some of them (infinity, integers past 64 bits)."""
+
+
+def plausible_number(value: float) -> bool:
+    return math.isfinite(value) and abs(value) < IMPLAUSIBLE
+
+
+def plausible(screening: Screening) -> Screening:
+    """The screening with every check that compared an implausible number turned ``unknown``
+    with a review item naming the value (a data problem, never a definite answer), and the
+    overall eligibility recomputed by the engine's rule. Unchanged when every number is sane."""
+    criteria = tuple(
+        CriterionResult(c.criterion, _without_implausible(c.result)) for c in screening.criteria
+    )
+    if criteria == screening.criteria:
+        return screening
+    return replace(screening, criteria=criteria, eligibility=_eligibility(criteria))
+
+
+def implausible_values(screening: Screening) -> tuple[str, ...]:
+    """Words for the evaluationMessage: each check whose input was set aside as implausible."""
+    return tuple(
+        f"Check {r.id} set aside a value outside any plausible range; the check is unknown "
+        "until the source record is corrected."
+        for c in screening.criteria
+        for r in c.result.walk()
+        if any(item.startswith(_IMPLAUSIBLE_REVIEW) for item in r.review)
+        and not any(_flagged(child) for child in r.children)
+    )
+
+
+_IMPLAUSIBLE_REVIEW = "Implausible value"
+
+
+def _flagged(result: Result) -> bool:
+    return any(item.startswith(_IMPLAUSIBLE_REVIEW) for r in result.walk() for item in r.review)
+
+
+def _without_implausible(result: Result) -> Result:
+    children = tuple(_without_implausible(child) for child in result.children)
+    bad = [v for v in result.values if not plausible_number(v.value)]
+    if not bad and children == result.children:
+        return result
+    if not bad:
+        # A group over a child set aside: unknown. (Another child might still decide it, but the
+        # result does not say how its group combines; unknown is the side that cannot harm.)
+        status = result.status
+        if status is not Status.NOT_APPLICABLE and any(_flagged(c) for c in children):
+            status = Status.UNKNOWN
+        return replace(result, children=children, status=status)
+    review = tuple(
+        f"{_IMPLAUSIBLE_REVIEW}: {v.name} = {v.value:.3g} {v.unit}, outside any plausible "
+        "range (a damaged or mis-keyed record); check the source."
+        for v in bad
+    )
+    return replace(
+        result,
+        status=Status.UNKNOWN,
+        reason=f"{result.reason} But a value it compared is implausible, so it stays unknown.",
+        values=tuple(v for v in result.values if plausible_number(v.value)),
+        review=result.review + review,
+        children=children,
+    )
+
+
+def _eligibility(criteria: tuple[CriterionResult, ...]) -> Eligibility:
+    """The engine's overall rule (app/engine/evaluate._overall), over the guarded results."""
+
+    def decisive(c: CriterionResult) -> bool:
+        wanted = Status.NOT_MET if c.criterion.kind == "inclusion" else Status.MET
+        return c.result.status is wanted
+
+    if any(decisive(c) for c in criteria):
+        return Eligibility.INELIGIBLE
+    if any(c.result.lacks_data for c in criteria):
+        return Eligibility.NEEDS_DATA
+    if any(
+        c.result.status is Status.UNKNOWN or any(r.review for r in c.result.walk())
+        for c in criteria
+    ):
+        return Eligibility.NEEDS_REVIEW
+    return Eligibility.ELIGIBLE
 
 
 def _data_requirement(request: DataRequest) -> Json:

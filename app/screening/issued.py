@@ -8,7 +8,7 @@ from app.core.observability import count_screening
 from app.core.settings import Settings
 from app.ehr.record_source import FetchedRecord
 from app.engine import Screening
-from app.fhir_io.report import guidance_response
+from app.fhir_io.report import guidance_response, plausible
 from app.store.database import NewScreening
 
 
@@ -21,6 +21,7 @@ def describe(
     card_uuid: str | None = None,
     screening_id: str | None = None,
 ) -> NewScreening:
+    screening = plausible(screening)  # the stored eligibility and the report must agree
     guidance = guidance_response(
         screening,
         response_id=screening_id or str(uuid.uuid4()),

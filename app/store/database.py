@@ -7,6 +7,7 @@ Calls are synchronous (SQLAlchemy sessions) and short; the API runs them in a wo
 Each write is one transaction: a screening is stored whole or not at all.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -15,7 +16,8 @@ from typing import Any
 import orjson
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import DateTime, Engine, event, func
+from sqlalchemy import DateTime, Engine, Table, case, delete, event, func, literal, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Field, Session, SQLModel, col, create_engine, select
 
 _MIGRATIONS = Path(__file__).resolve().parent / "migrations"
@@ -39,6 +41,9 @@ class StoredScreening(SQLModel, table=True):
     card_uuid: str | None = Field(default=None, index=True)
     guidance: bytes
     """The GuidanceResponse as issued (JSON)."""
+    tenant: str | None = Field(default=None, index=True)
+    """The tenant of the client that asked (a CDS client's, a token's tenant claim); None for
+    screenings asked for without one."""
 
 
 class StoredFeedback(SQLModel, table=True):
@@ -71,6 +76,50 @@ class StoredAuditEvent(SQLModel, table=True):
     patient_ref: str | None = Field(default=None, index=True)
     entity_ref: str | None = None
     description: str
+    occurrences: int = Field(default=1, sa_column_kwargs={"server_default": "1"})
+    """How many events the row stands for: refused requests are counted per source per minute."""
+
+
+class PendingScreening(SQLModel, table=True):
+    """A screening a CDS card already links to, still being fetched in the background. Kept in
+    the database so that, if the worker dies, any replica can answer the link with a failure
+    instead of leaving it unanswered for ever."""
+
+    __tablename__ = "pending_screening"
+
+    id: str = Field(primary_key=True)
+    """The GuidanceResponse id the card links to."""
+    trial_id: str
+    criteria_version: str
+    module: str
+    """The PlanDefinition canonical (with |version) the screening is against."""
+    as_of: date
+    patient_ref: str
+    requested_by: str
+    card_uuid: str | None = None
+    tenant: str | None = None
+    expires: float = Field(index=True)
+    """Wall-clock seconds after which, still pending, it counts as interrupted."""
+
+
+class RateBucket(SQLModel, table=True):
+    """A token bucket of the rate limiter, shared by every worker and replica."""
+
+    __tablename__ = "rate_bucket"
+
+    key: str = Field(primary_key=True)
+    tokens: float
+    updated: float
+    """Wall-clock seconds (the epoch) of the last token taken."""
+
+
+class SeenToken(SQLModel, table=True):
+    """A token id (CDS Hooks ``jti``) already used, kept until the token expires."""
+
+    __tablename__ = "seen_token"
+
+    key: str = Field(primary_key=True)
+    expires: float = Field(index=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +133,12 @@ class NewScreening:
     record_digest: str
     requested_by: str
     card_uuid: str | None = None
+    tenant: str | None = None
+
+
+ANY_TENANT = "*"
+"""For :meth:`Store.screenings_for` and app/api/history_search.find_screenings: do not filter
+by tenant."""
 
 
 class Store:
@@ -91,7 +146,9 @@ class Store:
         if url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:"):
             Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         connect_args = {"check_same_thread": False} if url.startswith("sqlite") else {}
-        self.engine: Engine = create_engine(url, connect_args=connect_args)
+        # hide_parameters: a failing statement's traceback (logged by the server) must not carry
+        # the bound values, which are patient references and ids.
+        self.engine: Engine = create_engine(url, connect_args=connect_args, hide_parameters=True)
         if url.startswith("sqlite"):
             event.listen(self.engine, "connect", _sqlite_pragmas)
         self.migrate()
@@ -101,31 +158,30 @@ class Store:
         config = Config()
         config.set_main_option("script_location", str(_MIGRATIONS))
         with self.engine.begin() as connection:
+            if connection.dialect.name == "postgresql":
+                # Replicas starting together: one migrates, the others wait, then find it done.
+                connection.exec_driver_sql("SELECT pg_advisory_xact_lock(7321504)")
             config.attributes["connection"] = connection
             command.upgrade(config, "head")
 
-    def save(self, screenings: list[NewScreening], audit: "StoredAuditEvent | None" = None) -> None:
-        """The screenings and the audit row recording them: all in one transaction or none."""
+    def save(
+        self,
+        screenings: list[NewScreening],
+        audit: "StoredAuditEvent | None" = None,
+        resolves: tuple[str, ...] = (),
+    ) -> None:
+        """The screenings and the audit row recording them: all in one transaction or none.
+        ``resolves``: pending screenings these complete (their pending rows are dropped)."""
         now = datetime.now(UTC)
         with Session(self.engine, expire_on_commit=False) as session, session.begin():
+            if resolves:
+                session.execute(
+                    delete(PendingScreening).where(col(PendingScreening.id).in_(resolves))
+                )
             if audit is not None:
                 session.add(audit)
             for s in screenings:
-                session.add(
-                    StoredScreening(
-                        id=s.guidance["id"],
-                        trial_id=s.trial_id,
-                        criteria_version=s.criteria_version,
-                        as_of=s.as_of,
-                        patient_ref=s.patient_ref,
-                        eligibility=s.eligibility,
-                        record_digest=s.record_digest,
-                        requested_by=s.requested_by,
-                        created=now,
-                        card_uuid=s.card_uuid,
-                        guidance=orjson.dumps(s.guidance),
-                    )
-                )
+                session.add(_stored(s, now))
 
     def guidance(self, screening_id: str) -> bytes | None:
         row = self.screening(screening_id)
@@ -140,11 +196,28 @@ class Store:
             query = select(StoredScreening.id).where(StoredScreening.card_uuid == card_uuid)
             return session.exec(query).first()
 
+    def card_screening(self, card_uuid: str) -> tuple[str, str] | None:
+        """(screening id, who requested it) of the screening a CDS card was issued for."""
+        with Session(self.engine) as session:
+            query = select(StoredScreening.id, StoredScreening.requested_by).where(
+                StoredScreening.card_uuid == card_uuid
+            )
+            row = session.exec(query).first()
+            return None if row is None else (row[0], row[1])
+
     def screenings_for(
-        self, patient_ref: str | None, trial_id: str | None, offset: int, count: int
+        self,
+        patient_ref: str | None,
+        trial_id: str | None,
+        offset: int,
+        count: int,
+        tenant: str | None = ANY_TENANT,
     ) -> tuple[int, list[bytes]]:
-        """(total, GuidanceResponses newest first) of the patient's screenings."""
+        """(total, GuidanceResponses newest first) of the patient's screenings; of one tenant's
+        only unless ``tenant`` is :data:`ANY_TENANT` (None: those made without a tenant)."""
         query = select(StoredScreening)
+        if tenant != ANY_TENANT:
+            query = query.where(StoredScreening.tenant == tenant)
         if patient_ref is not None:
             query = query.where(StoredScreening.patient_ref == patient_ref)
         if trial_id is not None:
@@ -170,6 +243,93 @@ class Store:
             page = query.order_by(col(StoredAuditEvent.recorded).desc(), col(StoredAuditEvent.id))
             return total, list(session.exec(page.offset(offset).limit(count)).all())
 
+    def save_pending(self, items: list[PendingScreening]) -> None:
+        with Session(self.engine, expire_on_commit=False) as session, session.begin():
+            session.add_all(items)
+
+    def fail_pending(
+        self,
+        now: float,
+        failed: Callable[[PendingScreening], NewScreening],
+        ids: tuple[str, ...] | None = None,
+    ) -> int:
+        """Store ``failed(row)`` for each pending screening that expired (or each of ``ids``)
+        and drop its pending row, in one transaction; rows another replica is handling at the
+        same moment are skipped. How many were failed."""
+        query = select(PendingScreening)
+        if ids is None:
+            query = query.where(col(PendingScreening.expires) < now)
+        else:
+            query = query.where(col(PendingScreening.id).in_(ids))
+        with Session(self.engine, expire_on_commit=False) as session, session.begin():
+            rows = list(session.exec(query.with_for_update(skip_locked=True)).all())
+            for row in rows:
+                screening = failed(row)
+                session.add(_stored(screening, datetime.now(UTC)))
+                session.delete(row)
+            return len(rows)
+
+    def count_refusal(self, item: StoredAuditEvent) -> None:
+        """Write a refusal's audit row, or add one to the row with the same id (the caller
+        derives it from source and minute, so a flood updates one row)."""
+        values = {c.name: getattr(item, c.name) for c in _table(StoredAuditEvent).columns}
+        dialect = postgresql if self.engine.dialect.name == "postgresql" else sqlite
+        statement = dialect.insert(StoredAuditEvent).values(values)
+        statement = statement.on_conflict_do_update(
+            index_elements=["id"],
+            set_={"occurrences": _table(StoredAuditEvent).c.occurrences + 1},
+        )
+        with self.engine.begin() as connection:
+            connection.execute(statement)
+
+    def take_token(self, key: str, rate: float, burst: float, now: float) -> float | None:
+        """Take one token from the bucket ``key`` (``rate`` per second, ``burst`` at most):
+        None when taken, else the seconds until one is there. One statement decides, so two
+        workers racing for the last token cannot both get it."""
+        bucket = _table(RateBucket).c
+        refilled = bucket.tokens + (literal(now) - bucket.updated) * rate
+        available = case((refilled > burst, literal(burst)), else_=refilled)
+        dialect = postgresql if self.engine.dialect.name == "postgresql" else sqlite
+        with self.engine.begin() as connection:
+            # RETURNING, not rowcount: psycopg does not report rows of an insert that skipped
+            # conflicts reliably.
+            created = connection.execute(
+                dialect.insert(RateBucket)
+                .values(key=key, tokens=burst - 1, updated=now)
+                .on_conflict_do_nothing(index_elements=["key"])
+                .returning(bucket.key)
+            ).first()
+            if created is not None:
+                return None
+            taken = connection.execute(
+                update(RateBucket)
+                .where(bucket.key == key, available >= 1)
+                .values(tokens=available - 1, updated=now)
+            )
+            if taken.rowcount == 1:
+                return None
+            left = connection.execute(select(available).where(bucket.key == key)).scalar_one()
+        return max(0.0, (1 - float(left)) / rate)
+
+    def forget_full_buckets(self, now: float, idle: float) -> None:
+        """Drop buckets untouched for ``idle`` seconds (they are full again)."""
+        with self.engine.begin() as connection:
+            connection.execute(delete(RateBucket).where(col(RateBucket.updated) < now - idle))
+
+    def first_use(self, key: str, expires: float, now: float) -> bool:
+        """Record the token id ``key`` as used until ``expires``; False if it was already used
+        (by any worker or replica). Expired ids are dropped on the way."""
+        dialect = postgresql if self.engine.dialect.name == "postgresql" else sqlite
+        with self.engine.begin() as connection:
+            connection.execute(delete(SeenToken).where(col(SeenToken.expires) < now))
+            inserted = connection.execute(
+                dialect.insert(SeenToken)
+                .values(key=key, expires=expires)
+                .on_conflict_do_nothing(index_elements=["key"])
+                .returning(_table(SeenToken).c.key)
+            ).first()
+            return inserted is not None
+
     def save_feedback(self, items: list[StoredFeedback]) -> None:
         with Session(self.engine, expire_on_commit=False) as session, session.begin():
             session.add_all(items)
@@ -190,6 +350,27 @@ class Store:
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+def _stored(s: NewScreening, now: datetime) -> StoredScreening:
+    return StoredScreening(
+        id=s.guidance["id"],
+        trial_id=s.trial_id,
+        criteria_version=s.criteria_version,
+        as_of=s.as_of,
+        patient_ref=s.patient_ref,
+        eligibility=s.eligibility,
+        record_digest=s.record_digest,
+        requested_by=s.requested_by,
+        created=now,
+        card_uuid=s.card_uuid,
+        guidance=orjson.dumps(s.guidance),
+        tenant=s.tenant,
+    )
+
+
+def _table(model: type[SQLModel]) -> Table:
+    return SQLModel.metadata.tables[str(model.__tablename__)]
 
 
 def _sqlite_pragmas(connection: Any, _: Any) -> None:
