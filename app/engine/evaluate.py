@@ -91,11 +91,19 @@ def _overall(results: tuple[CriterionResult, ...]) -> Eligibility:
 def _criterion(criterion: Criterion, ctx: Context) -> Result:
     children = tuple(_check(c, ctx) for c in criterion.checks)
     combined = _combine(criterion.match, children)
+    reason = _group_reason(criterion.match, combined, children)
+    if combined is Status.NOT_APPLICABLE and criterion.review:
+        # What a clinician must judge applies to every patient (KN5501 I8: "Male or Female
+        # participants ... contraceptive measures"): the criterion is not void because its
+        # computable parts do not apply.
+        combined = Status.UNKNOWN
+        reason = "Its recorded parts do not apply to this patient; a clinician must still judge: "
+        reason += "; ".join(criterion.review) + "."
     return Result(
         criterion.id,
         criterion.text,
         combined,
-        _group_reason(criterion.match, combined, children),
+        reason,
         review=criterion.review,
         children=children,
     )

@@ -3,6 +3,7 @@ with the reading's context (room air) and its repetition (sustained values). Qua
 are in :mod:`app.engine.lab_findings`, Cockcroft-Gault in :mod:`app.engine.clearance`; both are
 re-exported here, where the evaluator finds every measurement-type check."""
 
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from datetime import date
 
@@ -35,12 +36,11 @@ class _Reading:
     """What a clinician should confirm about this reading (e.g. room air not documented)."""
 
 
-def _readings(
-    check: MeasurementCheck, ctx: Context, since: date, unusable: list[tuple[date, str]]
-) -> list[_Reading]:
-    """Usable readings in the window, newest first; what cannot be used goes to ``unusable``."""
-    analyte = ctx.mappings.analytes[check.analyte]
-    readings: list[_Reading] = []
+def _in_window(
+    ctx: Context, analyte: Analyte, since: date, unusable: list[tuple[date, str]]
+) -> Iterator[Observation]:
+    """The analyte's results that may fall in the window, newest first; one dated only to a month
+    or year cannot be placed or ordered, so it goes to ``unusable`` instead."""
     for obs in ctx.results_for(analyte):
         if (obs.when_latest or obs.when) < since:
             continue
@@ -48,6 +48,16 @@ def _readings(
         if undated is not None:
             unusable.append((min(obs.when_latest or obs.when, ctx.as_of), undated))
             continue
+        yield obs
+
+
+def _readings(
+    check: MeasurementCheck, ctx: Context, since: date, unusable: list[tuple[date, str]]
+) -> list[_Reading]:
+    """Usable readings in the window, newest first; what cannot be used goes to ``unusable``."""
+    analyte = ctx.mappings.analytes[check.analyte]
+    readings: list[_Reading] = []
+    for obs in _in_window(ctx, analyte, since, unusable):
         number = observed.number(ctx, obs)
         if number is None:
             shown = f" ({obs.value_text!r} is not a number)" if obs.value_text else ""
@@ -159,13 +169,7 @@ def _derived(
         value = total.to_canonical(q.value, q.unit) if q else None
         totals.setdefault(obs.when, None if value is None else (obs, value))
     out = []
-    for obs in ctx.results_for(percent):
-        if (obs.when_latest or obs.when) < since:
-            continue
-        undated = observed.undated(obs, since)
-        if undated is not None:
-            unusable.append((min(obs.when_latest or obs.when, ctx.as_of), undated))
-            continue
+    for obs in _in_window(ctx, percent, since, unusable):
         q = observed.plain(ctx, obs)
         pct = percent.to_canonical(q.value, q.unit) if q else None
         if pct is None:
