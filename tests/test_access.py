@@ -54,8 +54,12 @@ def bearer(value: str) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def secured() -> Iterator[TestClient]:
+def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+    # A database of its own: the refusal limiter's buckets live there, and other modules'
+    # refused requests from the same test client address must not use up this module's budget.
+    database = tmp_path_factory.mktemp("access") / "trialscreen.db"
     settings = Settings(
+        database_url=f"sqlite:///{database}",
         public_base_url=BASE,
         auth_issuer=ISSUER,
         auth_jwks=_jwks(),

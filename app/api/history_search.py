@@ -2,9 +2,11 @@
 (AuditEvent), as SQL over the store's tables: each declared parameter becomes a condition, so
 ``total`` and paging stay exact."""
 
-from typing import Any
+from datetime import datetime
+from typing import Any, TypeVar
 
 from sqlalchemy import ColumnElement, and_, false, func, literal, not_, or_, true
+from sqlalchemy.orm import Mapped
 from sqlmodel import Session, col, select
 
 from app.api.search import (
@@ -170,14 +172,8 @@ def find_screenings(
             conditions.append(or_(*(_status(v) for v in alternatives)))
         elif name == "module":
             conditions.append(or_(*(_module(v) for v in alternatives)))
-    order = col(row.created).desc() if search.sort.startswith("-") else col(row.created).asc()
-    query = select(row).where(and_(true(), *conditions))
-    with Session(store.engine) as session:
-        total = session.exec(select(func.count()).select_from(query.subquery())).one()
-        if search.total_only:
-            return total, []
-        page = query.order_by(order, col(row.id)).offset(search.offset).limit(search.count)
-        return total, [r.guidance for r in session.exec(page).all()]
+    total, rows = _page(store, search, row, conditions, col(row.created))
+    return total, [r.guidance for r in rows]
 
 
 def find_audit_events(
@@ -207,7 +203,22 @@ def find_audit_events(
             param = AUDIT.param(name)
             assert param is not None
             conditions.append(or_(*(_entity(reference(v, param)) for v in alternatives)))
-    order = col(row.recorded).desc() if search.sort.startswith("-") else col(row.recorded).asc()
+    return _page(store, search, row, conditions, col(row.recorded))
+
+
+_Row = TypeVar("_Row", StoredScreening, StoredAuditEvent)
+
+
+def _page(
+    store: Store,
+    search: Search,
+    row: type[_Row],
+    conditions: list[ColumnElement[bool]],
+    when: Mapped[datetime],
+) -> tuple[int, list[_Row]]:
+    """(total, the requested page) of the rows matching every condition, by ``when`` in the
+    search's sort direction (ties broken by id, so pages never overlap)."""
+    order = when.desc() if search.sort.startswith("-") else when.asc()
     query = select(row).where(and_(true(), *conditions))
     with Session(store.engine) as session:
         total = session.exec(select(func.count()).select_from(query.subquery())).one()
