@@ -136,7 +136,8 @@ def _unscreenable(
     screening = plausible(evaluate(trial, record, as_of))
     if screening.eligibility is Eligibility.ELIGIBLE:  # a trial with no data checks at all
         screening = replace(screening, eligibility=Eligibility.NEEDS_REVIEW)
-    result = summarise(screening, describe(screening, fetched, settings, now, "population").guidance)
+    issued = describe(screening, fetched, settings, now, "population")
+    result = summarise(screening, issued.guidance)
     return replace(result, problems=(problem,))
 
 
