@@ -43,7 +43,7 @@ _REFERENCE_IN_TEXT = (
     r'"(?:subject|patient)"\s*:\s*\{[^{}]*"reference"\s*:\s*"(?:[^"]*/)?(?:Patient/|urn:uuid:)'
     r'([^"/]+)"'
 )
-MAX_LINE_BYTES = 64 * 1024 * 1024
+MAX_LINE_BYTES = 16 * 1024 * 1024
 """A resource longer than this is reported, not read (DuckDB's line limit)."""
 PATIENT_LEVEL = {"Observation", "Condition", "Procedure", "AllergyIntolerance", "Immunization"}
 MEDICATION_USES = {"MedicationRequest", "MedicationStatement", "MedicationAdministration"}
@@ -164,7 +164,8 @@ class NdjsonSource:
         return (
             f"SELECT {index} AS f, ordinality AS n, j FROM read_csv('{path}', "
             "columns={'j': 'VARCHAR'}, delim='\x01', quote='', escape='', header=false, "
-            f"auto_detect=false, max_line_size={MAX_LINE_BYTES}, compression='auto', "
+            f"auto_detect=false, max_line_size={MAX_LINE_BYTES}, buffer_size={2 * MAX_LINE_BYTES}, "
+            "compression='auto', "
             "strict_mode=false, null_padding=true) WITH ORDINALITY"
         )
 

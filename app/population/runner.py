@@ -81,6 +81,7 @@ def run_population(
         folder, needed_data(trials), memory_limit=memory_limit, scratch=out / ".scratch"
     ) as source:
         total = source.patients_total
+        workers = max(1, min(workers, total // BATCH))  # no process to start for a handful
         done = 0
         if progress:
             progress(0, total)
