@@ -22,6 +22,7 @@ resource of the file's type: the checks that read that part cannot be decided); 
 nobody is held against everyone. Nothing unread ever makes a patient eligible.
 """
 
+import gzip
 import re
 import shutil
 import tempfile
@@ -102,6 +103,21 @@ def discover(folder: Path) -> tuple[list[BulkFile], list[SourceError], list[str]
     if not any(f.resource_type == "Patient" for f in files):
         raise InvalidInput(f"{folder} holds no Patient.ndjson: there is nobody to screen.")
     return files, errors, []
+
+
+def patient_lines(folder: Path) -> int:
+    """Lines of the folder's Patient files (a quick upper bound on the patients), 0 if none."""
+    try:
+        files, _, _ = discover(folder)
+    except InvalidInput:
+        return 0
+    total = 0
+    for f in files:
+        if f.resource_type == "Patient":
+            opener = gzip.open if f.path.suffix == ".gz" else open
+            with opener(f.path, "rb") as lines:
+                total += sum(1 for line in lines if line.strip())
+    return total
 
 
 def _natural(path: Path) -> tuple[Any, ...]:

@@ -7,7 +7,7 @@ import os
 import shutil
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -19,7 +19,7 @@ import orjson
 
 from app.catalog.trial import LoadedTrial
 from app.core.settings import Settings, get_settings
-from app.population.ndjson_source import NdjsonSource, PatientLines, SourceError
+from app.population.ndjson_source import NdjsonSource, PatientLines, SourceError, patient_lines
 from app.population.outputs import OutputWriter
 from app.population.patient_run import PatientResult, needed_data, screen_patient
 
@@ -51,6 +51,8 @@ class RunReport:
     workers: int
     outcomes: dict[str, dict[str, int]] = field(default_factory=dict)
     """trial -> result -> patients."""
+    worker_peak_mb: float = 0.0
+    """Peak resident memory of the largest worker (of this process with one worker)."""
 
 
 def default_workers() -> int:
@@ -72,20 +74,24 @@ def run_population(
 ) -> RunReport:
     """Screen every patient of an NDJSON folder against ``trials``; outputs go to ``out``."""
     settings = settings or get_settings()
-    workers = workers or default_workers()
     started = time.monotonic()
     now = datetime.now(UTC)
+    # No process to start for a handful of patients; the workers start before DuckDB fills
+    # this process's memory (a spawned child begins as a copy of it).
+    workers = max(1, min(workers or default_workers(), patient_lines(folder) // BATCH))
     out.mkdir(parents=True, exist_ok=True)
     writer = OutputWriter(out, trials, as_of, settings.canonical_base, run_id)
-    with NdjsonSource(
-        folder, needed_data(trials), memory_limit=memory_limit, scratch=out / ".scratch"
-    ) as source:
+    with (
+        _Pool(workers, trials, as_of, settings, now) as pool,
+        NdjsonSource(
+            folder, needed_data(trials), memory_limit=memory_limit, scratch=out / ".scratch"
+        ) as source,
+    ):
         total = source.patients_total
-        workers = max(1, min(workers, total // BATCH))  # no process to start for a handful
         done = 0
         if progress:
             progress(0, total)
-        for results in _screened(source, trials, as_of, settings, now, workers):
+        for results in pool.screened(source):
             if cancelled is not None and cancelled():
                 raise Cancelled(run_id)
             for r in results:
@@ -109,6 +115,7 @@ def run_population(
         seconds=time.monotonic() - started,
         workers=workers,
         outcomes={f["trial"]: dict(f["outcomes"]) for f in funnel},
+        worker_peak_mb=pool.peak_kb / 1024,
     )
     (out / "errors.json").write_bytes(
         orjson.dumps(
@@ -122,39 +129,77 @@ def run_population(
     return report
 
 
-def _screened(
-    source: NdjsonSource,
-    trials: Sequence[LoadedTrial],
-    as_of: date,
-    settings: Settings,
-    now: datetime,
-    workers: int,
-) -> "Any":
-    """Per patient, the list of results (one per trial), in patient order."""
-    if workers <= 1:
-        for p in source.patients():
-            yield _screen_one(trials, p, as_of, settings, now)
-        return
-    context = get_context("spawn")  # never fork a process that holds DuckDB's threads
-    with ProcessPoolExecutor(
-        workers,
-        mp_context=context,
-        initializer=_init_worker,
-        initargs=(list(trials), as_of, settings, now),
-    ) as pool:
-        pending: deque[Future[list[list[PatientResult]]]] = deque()
+class _Pool:
+    """The worker processes (none for one worker: then patients are screened here)."""
+
+    def __init__(
+        self,
+        workers: int,
+        trials: Sequence[LoadedTrial],
+        as_of: date,
+        settings: Settings,
+        now: datetime,
+    ) -> None:
+        self.workers = workers
+        self.args = (list(trials), as_of, settings, now)
+        self.peak_kb = 0
+        self.pool: ProcessPoolExecutor | None = None
+        if workers > 1:
+            self.pool = ProcessPoolExecutor(
+                workers,
+                mp_context=get_context("spawn"),  # never fork a process holding DuckDB threads
+                initializer=_init_worker,
+                initargs=self.args,
+            )
+            for f in [self.pool.submit(_peak_kb) for _ in range(workers)]:
+                f.result()
+
+    def __enter__(self) -> "_Pool":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def screened(self, source: NdjsonSource) -> Iterator[list[PatientResult]]:
+        """Per patient, the list of results (one per trial), in patient order."""
+        if self.pool is None:
+            trials, as_of, settings, now = self.args
+            for p in source.patients():
+                yield _screen_one(trials, p, as_of, settings, now)
+            self.peak_kb = _peak_kb()
+            return
+        pending: deque[Future[tuple[list[list[PatientResult]], int]]] = deque()
         batch: list[PatientLines] = []
         for p in source.patients():
             batch.append(p)
             if len(batch) == BATCH:
-                pending.append(pool.submit(_screen_batch, batch))
+                pending.append(self.pool.submit(_screen_batch, batch))
                 batch = []
-                while len(pending) > 3 * workers:
-                    yield from pending.popleft().result()
+                while len(pending) > 3 * self.workers:
+                    yield from self._take(pending.popleft())
         if batch:
-            pending.append(pool.submit(_screen_batch, batch))
+            pending.append(self.pool.submit(_screen_batch, batch))
         while pending:
-            yield from pending.popleft().result()
+            yield from self._take(pending.popleft())
+
+    def _take(
+        self, future: "Future[tuple[list[list[PatientResult]], int]]"
+    ) -> list[list[PatientResult]]:
+        results, peak = future.result()
+        self.peak_kb = max(self.peak_kb, peak)
+        return results
+
+
+def _peak_kb() -> int:
+    """This process's peak resident memory since it started its program (VmHWM), in kB."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
 
 
 def _screen_one(
@@ -177,6 +222,7 @@ def _init_worker(trials: list[LoadedTrial], as_of: date, settings: Settings, now
     _WORKER.update(trials=trials, as_of=as_of, settings=settings, now=now)
 
 
-def _screen_batch(batch: list[PatientLines]) -> list[list[PatientResult]]:
+def _screen_batch(batch: list[PatientLines]) -> tuple[list[list[PatientResult]], int]:
     w = _WORKER
-    return [_screen_one(w["trials"], p, w["as_of"], w["settings"], w["now"]) for p in batch]
+    results = [_screen_one(w["trials"], p, w["as_of"], w["settings"], w["now"]) for p in batch]
+    return results, _peak_kb()
