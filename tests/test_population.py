@@ -21,6 +21,7 @@ from app.population import cli
 from app.population.cohort import demo_records, write_cohort, write_demo
 from app.population.ndjson_source import NdjsonSource
 from app.population.patient_run import needed_data, screen_patient
+from app.population.prefilter import needles_of, prefilters
 from app.population.runner import run_population
 from tests.golden_cases import load_cases
 from tests.test_api import validate_r4
@@ -346,3 +347,66 @@ def test_cli_refuses_bad_input_clearly(
     argv += ["--out", str(tmp_path / "run")]
     assert cli.main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+def test_the_prefilter_is_sound(catalog: Catalog, settings: Settings, tmp_path: Path) -> None:
+    """With and without the prefilter every answer is the same; only patients the engine
+    confirms are turned away skip the full screening."""
+    trials = list(catalog.trials.values())
+    folder = write_cohort(tmp_path / "in", 16, seed=8)
+    patients = [
+        orjson.loads(x)["id"] for x in (folder / "Patient.ndjson").read_bytes().splitlines()
+    ]
+    stripped = set(patients[:10])
+    filters = prefilters(trials)
+    assert filters is not None
+    needles = needles_of(filters)
+    kept = []
+    for line in (folder / "Condition.ndjson").read_text().splitlines():
+        owner = orjson.loads(line)["subject"]["reference"].rsplit(":", 1)[-1].rsplit("/", 1)[-1]
+        if owner in stripped and any(n in line.lower() for n in needles):
+            continue  # no SLE for them
+        kept.append(line)
+    # A text-only lupus (the engine sends it to review) and an unreadable Condition (it may be
+    # the SLE diagnosis): neither may be spared the full screening.
+    kept.append(
+        json.dumps(
+            {
+                "resourceType": "Condition",
+                "id": "words",
+                "subject": {"reference": f"Patient/{patients[0]}"},
+                "code": {"text": "Lupus (per outside records)"},
+            }
+        )
+    )
+    kept.append(
+        json.dumps(
+            {
+                "resourceType": "Condition",
+                "id": "bad",
+                "subject": {"reference": f"Patient/{patients[1]}"},
+                "code": 5,
+            }
+        )
+    )
+    (folder / "Condition.ndjson").write_text("\n".join(kept) + "\n")
+    full = run_population(trials, AS_OF, folder, tmp_path / "full", workers=1, settings=settings)
+    fast = run_population(
+        trials, AS_OF, folder, tmp_path / "fast", workers=1, settings=settings, prefilter=True
+    )
+    assert full.prefiltered == 0 and fast.prefiltered == 8  # 10 stripped, 2 not spared
+
+    def results(out: Path) -> dict[tuple[str, str], str]:
+        with (out / "candidates.csv").open() as f:
+            return {(r["trial"], r["patient"]): r["result"] for r in csv.DictReader(f)}
+
+    assert results(tmp_path / "full") == results(tmp_path / "fast")
+    a, b = _screenings(tmp_path / "full"), _screenings(tmp_path / "fast")
+    assert len(b) == len(a) - 8 * len(trials)
+    assert all(_answer(b[k]) == _answer(a[k]) for k in b)
+    for pid in patients[:2]:
+        assert all((t.id, f"Patient/{pid}") in b for t in trials)
+    assert (
+        json.loads((tmp_path / "full" / "funnel.json").read_text())[0]["outcomes"]
+        == (json.loads((tmp_path / "fast" / "funnel.json").read_text())[0]["outcomes"])
+    )

@@ -71,6 +71,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--spark-master", default="local[*]", help="with --engine spark")
     p.add_argument("--workers", type=int, default=None, help="worker processes (all cores)")
     p.add_argument("--memory-limit", default="1GB", help="DuckDB memory limit (spills beyond)")
+    p.add_argument(
+        "--prefilter",
+        action="store_true",
+        help="spare the full screening to patients whose Conditions alone turn them away at "
+        "every trial's first criterion (no SLE at all); they get no GuidanceResponse",
+    )
     c = sub.add_parser("cohort", help="write a synthetic NDJSON cohort (demo patients replicated)")
     c.add_argument("--patients", type=int, required=True)
     c.add_argument("--out", required=True)
@@ -116,6 +122,7 @@ def _prescreen(args: argparse.Namespace) -> int:
             settings=settings,
             progress=progress,
             memory_limit=args.memory_limit,
+            prefilter=args.prefilter,
         )
     progress.finish()
     print(summary(report, out))
@@ -229,6 +236,8 @@ def summary(report: RunReport, out: Path) -> str:
         f"({report.lines} lines) in {report.seconds:.1f} s with {report.workers} worker(s): "
         f"{rate:.1f} patients/s",
     ]
+    if report.prefiltered:
+        lines.append(f"{report.prefiltered} patient(s) turned away by the prefilter")
     if report.skipped_types:
         lines.append(f"not read (no criterion reads them): {', '.join(report.skipped_types)}")
     if report.errors:

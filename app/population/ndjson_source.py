@@ -72,6 +72,8 @@ class PatientLines:
     lines: list[bytes]
     unreadable: list[tuple[str | None, str]] = field(default_factory=list)
     """(record part, problem) of this patient's data that could not be read."""
+    prefiltered: bool = False
+    """No Condition line of theirs mentions the first criterion's diagnosis (``prefilter``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -305,6 +307,22 @@ class NdjsonSource:
         if dup:
             out.append(f"{dup} Patient id(s) appear more than once: their records are not screened")
         return out
+
+    def unmentioned(self, needles: Sequence[str]) -> set[str]:
+        """Patients none of whose Condition lines (nor unreadable lines) holds any of the
+        lower-case ``needles``."""
+        if not needles:
+            return set()
+        pattern = "|".join(re.escape(n) for n in needles)
+        rows = self.db.execute(
+            """SELECT patient FROM lines WHERE rt = 'Patient' AND status = 'keep'
+               EXCEPT
+               SELECT patient FROM lines WHERE patient IS NOT NULL
+                 AND (rt = 'Condition' OR status IN ('invalid', 'no-type'))
+                 AND regexp_matches(lower(j), ?)""",
+            [pattern],
+        ).fetchall()
+        return {r[0] for r in rows}
 
     # -- reading ----------------------------------------------------------------------------
 

@@ -131,7 +131,8 @@ class OutputWriter:
         self.problems: Counter[str] = Counter()
 
     def add(self, result: PatientResult) -> None:
-        self._screenings.write(orjson.dumps(result.guidance) + b"\n")
+        if result.guidance:  # a prefiltered patient has no full screening
+            self._screenings.write(orjson.dumps(result.guidance) + b"\n")
         self._funnels[result.trial].add(result)
         row = {
             "trial": result.trial,

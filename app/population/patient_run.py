@@ -47,6 +47,9 @@ class PatientResult:
     """Number of review items (what only a clinician can judge)."""
     problems: tuple[str, ...] = ()
     """What the run could not read of this patient's data (also in the report's warnings)."""
+    prefiltered: str | None = None
+    """The check that turned the patient away in the prefilter (``prefilter.py``): then there is
+    no full screening (``guidance`` is empty) and ``criteria`` holds the deciding one only."""
 
 
 def screen_patient(

@@ -22,6 +22,7 @@ from app.core.settings import Settings, get_settings
 from app.population.ndjson_source import NdjsonSource, PatientLines, SourceError, patient_lines
 from app.population.outputs import OutputWriter
 from app.population.patient_run import PatientResult, needed_data, screen_patient
+from app.population.prefilter import Prefilter, needles_of, prefilters, turned_away
 
 Json = dict[str, Any]
 Progress = Callable[[int, int], None]
@@ -53,6 +54,8 @@ class RunReport:
     """trial -> result -> patients."""
     worker_peak_mb: float = 0.0
     """Peak resident memory of the largest worker (of this process with one worker)."""
+    prefiltered: int = 0
+    """Patients turned away by the prefilter (no full screening)."""
 
 
 def default_workers() -> int:
@@ -71,29 +74,35 @@ def run_population(
     cancelled: Callable[[], bool] | None = None,
     run_id: str = "run",
     memory_limit: str = "1GB",
+    prefilter: bool = False,
 ) -> RunReport:
-    """Screen every patient of an NDJSON folder against ``trials``; outputs go to ``out``."""
+    """Screen every patient of an NDJSON folder against ``trials``; outputs go to ``out``.
+    ``prefilter``: spare the full screening to patients the engine confirms are turned away at
+    every trial's first criterion by their Conditions alone (``prefilter.py``)."""
     settings = settings or get_settings()
     started = time.monotonic()
     now = datetime.now(UTC)
     # No process to start for a handful of patients; the workers start before DuckDB fills
     # this process's memory (a spawned child begins as a copy of it).
     workers = max(1, min(workers or default_workers(), patient_lines(folder) // BATCH))
+    filters = prefilters(trials) if prefilter else None
     out.mkdir(parents=True, exist_ok=True)
     writer = OutputWriter(out, trials, as_of, settings.canonical_base, run_id)
     with (
-        _Pool(workers, trials, as_of, settings, now) as pool,
+        _Pool(workers, trials, as_of, settings, now, filters) as pool,
         NdjsonSource(
             folder, needed_data(trials), memory_limit=memory_limit, scratch=out / ".scratch"
         ) as source,
     ):
         total = source.patients_total
-        done = 0
+        spared = source.unmentioned(needles_of(filters)) if filters else set()
+        done = prefiltered = 0
         if progress:
             progress(0, total)
-        for results in pool.screened(source):
+        for results in pool.screened(source, spared):
             if cancelled is not None and cancelled():
                 raise Cancelled(run_id)
+            prefiltered += bool(results and results[0].prefiltered)
             for r in results:
                 writer.add(r)
             done += 1
@@ -116,6 +125,7 @@ def run_population(
         workers=workers,
         outcomes={f["trial"]: dict(f["outcomes"]) for f in funnel},
         worker_peak_mb=pool.peak_kb / 1024,
+        prefiltered=prefiltered,
     )
     (out / "errors.json").write_bytes(
         orjson.dumps(
@@ -139,9 +149,10 @@ class _Pool:
         as_of: date,
         settings: Settings,
         now: datetime,
+        filters: list[Prefilter] | None,
     ) -> None:
         self.workers = workers
-        self.args = (list(trials), as_of, settings, now)
+        self.args = (list(trials), as_of, settings, now, filters)
         self.peak_kb = 0
         self.pool: ProcessPoolExecutor | None = None
         if workers > 1:
@@ -161,17 +172,19 @@ class _Pool:
         if self.pool is not None:
             self.pool.shutdown(wait=True, cancel_futures=True)
 
-    def screened(self, source: NdjsonSource) -> Iterator[list[PatientResult]]:
+    def screened(self, source: NdjsonSource, spared: set[str]) -> Iterator[list[PatientResult]]:
         """Per patient, the list of results (one per trial), in patient order."""
         if self.pool is None:
-            trials, as_of, settings, now = self.args
+            trials, as_of, settings, now, filters = self.args
             for p in source.patients():
-                yield _screen_one(trials, p, as_of, settings, now)
+                p.prefiltered = p.patient in spared
+                yield _screen_one(trials, p, as_of, settings, now, filters)
             self.peak_kb = _peak_kb()
             return
         pending: deque[Future[tuple[list[list[PatientResult]], int]]] = deque()
         batch: list[PatientLines] = []
         for p in source.patients():
+            p.prefiltered = p.patient in spared
             batch.append(p)
             if len(batch) == BATCH:
                 pending.append(self.pool.submit(_screen_batch, batch))
@@ -208,8 +221,13 @@ def _screen_one(
     as_of: date,
     settings: Settings,
     now: datetime,
+    filters: list[Prefilter] | None = None,
 ) -> list[PatientResult]:
     resources = [orjson.loads(line) for line in p.lines]
+    if p.prefiltered and filters:
+        spared = turned_away(trials, filters, resources, p.unreadable, as_of)
+        if spared is not None:
+            return spared
     return screen_patient(
         trials, resources, as_of, unreadable=p.unreadable, settings=settings, now=now
     )
@@ -218,11 +236,20 @@ def _screen_one(
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(trials: list[LoadedTrial], as_of: date, settings: Settings, now: datetime) -> None:
-    _WORKER.update(trials=trials, as_of=as_of, settings=settings, now=now)
+def _init_worker(
+    trials: list[LoadedTrial],
+    as_of: date,
+    settings: Settings,
+    now: datetime,
+    filters: list[Prefilter] | None,
+) -> None:
+    _WORKER.update(trials=trials, as_of=as_of, settings=settings, now=now, filters=filters)
 
 
 def _screen_batch(batch: list[PatientLines]) -> tuple[list[list[PatientResult]], int]:
     w = _WORKER
-    results = [_screen_one(w["trials"], p, w["as_of"], w["settings"], w["now"]) for p in batch]
+    results = [
+        _screen_one(w["trials"], p, w["as_of"], w["settings"], w["now"], w["filters"])
+        for p in batch
+    ]
     return results, _peak_kb()
