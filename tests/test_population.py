@@ -215,6 +215,7 @@ def test_unreadable_lines_are_reported_and_never_make_anyone_eligible(
                 '{"resourceType": "Observation", "id": "nobody", "status": "final"}',
                 '{"resourceType": "Widget", "subject": {"reference": "Patient/p2"}}',
             ],
+            "Patient": ['{"resourceType": "Patient", "id": "p3", '],  # p3: not screened
         },
     )
     (folder / "Foo.ndjson").write_text("{}\n")
@@ -230,6 +231,8 @@ def test_unreadable_lines_are_reported_and_never_make_anyone_eligible(
     assert "no FHIR R4 resource type" in problems[("Observation.ndjson", n)]
     assert "no FHIR R4 resource type" in problems[("Foo.ndjson", None)]
     assert "not a Bulk Data file name" in problems[("notes.ndjson", None)]
+    assert problems[("Patient.ndjson", 3)] == "not valid JSON"
+    assert report.patients == 2
     results = {g["subject"]["reference"]: g for g in _screenings(tmp_path / "out").values()}
     # p1's unreadable Observation may be the newest haemoglobin: not eligible, and the report says
     # which line could not be read. p2 is untouched.

@@ -272,9 +272,11 @@ class NdjsonSource:
             if len(self.errors) < MAX_LISTED_ERRORS:
                 self.errors.append(SourceError(names[f], int(n), problem, patient))
             if status in {"invalid", "no-type"} and file_type in self.needed.resource_types:
-                part = None if file_type == "Medication" else source_of_type(file_type)
+                part = source_of_type(file_type)  # a Medication may be anyone's drug
                 what = f"{names[f]} line {n}: {problem}"
-                if patient is None:
+                # A Patient line nobody can read is a patient not screened (reported), not a
+                # part of anyone else's record.
+                if patient is None and file_type != "Patient":
                     self.everyone.append((part, f"{what}; it names no patient, so it may be any"))
         self.errors.extend(SourceError(names[0] if names else "", None, m) for m in self._orphans())
         self.patients_total = _one(
@@ -363,7 +365,7 @@ class NdjsonSource:
                 if status == "keep":
                     current.lines.append(j.encode())
                 else:
-                    part = None if types[f] == "Medication" else source_of_type(types[f])
+                    part = source_of_type(types[f])
                     current.unreadable.append((part, f"{names[f]} line {n}: not valid JSON"))
         if current is not None:
             yield self._finish(current, medications)
