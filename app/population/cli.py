@@ -14,7 +14,6 @@ itself fails.
 import argparse
 import asyncio
 import importlib
-import re
 import sys
 import time
 from collections.abc import Sequence
@@ -147,21 +146,19 @@ def _source(
             raise BadInput(f"--ndjson {folder} is not a folder")
         return folder
     url = args.bulk_group or args.bulk_patients
-    m = re.fullmatch(r"(https?://.+?)/Group/([A-Za-z0-9\-.]{1,64})/?", url or "")
-    if args.bulk_group and m is None:
-        raise BadInput(f"--bulk-group {url!r} is not [base]/Group/{{id}}")
-    base, group = (m.group(1), m.group(2)) if m else (re.sub(r"/Patient/?$", "", url), None)
-    if settings.ehr_base_url is not None and base.rstrip("/") != str(settings.ehr_base_url).rstrip(
-        "/"
-    ):
-        raise BadInput(f"{base} is not the configured EHR ({settings.ehr_base_url})")
     bulk = _optional("app.population.bulk_export", "Bulk Data export (--bulk-group/-patients)")
+    scope = bulk.scope_of(settings, url)  # only under the configured EHR (InvalidInput else)
+    if args.bulk_group and scope.group_id is None:
+        raise BadInput(f"--bulk-group {url!r} is not [base]/Group/{{id}}")
+    if args.bulk_patients and scope.group_id is not None:
+        raise BadInput(f"--bulk-patients {url!r} names a Group: use --bulk-group")
     dest = out / "input"
-    print(f"exporting from {base} ...", file=sys.stderr)
+    print(f"exporting from {settings.ehr_base_url} ...", file=sys.stderr)
     result = asyncio.run(
         bulk.export_to_folder(
-            settings.model_copy(update={"ehr_base_url": base}),
-            group_id=group,
+            settings,
+            group_id=scope.group_id,
+            system=scope.system,
             since=None,
             types=needed_data(trials).resource_types,
             dest=dest,

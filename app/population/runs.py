@@ -232,24 +232,15 @@ class RunService:
             thread.join(timeout)
 
     def check_source(self, source: str) -> tuple[str, Any]:
-        """("demo", None), ("folder", Path) or ("bulk", (base, group id or None)); InvalidInput
-        or Forbidden for anything else."""
+        """("demo", None), ("folder", Path) or ("bulk", the export's scope: ``bulk_export.
+        ExportScope``); InvalidInput or Forbidden for anything else."""
         if source == "demo":
             return "demo", None
         if re.match(r"https?://", source):
-            base = self.settings.ehr_base_url
-            if base is None:
-                raise InvalidInput("No EHR is configured: a Bulk Data source cannot be read.")
-            base = base.rstrip("/")
-            m = re.fullmatch(re.escape(base) + r"/Group/([A-Za-z0-9\-.]{1,64})/?", source)
-            if m is not None:
-                return "bulk", (base, m.group(1))
-            if source.rstrip("/") in {base, f"{base}/Patient"}:
-                return "bulk", (base, None)
-            raise Forbidden(
-                "A Bulk Data source must be the configured EHR: [base]/Group/{id} or "
-                "[base]/Patient."
-            )
+            bulk = _bulk_export()
+            # Only the configured EHR's [base]/Group/{id}, [base]/Patient or [base] (InvalidInput
+            # for anything else): the export runs with its credentials.
+            return "bulk", bulk.scope_of(self.settings, source)
         path = Path(source)
         if not path.is_absolute() or not self.settings.population_roots:
             raise Forbidden(
@@ -368,15 +359,12 @@ class RunService:
         if kind == "folder":
             assert isinstance(where, Path)
             return where
-        try:
-            bulk = importlib.import_module("app.population.bulk_export")
-        except ModuleNotFoundError:
-            raise InvalidInput("Bulk Data export is not available in this build.") from None
-        _, group = where
+        bulk = _bulk_export()
         result = asyncio.run(
             bulk.export_to_folder(
                 self.settings,
-                group_id=group,
+                group_id=where.group_id,
+                system=where.system,
                 since=None,
                 types=needed_data(trials).resource_types,
                 dest=dest,
@@ -400,6 +388,14 @@ class RunService:
                 entities=entities,
             )
         )
+
+
+def _bulk_export() -> Any:
+    """app.population.bulk_export (the Bulk Data client), when this build has it."""
+    try:
+        return importlib.import_module("app.population.bulk_export")
+    except ModuleNotFoundError:
+        raise InvalidInput("Bulk Data export is not available in this build.") from None
 
 
 def _words(exc: Exception) -> str:
