@@ -69,7 +69,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--engine", choices=("duckdb", "spark"), default="duckdb")
     p.add_argument("--spark-master", default="local[*]", help="with --engine spark")
     p.add_argument("--workers", type=int, default=None, help="worker processes (all cores)")
-    p.add_argument("--memory-limit", default="1GB", help="DuckDB memory limit (spills beyond)")
+    p.add_argument("--memory-limit", default="512MB", help="DuckDB memory limit (spills beyond)")
     p.add_argument(
         "--prefilter",
         action="store_true",

@@ -134,7 +134,7 @@ class NdjsonSource:
         folder: Path,
         needed: NeededData,
         *,
-        memory_limit: str = "1GB",
+        memory_limit: str = "512MB",
         threads: int | None = None,
         scratch: Path | None = None,
     ) -> None:

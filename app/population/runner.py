@@ -73,7 +73,7 @@ def run_population(
     progress: Progress | None = None,
     cancelled: Callable[[], bool] | None = None,
     run_id: str = "run",
-    memory_limit: str = "1GB",
+    memory_limit: str = "512MB",
     prefilter: bool = False,
 ) -> RunReport:
     """Screen every patient of an NDJSON folder against ``trials``; outputs go to ``out``.
