@@ -22,6 +22,7 @@ from app.api.health import router as health_router
 from app.api.history import router as history_router
 from app.api.negotiation import negotiate
 from app.api.openapi import contract
+from app.api.prescreen import router as prescreen_router
 from app.api.published import router as published_router
 from app.api.screen import router as screen_router
 from app.catalog.loader import load_catalog
@@ -35,6 +36,7 @@ from app.demo import DEMO_PATIENTS
 from app.ehr.connection import ehr_auth, ehr_http_client, ehr_record_source, fetch_plan
 from app.ehr.record_source import DemoRecordSource
 from app.ehr.terminology import TerminologyServer
+from app.population.runs import RunService
 from app.store.database import Store
 
 log = logging.getLogger("trialscreen")
@@ -65,6 +67,8 @@ def create_app(
         app.state.started = datetime.now(UTC).isoformat(timespec="seconds")
         app.state.store = store = Store(settings.database_url)
         await fail_interrupted(store)  # screenings a previous run left pending past their time
+        # Population runs (issue 14); a run a crash interrupted is marked failed here.
+        app.state.population = population = RunService(settings, store, catalog)
         background: set[asyncio.Task[None]] = set()
         app.state.background = background
         if settings.allow_unauthenticated:
@@ -98,6 +102,7 @@ def create_app(
                 for task in list(background):
                     task.cancel()
         finally:
+            population.shutdown()
             store.close()
 
     try:
@@ -117,6 +122,7 @@ def create_app(
     app.include_router(screen_router, dependencies=fhir_json)
     app.include_router(published_router, dependencies=fhir_json)
     app.include_router(history_router, dependencies=fhir_json)
+    app.include_router(prescreen_router)  # serves CSV and NDJSON too: no FHIR-only negotiation
     app.include_router(cds_router)
     app.openapi = lambda: contract(app)  # type: ignore[method-assign]
     app.include_router(health_router)

@@ -164,7 +164,7 @@ def test_the_operation_definition_resolves_from_the_capability_statement(
     statement = _valid(fhir.execute("metadata", method="get"))
     assert statement["implementation"]["url"] == base
     study = next(r for r in statement["rest"][0]["resource"] if r["type"] == "ResearchStudy")
-    (operation,) = study["operation"]
+    (operation,) = [o for o in study["operation"] if o["name"] == "screen"]
     definition = _valid(fhir.execute(operation["definition"], method="get"))
     assert definition["url"] == operation["definition"]
     assert definition["code"] == "screen"

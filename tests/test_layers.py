@@ -20,11 +20,36 @@ ALLOWED: dict[str, frozenset[str]] = {
     "ehr": frozenset({"fhir_io", "engine", "catalog", "core"}),
     "screening": frozenset({"ehr", "store", "fhir_io", "engine", "catalog", "core"}),
     "access": frozenset({"store", "core"}),
+    "population": frozenset(
+        {"screening", "ehr", "store", "fhir_io", "engine", "catalog", "core", "demo"}
+    ),
     "api": frozenset(
-        {"access", "screening", "ehr", "store", "fhir_io", "engine", "catalog", "core", "demo"}
+        {
+            "access",
+            "population",
+            "screening",
+            "ehr",
+            "store",
+            "fhir_io",
+            "engine",
+            "catalog",
+            "core",
+            "demo",
+        }
     ),
     "cds": frozenset(
-        {"access", "screening", "ehr", "store", "fhir_io", "engine", "catalog", "core", "demo"}
+        {
+            "access",
+            "population",
+            "screening",
+            "ehr",
+            "store",
+            "fhir_io",
+            "engine",
+            "catalog",
+            "core",
+            "demo",
+        }
     ),
 }
 TOP = {"app.main", "app.openapi_document", "app"}  # may import any package

@@ -5,6 +5,7 @@ security block; and ``.well-known/smart-configuration``."""
 from typing import Any
 
 from app.api.history_search import AUDIT, GUIDANCE
+from app.api.prescreen import PRESCREEN_ID
 from app.api.search import SearchSpec
 from app.api.study_search import STUDY
 from app.catalog.publication import SCREEN_ID
@@ -26,7 +27,8 @@ def rest_resources(base: str) -> list[Json]:
     """One entry per resource type served, in the order clients usually look for them."""
     study = _searchable(STUDY, read=True)
     study["operation"] = [
-        {"name": "screen", "definition": f"{base}/OperationDefinition/{SCREEN_ID}"}
+        {"name": "screen", "definition": f"{base}/OperationDefinition/{SCREEN_ID}"},
+        {"name": "prescreen", "definition": f"{base}/OperationDefinition/{PRESCREEN_ID}"},
     ]
     return [
         study,

@@ -21,8 +21,13 @@ _ERRORS = {
     "406": "The client asked for a format other than FHIR JSON (_format or Accept)",
     "429": "Too many requests from this client (see Retry-After)",
 }
-_READS = {"metadata", "sle-activity", "ResearchStudy-screen"}
-_PROTECTED = ("/fhir/GuidanceResponse", "/fhir/AuditEvent")
+_READS = {"metadata", "sle-activity", "ResearchStudy-screen", "ResearchStudy-prescreen"}
+_PROTECTED = (
+    "/fhir/GuidanceResponse",
+    "/fhir/AuditEvent",
+    "/fhir/$prescreen-status",  # population runs (issue 14)
+    "/fhir/Group",
+)
 _SECURITY_SCHEMES = {
     "smartBackendServices": {
         "type": "http",
@@ -66,14 +71,15 @@ def contract(app: FastAPI) -> dict[str, Any]:
                 else:  # FastAPI's own validation shape is never sent: errors are 400s
                     responses.pop("422", None)
                 if path.startswith("/fhir"):
-                    responses["200"]["content"] = {_FHIR: {"schema": _OBJECT}}
+                    if "200" in responses:  # $prescreen answers 202 (asynchronous)
+                        responses["200"]["content"] = {_FHIR: {"schema": _OBJECT}}
                     for code, text in _ERRORS.items():
                         responses.setdefault(code, _outcome(text))
                     if method == "get" and ("{" in path or path.rsplit("/", 1)[-1] in _READS):
                         responses["304"] = {
                             "description": "Not Modified (If-None-Match or If-Modified-Since)"
                         }
-                    if path.startswith(_PROTECTED) or path.endswith("$screen"):
+                    if path.startswith(_PROTECTED) or path.endswith(("$screen", "$prescreen")):
                         operation["security"] = [{"smartBackendServices": []}]
                 else:
                     _cds(path, responses)

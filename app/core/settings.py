@@ -147,6 +147,13 @@ class Settings(BaseSettings):
     """Seconds a client has to send a request's head (app/core/http_server.py; 0: no limit)."""
     docs_enabled: bool = True
     """Serve the interactive API docs at /docs and /redoc (development); /openapi.json stays."""
+    data_dir: Path = _ROOT / "var"
+    """Where population runs keep their outputs (``<data_dir>/runs/<run id>/``)."""
+    population_roots: tuple[Path, ...] = ()
+    """Folders under which ``$prescreen`` may read a Bulk Data NDJSON folder named in its
+    ``source`` (besides ``demo`` and the configured EHR's export); none: no folder at all."""
+    population_workers: int = 0
+    """Worker processes of a population run started over REST (0: every core)."""
 
 
 @lru_cache

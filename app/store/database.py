@@ -378,3 +378,86 @@ def _sqlite_pragmas(connection: Any, _: Any) -> None:
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.close()
+
+
+# --- population runs (issue 14) ----------------------------------------------------------------
+
+
+class PopulationRun(SQLModel, table=True):
+    """A pre-screening run over a population: who, when, source, as-of, criteria versions,
+    progress and outcome. ``trials``, ``criteria_versions`` and ``outcomes`` are JSON."""
+
+    __tablename__ = "population_run"
+
+    id: str = Field(primary_key=True)
+    status: str = Field(index=True)
+    """queued | running | completed | failed | cancelled"""
+    trials: str
+    criteria_versions: str
+    as_of: date
+    source: str
+    who: str
+    tenant: str | None = Field(default=None, index=True)
+    created: datetime = Field(sa_type=_WHEN, index=True)
+    finished: datetime | None = Field(default=None, sa_type=_WHEN)
+    heartbeat: float
+    """Wall-clock seconds of the last sign of life of the process running it."""
+    patients_total: int | None = None
+    patients_done: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    outcomes: str = Field(default="{}", sa_column_kwargs={"server_default": "{}"})
+    errors: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    """Problems found in the input (listed in the run folder's errors.json)."""
+    error: str | None = None
+    """Why the run failed, when it did."""
+    folder: str
+
+
+_UNFINISHED = ("queued", "running")
+
+
+def save_run(store: Store, run: PopulationRun) -> None:
+    with Session(store.engine, expire_on_commit=False) as session, session.begin():
+        session.add(run)
+
+
+def update_run(store: Store, run_id: str, **values: Any) -> bool:
+    """Set ``values`` on a run that is not finished yet; False when it already is (a finished
+    run is never changed again: a cancel racing a completion leaves the first word)."""
+    statement = (
+        update(PopulationRun)
+        .where(col(PopulationRun.id) == run_id)
+        .where(col(PopulationRun.status).in_(_UNFINISHED))
+        .values(**values)
+    )
+    with store.engine.begin() as connection:
+        return bool(connection.execute(statement).rowcount)
+
+
+def get_run(store: Store, run_id: str) -> PopulationRun | None:
+    with Session(store.engine, expire_on_commit=False) as session:
+        return session.get(PopulationRun, run_id)
+
+
+def list_runs(
+    store: Store, limit: int, tenant: str | None, every_tenant: bool
+) -> list[PopulationRun]:
+    query = select(PopulationRun)
+    if not every_tenant:
+        query = query.where(PopulationRun.tenant == tenant)
+    with Session(store.engine, expire_on_commit=False) as session:
+        rows = session.exec(query.order_by(col(PopulationRun.created).desc()).limit(limit))
+        return list(rows.all())
+
+
+def fail_stale_runs(store: Store, before: float, now: datetime) -> int:
+    """Mark failed every unfinished run whose heartbeat stopped before ``before``."""
+    statement = (
+        update(PopulationRun)
+        .where(col(PopulationRun.status).in_(_UNFINISHED))
+        .where(col(PopulationRun.heartbeat) < before)
+        .values(
+            status="failed", finished=now, error="interrupted: the service stopped while it ran"
+        )
+    )
+    with store.engine.begin() as connection:
+        return int(connection.execute(statement).rowcount)
