@@ -39,6 +39,41 @@ from tests.conftest import DEMO_PATIENTS
 
 Json = dict[str, Any]
 GROUP_ID = "bulk-cohort"
+MED_PATIENT = "bulk-med-patient"
+# A patient whose prescription references a Medication resource (the demo records code their
+# drugs inline): Medication is outside the Patient compartment.
+MEDICATION_BUNDLE: Json = {
+    "resourceType": "Bundle",
+    "type": "collection",
+    "entry": [
+        {"resource": {"resourceType": "Patient", "id": MED_PATIENT, "gender": "female"}},
+        {
+            "resource": {
+                "resourceType": "Medication",
+                "id": "bulk-med-1",
+                "code": {
+                    "coding": [
+                        {
+                            "system": "http://www.nlm.nih.gov/research/umls/rxnorm",
+                            "code": "5521",
+                            "display": "hydroxychloroquine",
+                        }
+                    ]
+                },
+            }
+        },
+        {
+            "resource": {
+                "resourceType": "MedicationRequest",
+                "id": "bulk-med-request-1",
+                "status": "active",
+                "intent": "order",
+                "subject": {"reference": f"Patient/{MED_PATIENT}"},
+                "medicationReference": {"reference": "Medication/bulk-med-1"},
+            }
+        },
+    ],
+}
 
 
 @dataclass(frozen=True)
@@ -66,6 +101,7 @@ def seeded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seeded]:
         path.stem: json.loads(path.read_text()) for path in sorted(DEMO_PATIENTS.glob("*.json"))
     }
     members = tuple(sorted(bundles)[:2])
+    bundles[MED_PATIENT] = MEDICATION_BUNDLE
     before = datetime.now(UTC) - timedelta(seconds=2)
     with fhir.running_fhir_server(tmp_path_factory.mktemp("bulk-fhir")) as server:
         fhir.seed(server.base_url, bundles.values())
@@ -130,7 +166,7 @@ def test_a_group_export_brings_exactly_its_members_records(
     expected = set().union(*(_keys(seeded.bundles[p], set(types)) for p in seeded.members))
     assert _exported(result) == expected
     assert {k[1] for k in expected if k[0] == "Patient"} == set(seeded.members)
-    assert result.complete and not result.problems
+    assert result.complete and not result.problems and result.notes == []
     # sekmet announces a count for every file; each was checked against the lines written.
     assert all(f.count == f.lines for f in result.files)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f.path.name for f in result.files)
@@ -145,17 +181,26 @@ def test_a_patient_export_brings_every_patient(
     settings = _settings(seeded.server.base_url)
     types = list(needed_data(catalog.trials.values()).resource_types)
     result = _run(settings, tmp_path, types=types)
-    expected = set().union(*(_keys(b, set(types)) for b in seeded.bundles.values()))
+    # Everything of every patient but the Medication, which is in no patient's compartment.
+    in_compartment = set(types) - {"Medication"}
+    expected = set().union(*(_keys(b, in_compartment) for b in seeded.bundles.values()))
     assert _exported(result) == expected
     assert result.by_type()["Patient"] == len(seeded.bundles)
     assert result.resources == len(expected)
+    assert result.complete
+    assert result.notes == [
+        "1 medication use(s) reference a Medication the export did not include (Medication is "
+        "outside the Patient compartment): those drugs cannot be identified"
+    ]
 
 
 def test_a_system_export_brings_the_types_asked_for(seeded: Seeded, tmp_path: Path) -> None:
     settings = _settings(seeded.server.base_url)
-    result = _run(settings, tmp_path, types=["Patient", "Group"], system=True)
+    result = _run(settings, tmp_path, types=["Patient", "Group", "Medication"], system=True)
     patients = {("Patient", pid) for pid in seeded.bundles}
-    assert _exported(result) == patients | {("Group", GROUP_ID)}
+    medication = ("Medication", "bulk-med-1")
+    assert _exported(result) == patients | {("Group", GROUP_ID), medication}
+    assert result.notes == []
 
 
 def test_since_limits_the_export_to_what_changed(seeded: Seeded, tmp_path: Path) -> None:
@@ -281,14 +326,16 @@ def _fake_run(
     result = asyncio.run(
         export_to_folder(
             settings or _settings(BASE),
-            group_id=None,
-            since=None,
-            types=["Patient", "Condition"],
-            dest=dest,
-            progress=events.append,
-            transport=fake.transport(),
-            sleep=sleeps or Sleeps(),
-            **kwargs,
+            **{
+                "group_id": None,
+                "since": None,
+                "types": ["Patient", "Condition"],
+                "dest": dest,
+                "progress": events.append,
+                "transport": fake.transport(),
+                "sleep": sleeps or Sleeps(),
+                **kwargs,
+            },
         )
     )
     return result, events
@@ -500,3 +547,26 @@ def test_bad_requests_are_refused_before_any_call(
             )
         )
     assert fake.requests == []
+
+
+def test_medications_left_out_of_the_export_are_noted(tmp_path: Path) -> None:
+    request = {
+        "resourceType": "MedicationRequest",
+        "id": "mr1",
+        "status": "active",
+        "intent": "order",
+        "subject": {"reference": "Patient/p1"},
+        "medicationReference": {"reference": "Medication/m1"},
+    }
+    fake = FakeBulk()
+    fake.files["MedicationRequest.ndjson"] = orjson.dumps(request) + b"\n"
+    types = ["Patient", "MedicationRequest", "Medication"]
+    result, _ = _fake_run(fake, tmp_path / "without", types=types)
+    assert result.complete
+    assert len(result.notes) == 1 and result.notes[0].startswith("1 medication use(s)")
+    medication = {"resourceType": "Medication", "id": "m1"}
+    fake = FakeBulk()
+    fake.files["MedicationRequest.ndjson"] = orjson.dumps(request) + b"\n"
+    fake.files["Medication.ndjson"] = orjson.dumps(medication) + b"\n"
+    result, _ = _fake_run(fake, tmp_path / "with", types=types)
+    assert result.notes == []

@@ -123,6 +123,8 @@ class ExportResult:
     """What could not be read (refused URLs, failed downloads, line counts that disagree)."""
     deleted: bool = False
     """Whether the server acknowledged the DELETE of the job."""
+    notes: list[str] = field(default_factory=list)
+    """What the export lacks without being incomplete (the answers it changes go to review)."""
 
     @property
     def complete(self) -> bool:
@@ -236,6 +238,8 @@ class _Exporter:
         try:
             manifest = await self.wait(status_url)
             await self.read_manifest(manifest, result, dest)
+            if "Medication" in types:
+                _unresolved_medications(result)
         finally:
             # Done, failed or cancelled: the server may drop the job and its files.
             result.deleted = await asyncio.shield(self.delete(status_url))
@@ -313,7 +317,7 @@ class _Exporter:
             except _Transient as exc:
                 failures += 1
                 if failures >= self.attempts:
-                    raise BulkExportError(f"polling the export failed: {exc} ") from None
+                    raise BulkExportError(f"polling the export failed: {exc}") from None
                 wait = exc.wait if exc.wait is not None else delay * 2
                 self.progress(ExportProgress("waiting", f"status: {exc}; polling again"))
             else:
@@ -629,6 +633,27 @@ def _read_issues(error_file: ExportedFile, result: ExportResult) -> None:
                             line=number,
                         )
                     )
+
+
+_MEDICATION_USES = ("MedicationRequest", "MedicationStatement", "MedicationAdministration")
+
+
+def _unresolved_medications(result: ExportResult) -> None:
+    """Medication is not in the Patient compartment: a Patient or Group export may leave out the
+    Medications that medication uses reference. Those drugs are then unknown to the engine (a
+    review item, never "no such drug"); say how many uses are affected."""
+    if any(f.type == "Medication" for f in result.files):
+        return
+    uses = 0
+    for f in result.files:
+        if f.type in _MEDICATION_USES:
+            with f.path.open("rb") as lines:
+                uses += sum(1 for line in lines if b'"medicationReference"' in line)
+    if uses:
+        result.notes.append(
+            f"{uses} medication use(s) reference a Medication the export did not include "
+            "(Medication is outside the Patient compartment): those drugs cannot be identified"
+        )
 
 
 def _transient_outcome(response: httpx.Response) -> bool:
