@@ -31,9 +31,11 @@ from app.population.bulk_export import (
     ExportLimits,
     ExportProgress,
     ExportResult,
+    ExportScope,
     IncompleteExport,
     export_to_folder,
     fhir_instant,
+    scope_of,
 )
 from app.population.cohort import write_demo
 from app.population.patient_run import needed_data
@@ -574,6 +576,7 @@ def test_a_status_url_on_another_host_is_not_followed(tmp_path: Path) -> None:
         ({"types": ["Patient", "../etc"]}, "not resource types"),
         ({"types": []}, "not resource types"),
         ({"types": ["Patient"], "group_id": "a/b"}, "not a FHIR id"),
+        ({"types": ["Patient"], "group_id": ".."}, "not a FHIR id"),
         ({"types": ["Patient"], "since": datetime(2026, 1, 1)}, "time zone"),
     ],
 )
@@ -612,3 +615,35 @@ def test_medications_left_out_of_the_export_are_noted(tmp_path: Path) -> None:
     fake.files["Medication.ndjson"] = orjson.dumps(medication) + b"\n"
     result, _ = _fake_run(fake, tmp_path / "with", types=types)
     assert result.notes == []
+
+
+@pytest.mark.parametrize(
+    ("url", "scope"),
+    [
+        (f"{BASE}/Group/cohort-1", ExportScope(group_id="cohort-1")),
+        (f"{BASE}/Group/cohort-1/$export", ExportScope(group_id="cohort-1")),
+        (f"{BASE}/Patient", ExportScope()),
+        (f"{BASE}/Patient/$export", ExportScope()),
+        (BASE, ExportScope(system=True)),
+        (f"{BASE}/$export", ExportScope(system=True)),
+    ],
+)
+def test_a_kick_off_url_names_its_scope(url: str, scope: ExportScope) -> None:
+    assert scope_of(_settings(BASE), url) == scope
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://elsewhere.test/fhir/Group/cohort-1",
+        "http://ehr.test/fhirx/Group/1",
+        f"{BASE}/Group/a/b",
+        f"{BASE}/Group/../../admin",
+        f"{BASE}/Group/..",
+        f"{BASE}/Observation",
+        f"{BASE}/Group/1?_type=Patient",
+    ],
+)
+def test_a_url_outside_the_configured_ehr_names_no_export(url: str) -> None:
+    with pytest.raises(BulkExportError):
+        scope_of(_settings(BASE), url)

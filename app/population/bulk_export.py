@@ -45,6 +45,8 @@ ERRORS_DIR = "errors"
 """Sub-folder of the destination holding the manifest's error files (OperationOutcome NDJSON),
 kept apart so that a reader of ``dest/*.ndjson`` sees patient data only."""
 _TYPE_NAME = re.compile(r"[A-Z][A-Za-z]{1,63}")
+_ID = re.compile(r"(?!\.+$)[A-Za-z0-9\-.]{1,64}")
+"""A FHIR id."""
 _RETRY_STATUS = {429, 502, 503, 504}
 _MAX_ISSUES = 200
 """Issues kept from the error files (their count is always reported in full)."""
@@ -141,6 +143,37 @@ class ExportResult:
         return counts
 
 
+@dataclass(frozen=True, slots=True)
+class ExportScope:
+    """What a kick-off URL exports: a Group's members, every patient, or everything."""
+
+    group_id: str | None = None
+    system: bool = False
+
+
+def scope_of(settings: Settings, url: str) -> ExportScope:
+    """The scope a user-given URL names (``--bulk-group``, ``--bulk-patients``, a ``source``):
+    ``[base]/Group/{id}`` or ``[base]/Group/{id}/$export``; ``[base]/Patient`` or
+    ``[base]/Patient/$export``; ``[base]`` or ``[base]/$export``. Only under the configured EHR
+    base URL: the export runs against it, with its credentials."""
+    base = (settings.ehr_base_url or "").rstrip("/")
+    if not base:
+        raise BulkExportError("no EHR is configured (TRIALSCREEN_EHR_BASE_URL)")
+    if not (url == base or url.startswith(base + "/")) or "?" in url or "#" in url:
+        raise BulkExportError(f"{url} is not a bulk export of the configured EHR ({base})")
+    path = url[len(base) :].strip("/").removesuffix("$export").strip("/")
+    parts = path.split("/") if path else []
+    if not parts:
+        return ExportScope(system=True)
+    if parts == ["Patient"]:
+        return ExportScope()
+    if len(parts) == 2 and parts[0] == "Group" and _ID.fullmatch(parts[1]):
+        return ExportScope(group_id=parts[1])
+    raise BulkExportError(
+        f"{url} names no export: use {base}/Group/{{id}}, {base}/Patient or {base} itself"
+    )
+
+
 def fhir_instant(moment: datetime) -> str:
     """``moment`` as a FHIR instant in UTC with milliseconds (what servers write in
     ``meta.lastUpdated``, so that even a server comparing strings compares like with like)."""
@@ -180,7 +213,7 @@ async def export_to_folder(
         raise BulkExportError("no EHR is configured (TRIALSCREEN_EHR_BASE_URL)")
     if group_id is not None and system:
         raise BulkExportError("a Group export and a system export are exclusive")
-    if group_id is not None and not re.fullmatch(r"[A-Za-z0-9\-.]{1,64}", group_id):
+    if group_id is not None and not _ID.fullmatch(group_id):
         raise BulkExportError(f"not a FHIR id: {group_id!r}")
     if since is not None and since.tzinfo is None:
         raise BulkExportError("_since needs a time zone")
