@@ -17,6 +17,7 @@ from typing import Any
 
 import orjson
 import pytest
+from pydantic import SecretStr
 
 from app.catalog.loader import Catalog
 from app.core.errors import InvalidInput
@@ -33,6 +34,7 @@ from app.population.spark_engine import (
     run_population_spark,
     run_spark,
     spark_session,
+    without_secrets,
 )
 from tests.conftest import DEMO_PATIENTS
 
@@ -319,3 +321,16 @@ def test_an_invalid_line_is_reported_and_held_against_whom_it_names(rules: LineR
         (BAD, "p9", (1, 12, "Condition", "Condition.ndjson line 12: not valid JSON")),
     ]
     assert classify(rules, 1, 13, "   ") == []
+
+
+def test_no_secret_is_shipped_to_the_executors() -> None:
+    settings = Settings(
+        ehr_auth="bearer",
+        ehr_token=SecretStr("s3cret"),
+        smart_private_key=SecretStr("-----BEGIN PRIVATE KEY-----"),
+        canonical_base="https://trials.example/fhir",
+    )
+    shipped = without_secrets(settings)
+    assert shipped.ehr_token is None and shipped.smart_private_key is None
+    assert shipped.canonical_base == "https://trials.example/fhir"
+    assert settings.ehr_token is not None  # the driver's own settings are untouched

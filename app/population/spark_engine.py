@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import orjson
+from pydantic import SecretStr
 
 from app.catalog.trial import LoadedTrial
 from app.core.settings import Settings, get_settings
@@ -333,7 +334,11 @@ def run_spark(
     """Screen every patient of ``ndjson_dir`` against ``trials`` on Spark.
 
     ``spark``: a session to use (kept open); without it one is started on ``master`` and stopped
-    when ``results`` is exhausted or closed. ``now``: the reports' issue time (one for the run).
+    when ``results`` is exhausted or closed (do one or the other: that also drops the cached
+    lines). ``now``: the reports' issue time (one for the run). On a cluster the executors need
+    this package installed (their Python workers import it); in local mode they run this
+    interpreter with this checkout first on their path (``spark_session``). No secret of the
+    settings leaves the driver (``without_secrets``).
     """
     from pyspark import StorageLevel
 
@@ -413,7 +418,7 @@ def run_spark(
             ScreenJob(
                 trials=tuple(trials),
                 as_of=as_of,
-                settings=settings or get_settings(),
+                settings=without_secrets(settings or get_settings()),
                 now=now or datetime.now(UTC),
                 everyone=tuple(everyone),
                 medications=side.medications,
@@ -597,6 +602,17 @@ def run_population_spark(
         workers=run.cores,
         outcomes={f["trial"]: dict(f["outcomes"]) for f in funnel},
     )
+
+
+def without_secrets(settings: Settings) -> Settings:
+    """The settings shipped to the executors (possibly other machines): every secret (the EHR
+    token, the SMART private key) left out. Screening reads none of them."""
+    secrets = {
+        name: None
+        for name in type(settings).model_fields
+        if isinstance(getattr(settings, name), SecretStr)
+    }
+    return settings.model_copy(update=secrets)
 
 
 def _partitions(sc: Any, patients: int) -> int:
