@@ -24,6 +24,7 @@ import pytest
 from pydantic import SecretStr
 
 from app.catalog.loader import Catalog
+from app.core.errors import InvalidInput, UpstreamUnavailable
 from app.core.settings import Settings
 from app.population.bulk_export import (
     ERRORS_DIR,
@@ -229,7 +230,7 @@ def test_an_unknown_group_is_refused_with_the_servers_reason(
 
 def test_the_destination_must_be_empty(seeded: Seeded, tmp_path: Path) -> None:
     (tmp_path / "Patient.1.ndjson").write_text("{}\n")
-    with pytest.raises(BulkExportError, match="not empty"):
+    with pytest.raises(InvalidInput, match="not empty"):
         _run(_settings(seeded.server.base_url), tmp_path, types=["Patient"])
 
 
@@ -459,8 +460,11 @@ def test_a_job_that_fails_is_reported_with_the_servers_reason(tmp_path: Path) ->
         "issue": [{"severity": "error", "code": "exception", "diagnostics": "disk full"}],
     }
     fake.status_faults = [httpx.Response(500, json=outcome)]
-    with pytest.raises(BulkExportError, match="status URL answered 500: disk full"):
+    with pytest.raises(BulkExportError, match="status URL answered 500: disk full") as caught:
         _fake_run(fake, tmp_path)
+    # What the API and the CLI already answer for an EHR that failed: 502, with the reason.
+    assert isinstance(caught.value, UpstreamUnavailable) and caught.value.status_code == 502
+    assert "disk full" in caught.value.message
     assert len(fake.sent("DELETE", STATUS)) == 1
     assert not fake.sent("GET", f"{BASE}/bulk-files/")
 
@@ -585,7 +589,7 @@ def test_bad_requests_are_refused_before_any_call(
 ) -> None:
     fake = FakeBulk()
     arguments: dict[str, Any] = {"group_id": None, "since": None, **kwargs}
-    with pytest.raises(BulkExportError, match=message):
+    with pytest.raises(InvalidInput, match=message):
         asyncio.run(
             export_to_folder(
                 _settings(BASE), dest=tmp_path, transport=fake.transport(), **arguments
@@ -645,5 +649,5 @@ def test_a_kick_off_url_names_its_scope(url: str, scope: ExportScope) -> None:
     ],
 )
 def test_a_url_outside_the_configured_ehr_names_no_export(url: str) -> None:
-    with pytest.raises(BulkExportError):
+    with pytest.raises(InvalidInput):
         scope_of(_settings(BASE), url)

@@ -31,8 +31,8 @@ from app.population.spark_engine import (
     LineRules,
     SparkRun,
     classify,
-    run_population_spark,
     run_spark,
+    spark_results,
     spark_session,
     without_secrets,
 )
@@ -107,7 +107,7 @@ def _direct(catalog: Catalog, bundle: Json, **kwargs: Any) -> list[PatientResult
 
 def _run(spark: Any, catalog: Catalog, folder: Path) -> tuple[SparkRun, list[PatientResult]]:
     trials = list(catalog.trials.values())
-    run = run_spark(trials, AS_OF, folder, spark=spark, settings=Settings(), now=NOW)
+    run = spark_results(trials, AS_OF, folder, spark=spark, settings=Settings(), now=NOW)
     return run, list(run.results)
 
 
@@ -213,7 +213,7 @@ def test_spark_and_duckdb_write_the_same_outputs(
         trials, AS_OF, folder, tmp_path / "duckdb", workers=1, settings=settings, run_id="r1"
     )
     progress: list[tuple[int, int]] = []
-    sparked = run_population_spark(
+    sparked = run_spark(
         trials,
         AS_OF,
         folder,
@@ -256,7 +256,7 @@ def test_the_duckdb_engine_reads_gzipped_files(catalog: Catalog, tmp_path: Path)
 def test_a_folder_without_patients_is_refused(spark: Any, catalog: Catalog, tmp_path: Path) -> None:
     (tmp_path / "Condition.ndjson").write_text("{}\n")
     with pytest.raises(InvalidInput, match=r"no Patient\.ndjson"):
-        run_spark(list(catalog.trials.values()), AS_OF, tmp_path, spark=spark)
+        spark_results(list(catalog.trials.values()), AS_OF, tmp_path, spark=spark)
 
 
 # --- one line, without Spark ---------------------------------------------------------------------

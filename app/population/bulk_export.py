@@ -32,6 +32,7 @@ from typing import Any, Literal
 import httpx
 import orjson
 
+from app.core.errors import InvalidInput, UpstreamUnavailable
 from app.core.observability import count_upstream_error
 from app.core.settings import Settings
 from app.ehr.auth import EhrAuth, EhrAuthError
@@ -52,8 +53,9 @@ _MAX_ISSUES = 200
 """Issues kept from the error files (their count is always reported in full)."""
 
 
-class BulkExportError(Exception):
-    """The export could not be started or did not finish; the message says why."""
+class BulkExportError(UpstreamUnavailable):
+    """The EHR's export could not be started, did not finish, or could not be read; the message
+    says why. (What the caller asked wrongly is an ``InvalidInput``.)"""
 
 
 class IncompleteExport(BulkExportError):
@@ -158,9 +160,9 @@ def scope_of(settings: Settings, url: str) -> ExportScope:
     base URL: the export runs against it, with its credentials."""
     base = (settings.ehr_base_url or "").rstrip("/")
     if not base:
-        raise BulkExportError("no EHR is configured (TRIALSCREEN_EHR_BASE_URL)")
+        raise InvalidInput("no EHR is configured (TRIALSCREEN_EHR_BASE_URL)")
     if not (url == base or url.startswith(base + "/")) or "?" in url or "#" in url:
-        raise BulkExportError(f"{url} is not a bulk export of the configured EHR ({base})")
+        raise InvalidInput(f"{url} is not a bulk export of the configured EHR ({base})")
     path = url[len(base) :].strip("/").removesuffix("$export").strip("/")
     parts = path.split("/") if path else []
     if not parts:
@@ -169,7 +171,7 @@ def scope_of(settings: Settings, url: str) -> ExportScope:
         return ExportScope()
     if len(parts) == 2 and parts[0] == "Group" and _ID.fullmatch(parts[1]):
         return ExportScope(group_id=parts[1])
-    raise BulkExportError(
+    raise InvalidInput(
         f"{url} names no export: use {base}/Group/{{id}}, {base}/Patient or {base} itself"
     )
 
@@ -210,19 +212,19 @@ async def export_to_folder(
     ``transport`` and ``auth`` replace the configured ones (tests); ``sleep`` the waits.
     """
     if settings.ehr_base_url is None:
-        raise BulkExportError("no EHR is configured (TRIALSCREEN_EHR_BASE_URL)")
+        raise InvalidInput("no EHR is configured (TRIALSCREEN_EHR_BASE_URL)")
     if group_id is not None and system:
-        raise BulkExportError("a Group export and a system export are exclusive")
+        raise InvalidInput("a Group export and a system export are exclusive")
     if group_id is not None and not _ID.fullmatch(group_id):
-        raise BulkExportError(f"not a FHIR id: {group_id!r}")
+        raise InvalidInput(f"not a FHIR id: {group_id!r}")
     if since is not None and since.tzinfo is None:
-        raise BulkExportError("_since needs a time zone")
+        raise InvalidInput("_since needs a time zone")
     bad = [t for t in types if not _TYPE_NAME.fullmatch(t)]
     if bad or not types:
-        raise BulkExportError(f"not resource types: {bad or 'none given'}")
+        raise InvalidInput(f"not resource types: {bad or 'none given'}")
     dest.mkdir(parents=True, exist_ok=True)
     if any(dest.iterdir()):
-        raise BulkExportError(f"{dest} is not empty")
+        raise InvalidInput(f"{dest} is not empty")
     async with ehr_http_client(settings, transport) as http:
         client = fhir_client(settings, http, settings.ehr_base_url, auth or ehr_auth(settings))
         exporter = _Exporter(client, limits or ExportLimits(), progress, sleep, system)

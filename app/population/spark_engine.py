@@ -320,7 +320,7 @@ def spark_session(
     return session
 
 
-def run_spark(
+def spark_results(
     trials: Sequence[LoadedTrial],
     as_of: date,
     ndjson_dir: Path,
@@ -540,7 +540,7 @@ def _numbered(f: int) -> Callable[[tuple[str, int]], tuple[int, int, str]]:
     return number
 
 
-def run_population_spark(
+def run_spark(
     trials: Sequence[LoadedTrial],
     as_of: date,
     folder: Path,
@@ -559,7 +559,7 @@ def run_population_spark(
     started = time.monotonic()
     out.mkdir(parents=True, exist_ok=True)
     writer = OutputWriter(out, trials, as_of, settings.canonical_base, run_id)
-    run = run_spark(
+    run = spark_results(
         trials, as_of, folder, master, spark=spark, settings=settings, now=datetime.now(UTC)
     )
     total, done, per_patient = run.patients_total, 0, max(1, len(trials))
@@ -578,7 +578,7 @@ def run_population_spark(
     finally:
         close = getattr(results, "close", None)
         if close is not None:
-            close()  # stops a session run_spark started
+            close()  # stops a session spark_results started
     funnel = writer.close()
     errors = tuple(run.errors)
     (out / "errors.json").write_bytes(
