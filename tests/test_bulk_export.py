@@ -25,7 +25,8 @@ from pydantic import SecretStr
 
 from app.catalog.loader import Catalog
 from app.core.errors import InvalidInput, UpstreamUnavailable
-from app.core.settings import Settings
+from app.core.settings import Settings, get_settings
+from app.population import cli
 from app.population.bulk_export import (
     ERRORS_DIR,
     BulkExportError,
@@ -651,3 +652,36 @@ def test_a_kick_off_url_names_its_scope(url: str, scope: ExportScope) -> None:
 def test_a_url_outside_the_configured_ehr_names_no_export(url: str) -> None:
     with pytest.raises(InvalidInput):
         scope_of(_settings(BASE), url)
+
+
+def test_the_cli_prescreens_a_group_exported_from_the_ehr(
+    seeded: Seeded, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    monkeypatch.setenv("TRIALSCREEN_EHR_BASE_URL", seeded.server.base_url)
+    get_settings.cache_clear()
+    try:
+        out = tmp_path / "run"
+        code = cli.main(
+            [
+                "prescreen",
+                "--trial",
+                "NCT06801119",
+                "--as-of",
+                "2025-11-01",
+                "--bulk-group",
+                f"{seeded.server.base_url}/Group/{GROUP_ID}",
+                "--out",
+                str(out),
+                "--workers",
+                "1",
+            ]
+        )
+    finally:
+        get_settings.cache_clear()
+    printed = capsys.readouterr()
+    assert code == 0, printed.err
+    assert "2 patients" in printed.out
+    assert "waiting" in printed.err or "downloading" in printed.err
+    with (out / "candidates.csv").open(newline="") as f:
+        patients = {row["patient"] for row in csv.DictReader(f)}
+    assert patients == {f"Patient/{p}" for p in seeded.members}

@@ -333,7 +333,8 @@ def spark_results(
 ) -> SparkRun:
     """Screen every patient of ``ndjson_dir`` against ``trials`` on Spark.
 
-    ``spark``: a session to use (kept open); without it one is started on ``master`` and stopped
+    ``spark``: a session to use (kept open; else the process's active one); without either one
+    is started on ``master`` and stopped
     when ``results`` is exhausted or closed (do one or the other: that also drops the cached
     lines). ``now``: the reports' issue time (one for the run). On a cluster the executors need
     this package installed (their Python workers import it); in local mode they run this
@@ -344,6 +345,12 @@ def spark_results(
 
     needed = needed_data(trials)
     files, errors, skipped = discover_needed(ndjson_dir, needed)
+    if spark is None:
+        from pyspark.sql import SparkSession
+
+        # A session already running in this process is used, and left running (its master
+        # wins over ``master``: a process has one Spark context).
+        spark = SparkSession.getActiveSession()
     own = spark is None
     session = spark_session(master) if spark is None else spark
     sc = session.sparkContext
