@@ -332,3 +332,13 @@ def test_no_secret_is_shipped_to_the_executors() -> None:
     assert shipped.ehr_token is None and shipped.smart_private_key is None
     assert shipped.canonical_base == "https://trials.example/fhir"
     assert settings.ehr_token is not None  # the driver's own settings are untouched
+
+
+def test_an_unreadable_patient_line_is_no_doubt_on_anyone_else(rules: LineRules) -> None:
+    # Reported (that patient is not screened), not held against every other patient.
+    assert classify(rules, 2, 5, '{"resourceType":"Patient","id":"p1", broken') == [
+        (ERROR, None, (2, 5, "not valid JSON", None))
+    ]
+    # A line of another type that names nobody may be anyone's: held against everyone.
+    (_, held) = classify(rules, 1, 6, "{broken")
+    assert held[:2] == (BAD, None) and held[2][2] == "Condition"

@@ -20,7 +20,8 @@ What a line becomes:
 - a line that is not valid JSON, or a JSON value with no ``resourceType``, is reported with its
   file and line; when its text still names a patient it is held against that patient as an
   unreadable part of the record (the checks that read that part cannot be decided); when it names
-  nobody it is held against every patient;
+  nobody it is held against every patient (a Patient line nobody can read is a patient not
+  screened, reported, and no doubt on anyone else's record);
 - a resource of no FHIR type, or one that names no patient (``subject``/``patient``), is
   reported and not read; so are patients with resources but no Patient resource, and Patient ids
   that appear twice. Nothing unread ever makes a patient eligible.
@@ -162,11 +163,16 @@ def _unreadable(
     rules: LineRules, f: int, n: int, problem: str, patient: str | None
 ) -> list[Classified]:
     file_type = rules.types[f]
-    part = None if file_type == "Medication" else source_of_type(file_type)
+    part = source_of_type(file_type)  # a Medication may be anyone's drug
     what = f"{rules.names[f]} line {n}: {problem}"
+    error: Classified = (ERROR, None, (f, n, problem, patient))
     if patient is None:
+        if file_type == "Patient":
+            # A Patient line nobody can read is a patient not screened (reported), not a part
+            # of anyone else's record.
+            return [error]
         what += "; it names no patient, so it may be any"
-    return [(ERROR, None, (f, n, problem, patient)), (BAD, patient, (f, n, part, what))]
+    return [error, (BAD, patient, (f, n, part, what))]
 
 
 def _patient_of(resource: Json) -> str | None:
