@@ -28,6 +28,7 @@ _SUBTYPE = {
     "search": "search-type",
     "audit-search": "search-type",
     "access-denied": "operation",
+    "signoff": "create",  # an investigator's sign-off on the web pages (app/ui)
 }
 
 
