@@ -3,12 +3,14 @@ sub-check, the data to collect and the review items. Only what the report holds 
 engine is never run again to render it), so the page says what the machine said when it said it.
 """
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from app.catalog.loader import Catalog
 
 Json = dict[str, Any]
+_SUB_CHECK = re.compile(r"\s*\[[IE][0-9]+(?:\.[a-z0-9_]+)+\]\s*")
 
 OVERALL = {
     "eligible": ("Eligible", "good"),
@@ -63,10 +65,25 @@ class Row:
     values: list[Measured] = field(default_factory=list)
     threshold: str | None = None
     review: list[str] = field(default_factory=list)
+    grouped: bool = False
+    """It has sub-checks (its reason quotes theirs)."""
 
     @property
     def chip(self) -> tuple[str, str]:
         return chip(self.kind, self.result)
+
+    @property
+    def summary(self) -> str:
+        """The reason as the row shows it: a group's reason repeats every sub-check's (which have
+        rows of their own), so a group shows its opening sentence, or the one sub-check it names."""
+        if not self.grouped:
+            return self.reason
+        pieces = _SUB_CHECK.split(self.reason)
+        if pieces[0].strip():
+            return pieces[0].strip()
+        if len(pieces) == 2:
+            return self.reason
+        return "Decided by the sub-checks below."
 
 
 @dataclass(frozen=True)
@@ -90,6 +107,7 @@ class Collect:
 class Report:
     id: str
     trial: str
+    acronym: str
     version: str
     patient: str
     as_of: str
@@ -155,6 +173,7 @@ def _rows(node: Json, depth: int, into: list[Row]) -> None:
         elif p["name"] == "review":
             row.review.append(str(p["valueString"]))
         elif p["name"] == "criterion":
+            row.grouped = True
             _rows(p, depth + 1, into)
 
 
@@ -207,7 +226,7 @@ def read_report(guidance: Json, catalog: Catalog) -> Report:
         row
         for rows in criteria
         for row in rows
-        if row.result == "unknown" and not row.review and row.depth > 0
+        if row.result == "unknown" and not row.review and row.depth > 0 and not row.grouped
     ]
     names = _code_names(catalog)
     collect = [_collect(r, names) for r in guidance.get("dataRequirement", [])]
@@ -221,6 +240,7 @@ def read_report(guidance: Json, catalog: Catalog) -> Report:
     return Report(
         id=str(guidance.get("id", "")),
         trial=trial,
+        acronym=catalog.trials[trial].spec.acronym if trial in catalog.trials else trial,
         version=version,
         patient=str(subject.get("reference") or subject.get("display") or ""),
         as_of=str(as_of),
