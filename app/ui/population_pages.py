@@ -169,6 +169,8 @@ class Bar:
     remaining: int
     width: float
     y: int
+    dropped: int = 0
+    """Patients turned away at this step."""
 
 
 @dataclass(frozen=True)
@@ -193,6 +195,7 @@ def funnel_chart(entry: dict[str, Any]) -> Funnel:
     patients = int(entry.get("patients", 0))
     scale = _BAR_AREA / patients if patients else 0.0
     bars = [Bar("screened", "Patients screened", patients, patients * scale, 0)]
+    before = patients
     for n, step in enumerate(entry.get("steps", []), start=1):
         remaining = int(step.get("remaining", 0))
         bars.append(
@@ -202,8 +205,10 @@ def funnel_chart(entry: dict[str, Any]) -> Funnel:
                 remaining,
                 remaining * scale,
                 n * _BAR_HEIGHT,
+                max(0, before - remaining),
             )
         )
+        before = remaining
     return Funnel(
         trial=str(entry.get("trial", "")),
         title=str(entry.get("title", "")),

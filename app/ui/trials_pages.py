@@ -52,6 +52,12 @@ _GROUP_WORDS = {
 }
 
 
+def _words(names: tuple[str, ...]) -> str:
+    """Drug class names as words (``conventional_immunosuppressants``: conventional
+    immunosuppressants)."""
+    return ", ".join(n.replace("_", " ") for n in names)
+
+
 def _window(name: str, d: Duration | None) -> list[str]:
     return [f"{name} {d}"] if d is not None else []
 
@@ -87,7 +93,7 @@ def _facts(check: Check, m: Mappings, trial_window: Duration) -> list[str]:
     elif isinstance(check, PrednisoneDoseCheck):
         facts.append(f"prednisone-equivalent {check.min:g}-{check.max:g} {check.unit}")
         if check.min_waived_with:
-            facts.append("no minimum with " + ", ".join(check.min_waived_with))
+            facts.append("no minimum with " + _words(check.min_waived_with))
     elif isinstance(check, LabFindingCheck):
         names = [m.analytes[a].display if a in m.analytes else a for a in check.analytes]
         facts.append(f"{check.finding} result of " + ", ".join(names))
@@ -95,7 +101,7 @@ def _facts(check: Check, m: Mappings, trial_window: Duration) -> list[str]:
             facts.append(f"titer at least 1:{check.titer_cutoff:g}")
         facts += _window("within", check.within)
     elif isinstance(check, MedicationCheck):
-        facts.append("drug classes: " + ", ".join(check.classes))
+        facts.append("drug classes: " + _words(check.classes))
         facts += _window("within", check.within)
         facts += _window("first started at least", check.started_at_least)
         if check.current:
@@ -103,9 +109,9 @@ def _facts(check: Check, m: Mappings, trial_window: Duration) -> list[str]:
         if check.route:
             facts.append(f"route {check.route}")
     elif isinstance(check, DistinctDrugsCheck):
-        facts.append(f"at least {check.at_least} distinct drugs of: " + ", ".join(check.classes))
+        facts.append(f"at least {check.at_least} distinct drugs of: " + _words(check.classes))
     elif isinstance(check, AllergyCheck):
-        facts.append("allergy to " + (", ".join(check.substances) or "any substance"))
+        facts.append("allergy to " + (_words(check.substances) or "any substance"))
         if check.severe:
             facts.append(f"severe reaction ({check.reaction.replace('_', ' ')})")
     elif isinstance(check, ConditionCheck):
@@ -149,7 +155,7 @@ def _checks(
                 depth=depth,
                 facts=_facts(check, m, window),
                 code_sets=[
-                    (name, f"/fhir/ValueSet/{value_set_id(name)}?_format=json")
+                    (name.replace("_", " "), f"/fhir/ValueSet/{value_set_id(name)}?_format=json")
                     for name in _code_sets(check)
                 ],
                 review=check.review,
