@@ -36,8 +36,21 @@ async def history(request: Request, user: User) -> HTMLResponse:
     reports: list[Report] = []
     total = 0
     moved: dict[str, tuple[Report, list[object]]] = {}
+    store: Store = request.app.state.store
+    recent: list[str] = []
+    if not patient:
+        _, latest = await asyncio.to_thread(store.screenings_for, None, None, 0, 50, ANY_TENANT)
+        subjects = (orjson.loads(g).get("subject", {}).get("reference") for g in latest)
+        recent = list(dict.fromkeys(s for s in subjects if s))[:20]
+        await audit.record(
+            request,
+            action="E",
+            interaction="search",
+            outcome="0",
+            agent=agent(user),
+            description=f"recently screened patients listed on the web pages: {len(recent)}",
+        )
     if patient:
-        store: Store = request.app.state.store
         # The pages serve the hospital's own staff: every tenant's screenings of the patient.
         total, raw = await asyncio.to_thread(
             store.screenings_for, patient, None, 0, _SHOWN, ANY_TENANT
@@ -64,6 +77,7 @@ async def history(request: Request, user: User) -> HTMLResponse:
         user,
         title="Patient history",
         patient=patient,
+        recent=recent,
         reports=reports,
         total=total,
         moved=moved,
