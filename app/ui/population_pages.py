@@ -11,7 +11,7 @@ import asyncio
 import csv
 import inspect
 from dataclasses import dataclass
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Annotated, Any, Protocol
 
@@ -19,6 +19,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 
 from app.catalog.loader import Catalog
+from app.core.settings import zone_of
 from app.ui.rendering import PAGE_HEADERS, PageNotFound, render
 from app.ui.report_view import OVERALL, read_report
 from app.ui.session import UiUser, check_csrf, current_user, require_role
@@ -59,6 +60,10 @@ async def _call(method: Any, *args: Any, **kwargs: Any) -> Any:
     return await result if inspect.isawaitable(result) else result
 
 
+def _today(request: Request) -> date:
+    return datetime.now(UTC).astimezone(zone_of(request.app.state.settings)).date()
+
+
 def _service(request: Request) -> RunServiceLike | None:
     return getattr(request.app.state, "population", None)
 
@@ -93,7 +98,7 @@ async def runs(request: Request, user: User) -> HTMLResponse:
         unavailable=UNAVAILABLE,
         runs=listed,
         trials=[catalog.trials[t].spec for t in catalog.trials],
-        today=date.today().isoformat(),
+        today=_today(request).isoformat(),
         percent=_percent,
         error=None,
     )
@@ -111,7 +116,7 @@ async def start(request: Request, user: Coordinator) -> Response:
     try:
         as_of = date.fromisoformat(str(form.get("as_of") or ""))
     except ValueError:
-        as_of = date.today()
+        as_of = _today(request)
     if not chosen:
         chosen = list(catalog.trials)
     try:
