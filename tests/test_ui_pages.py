@@ -210,3 +210,19 @@ def test_the_candidate_table_sorts_and_filters_on_the_server(
         assert len(csv_file.text.splitlines()) == 11
     finally:
         del app.state.population  # type: ignore[attr-defined]
+
+
+def test_a_bad_upload_is_explained_on_the_form_and_nothing_is_stored(client: TestClient) -> None:
+    before = _store(client).screenings_for(None, None, 0, 1)[0]
+    for content, words in (
+        (b"{not json", "The file is not JSON"),
+        (b'{"resourceType": "Patient", "id": "p"}', "must hold a FHIR Bundle"),
+    ):
+        answer = client.post(
+            "/ui/screen",
+            data={"csrf_token": _token(client), "trial": "NCT06801119", "as_of": "2025-11-01"},
+            files={"bundle": ("record.json", content, "application/json")},
+        )
+        assert answer.status_code in (400, 422) and words in answer.text
+        assert 'value="NCT06801119" checked' in answer.text  # the form keeps what was chosen
+    assert _store(client).screenings_for(None, None, 0, 1)[0] == before
