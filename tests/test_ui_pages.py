@@ -226,3 +226,15 @@ def test_a_bad_upload_is_explained_on_the_form_and_nothing_is_stored(client: Tes
         assert answer.status_code in (400, 422) and words in answer.text
         assert 'value="NCT06801119" checked' in answer.text  # the form keeps what was chosen
     assert _store(client).screenings_for(None, None, 0, 1)[0] == before
+
+
+def test_history_offers_two_screenings_of_one_trial_to_compare(client: TestClient) -> None:
+    _screen(client)
+    _screen(client)
+    _screen(client, trial="NCT07358988")  # the newest is of the other trial
+    page = client.get("/ui/history", params={"patient": PATIENT}).text
+    older = re.search(r'name="a" value="([^"]+)"[^>]*checked', page)
+    newer = re.search(r'name="b" value="([^"]+)"[^>]*checked', page)
+    assert older and newer and older.group(1) != newer.group(1)
+    compared = client.get("/ui/compare", params={"a": older.group(1), "b": newer.group(1)})
+    assert compared.status_code == 200 and "What changed" in compared.text

@@ -10,8 +10,8 @@ from fastapi.responses import HTMLResponse
 
 from app.store import audit
 from app.store.database import ANY_TENANT, Store
-from app.ui.rendering import PageNotFound, render
-from app.ui.report_view import Report, changes, chip, read_report
+from app.ui.rendering import render
+from app.ui.report_view import Change, Report, changes, chip, read_report
 from app.ui.screen_pages import stored_report
 from app.ui.screening_run import agent
 from app.ui.session import UiUser, current_user, require_role
@@ -35,7 +35,8 @@ async def history(request: Request, user: User) -> HTMLResponse:
     patient = _patient_ref(request.query_params.get("patient", ""))
     reports: list[Report] = []
     total = 0
-    moved: dict[str, tuple[Report, list[object]]] = {}
+    moved: dict[str, tuple[Report, list[Change]]] = {}
+    newest: dict[str, Report] = {}
     store: Store = request.app.state.store
     recent: list[str] = []
     if not patient:
@@ -65,12 +66,13 @@ async def history(request: Request, user: User) -> HTMLResponse:
             description=f"patient history on the web pages: {total} screening(s)",
             patient_ref=patient,
         )
-        newest: dict[str, Report] = {}
         for r in reports:  # newest first: the first of a trial is its latest
             if r.trial not in newest:
                 newest[r.trial] = r
             elif r.trial not in moved:
-                moved[r.trial] = (r, list(changes(r, newest[r.trial])))
+                moved[r.trial] = (r, changes(r, newest[r.trial]))
+    # Offered for comparison first: the latest two screenings against one trial.
+    pair = next(((older.id, newest[t].id) for t, (older, _) in moved.items()), ("", ""))
     return render(
         request,
         "history.html",
@@ -78,6 +80,7 @@ async def history(request: Request, user: User) -> HTMLResponse:
         title="Patient history",
         patient=patient,
         recent=recent,
+        pair=pair,
         reports=reports,
         total=total,
         moved=moved,
@@ -94,7 +97,8 @@ async def compare(request: Request, user: User) -> HTMLResponse:
     if older.issued > newer.issued:
         older, newer = newer, older
     if older.trial != newer.trial:
-        raise PageNotFound("Compare two screenings against the same trial.")
+        message = "Compare two screenings against the same trial."
+        return render(request, "error.html", user, 400, title="Not comparable", message=message)
     return render(
         request,
         "compare.html",
