@@ -293,6 +293,12 @@ def _pages(service: Service) -> list[tuple[str, str]]:
         _api_screen(service, by_id)  # when this test runs alone
     _, kept = service.store.screenings_for(f"Patient/{PATIENT}", "NCT06801119", 0, 2)
     newest, older = (json.loads(g)["id"] for g in kept)
+    # A screening before the patient turned 18: the comparison has checks that moved.
+    minor = [
+        {"name": "patient", "valueString": PATIENT},
+        {"name": "asOf", "valueDate": "2001-06-01"},
+    ]
+    younger = _api_screen(service, minor)["id"]
     done = [r for r in service.population.list() if r.status == "completed"]
     if not done:
         started = service.population.start(["NCT06801119"], date(2025, 11, 1), "demo", "test")
@@ -307,7 +313,7 @@ def _pages(service: Service) -> list[tuple[str, str]]:
         ("report", f"/ui/reports/{newest}"),
         ("screened", f"/ui/screened?ids={newest},{older}"),
         ("history", f"/ui/history?patient={PATIENT}"),
-        ("compare", f"/ui/compare?a={older}&b={newest}"),
+        ("compare", f"/ui/compare?a={younger}&b={newest}"),
         ("audit", "/ui/audit"),
         ("population", "/ui/population"),
         ("population-run", f"/ui/population/{run}"),

@@ -283,8 +283,8 @@ def changes(older: Report, newer: Report) -> list[Change]:
                 kind=row.kind,
                 before=a.result if a else None,
                 after=b.result if b else None,
-                reason_before=a.reason if a else "",
-                reason_after=b.reason if b else "",
+                reason_before=a.summary if a else "",
+                reason_after=b.summary if b else "",
             )
         )
     return moved
