@@ -309,6 +309,7 @@ def _pages(service: Service) -> list[tuple[str, str]]:
     return [
         ("trials", "/ui/trials"),
         ("trial", "/ui/trials/NCT06801119"),
+        ("code-set", "/ui/code-sets/sle"),
         ("screen", "/ui/screen"),
         ("report", f"/ui/reports/{newest}"),
         ("screened", f"/ui/screened?ids={newest},{older}"),

@@ -238,3 +238,18 @@ def test_history_offers_two_screenings_of_one_trial_to_compare(client: TestClien
     assert older and newer and older.group(1) != newer.group(1)
     compared = client.get("/ui/compare", params={"a": older.group(1), "b": newer.group(1)})
     assert compared.status_code == 200 and "What changed" in compared.text
+
+
+def test_every_code_set_a_trial_page_links_to_opens(client: TestClient) -> None:
+    links: set[str] = set()
+    for trial in ("NCT06801119", "NCT07358988"):
+        links |= set(
+            re.findall(r'href="(/ui/code-sets/[^"]+)"', client.get(f"/ui/trials/{trial}").text)
+        )
+    assert len(links) > 10
+    for link in sorted(links):
+        page = client.get(link)
+        assert page.status_code == 200, link
+        assert "<td><code>" in page.text, link  # at least one code listed
+    sle = client.get("/ui/code-sets/sle").text
+    assert "200936003" in sle and "Lupus erythematosus (disorder)" in sle

@@ -9,7 +9,7 @@ from fastapi.responses import HTMLResponse
 
 from app.catalog.loader import Catalog
 from app.catalog.mappings import Mappings
-from app.catalog.publication import value_set_id
+from app.catalog.publication import value_set, value_set_id
 from app.catalog.schema import (
     AgeCheck,
     AllergyCheck,
@@ -155,7 +155,7 @@ def _checks(
                 depth=depth,
                 facts=_facts(check, m, window),
                 code_sets=[
-                    (name.replace("_", " "), f"/fhir/ValueSet/{value_set_id(name)}?_format=json")
+                    (name.replace("_", " "), f"/ui/code-sets/{value_set_id(name)}")
                     for name in _code_sets(check)
                 ],
                 review=check.review,
@@ -191,4 +191,24 @@ async def trial(trial_id: str, request: Request, user: User) -> HTMLResponse:
         criteria.append((criterion, views))
     return render(
         request, "trial.html", user, title=f"{spec.acronym} criteria", trial=spec, criteria=criteria
+    )
+
+
+@router.get("/code-sets/{name}", response_class=HTMLResponse)
+async def code_set(name: str, request: Request, user: User) -> HTMLResponse:
+    """A code set as the service publishes it (the ValueSet): what it includes and excludes,
+    and every code of its expansion."""
+    catalog: Catalog = request.app.state.catalog
+    found = catalog.mappings.code_sets.get(name.replace("-", "_"))
+    if found is None:
+        raise PageNotFound(f"No code set {name!r}.")
+    published = value_set(found, catalog.mappings, request.app.state.settings.canonical_base)
+    return render(
+        request,
+        "code_set.html",
+        user,
+        title=f"Code set {found.name.replace('_', ' ')}",
+        name=found.name.replace("_", " "),
+        vs=published,
+        json_link=f"/fhir/ValueSet/{value_set_id(found.name)}?_format=json",
     )
