@@ -261,10 +261,13 @@ def test_the_main_flow_works_by_keyboard_alone(page: Watched, service: Service) 
     p.goto(f"{service.base}/ui/")
     p.keyboard.press("Tab")
     expect(p.locator(".skip")).to_be_focused()
+    expect(p.locator(".skip")).to_be_in_viewport()  # the skip link shows itself when focused
     _tab_to(p, "nav a[href='/ui/screen']")
     p.keyboard.press("Enter")
     p.wait_for_url(re.compile(r"/ui/screen$"))
     _tab_to(p, "#patient_id")
+    outline = p.locator("#patient_id").evaluate("e => getComputedStyle(e).outlineStyle")
+    assert outline == "solid"  # where the focus is shows
     p.keyboard.type(PATIENT)
     _tab_to(p, "#as_of")
     p.keyboard.type("11012025")  # Chromium's date field: month, day, year
@@ -352,3 +355,15 @@ def test_every_page_loads_fits_and_passes_axe(
     context.close()
     assert problems == [], "\n".join(problems)
     assert watched.errors == []
+
+
+def test_the_report_prints_without_the_controls(page: Watched, service: Service) -> None:
+    p = page.page
+    _screen_on_page(p, service, patient=PATIENT)
+    p.emulate_media(media="print")
+    for hidden in ("nav[aria-label=Main]", "#signoff", ".banner", "[data-print]"):
+        expect(p.locator(hidden)).to_be_hidden()
+    expect(p.locator(".verdict.machine .overall")).to_be_visible()
+    expect(p.locator("table.results tbody tr").first).to_be_visible()
+    expect(p.locator("#review-h")).to_be_visible()
+    p.screenshot(path=str(SHOTS / "report-print.png"))
