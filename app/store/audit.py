@@ -29,6 +29,7 @@ _SUBTYPE = {
     "audit-search": "search-type",
     "access-denied": "operation",
     "signoff": "create",  # an investigator's sign-off on the web pages (app/ui)
+    "ui-sign-in": "operation",  # signing in to the pages (the sign-in's app/ui/auth_routes.py)
 }
 
 
