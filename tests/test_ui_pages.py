@@ -204,6 +204,12 @@ def test_the_candidate_table_sorts_and_filters_on_the_server(
         assert len(missing) == 10 and missing == sorted(missing, reverse=True)
         needs_data = client.get(f"/ui/population/{run.id}", params={"result": "needs-data"}).text
         assert needs_data.count('class="chip data"') == 5 and 'class="chip bad"' not in needs_data
+        refused = client.post(
+            "/ui/population",
+            data={"csrf_token": _token(client), "source": "/etc", "as_of": "2025-11-01"},
+        )
+        assert refused.status_code == 400 and "Unknown source &#39;/etc&#39;" in refused.text
+        assert refused.headers["content-type"].startswith("text/html")
         csv_file = client.get(f"/ui/population/{run.id}/candidates.csv")
         assert csv_file.headers["content-type"].startswith("text/csv")
         assert "attachment" in csv_file.headers["content-disposition"]

@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 
 from app.catalog.loader import Catalog
+from app.core.errors import Forbidden
 from app.demo import DEMO_PATIENTS
 from app.engine import Screening, Status, evaluate
 from app.fhir_io.bundle_reader import read_bundle
@@ -49,7 +50,7 @@ class FakeRunService:
 
     def start(self, trials: list[str], as_of: date, source: str, who: str) -> RunSummary:
         if source != "demo":
-            raise ValueError(f"Unknown source {source!r}: only 'demo' here.")
+            raise Forbidden(f"Unknown source {source!r}: only 'demo' here.")
         run = RunSummary(
             id=uuid.uuid4().hex[:12],
             status="queued",

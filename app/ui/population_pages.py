@@ -19,6 +19,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 
 from app.catalog.loader import Catalog
+from app.core.errors import TrialscreenError
 from app.core.settings import zone_of
 from app.ui.rendering import PAGE_HEADERS, PageNotFound, render
 from app.ui.report_view import OVERALL, read_report
@@ -121,7 +122,7 @@ async def start(request: Request, user: Coordinator) -> Response:
         chosen = list(catalog.trials)
     try:
         run = await _call(service.start, chosen, as_of, source, f"ui:{user.subject}")
-    except (ValueError, PermissionError) as exc:
+    except (TrialscreenError, ValueError) as exc:  # a source outside the allowed ones, ...
         listed = list(await _call(service.list, 50))
         return render(
             request,
