@@ -38,6 +38,7 @@ from app.ehr.record_source import DemoRecordSource
 from app.ehr.terminology import TerminologyServer
 from app.population.runs import RunService
 from app.store.database import Store
+from app.ui.install import install as install_pages
 
 log = logging.getLogger("trialscreen")
 
@@ -126,6 +127,7 @@ def create_app(
     app.include_router(cds_router)
     app.openapi = lambda: contract(app)  # type: ignore[method-assign]
     app.include_router(health_router)
+    install_pages(app)  # the web pages under /ui (app/ui)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

@@ -28,6 +28,8 @@ _SUBTYPE = {
     "search": "search-type",
     "audit-search": "search-type",
     "access-denied": "operation",
+    "signoff": "create",  # an investigator's sign-off on the web pages (app/ui)
+    "ui-sign-in": "operation",  # signing in to the pages (the sign-in's app/ui/auth_routes.py)
 }
 
 

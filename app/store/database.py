@@ -122,6 +122,25 @@ class SeenToken(SQLModel, table=True):
     expires: float = Field(index=True)
 
 
+class StoredSignoff(SQLModel, table=True):
+    """An investigator's sign-off on a stored screening (migration 0004): inserted, never
+    updated; the screening it judges is never edited."""
+
+    __tablename__ = "signoff"
+
+    id: str = Field(primary_key=True)
+    screening_id: str = Field(foreign_key="screening.id", index=True)
+    decision: str
+    """eligible / not-eligible."""
+    note: str
+    items: bytes
+    """JSON list of ``{"criterion", "item", "decision", "note"}``: one per review item."""
+    signed_by: str
+    """The investigator's subject (their identity at the sign-in provider)."""
+    signed_by_name: str
+    signed_at: datetime = Field(sa_type=_WHEN)
+
+
 @dataclass(frozen=True, slots=True)
 class NewScreening:
     guidance: dict[str, Any]
@@ -337,6 +356,22 @@ class Store:
     def feedback_for(self, screening_id: str) -> list[StoredFeedback]:
         with Session(self.engine) as session:
             query = select(StoredFeedback).where(StoredFeedback.screening_id == screening_id)
+            return list(session.exec(query).all())
+
+    def save_signoff(self, item: StoredSignoff, audit: StoredAuditEvent) -> None:
+        """A sign-off and the audit row recording it, in one transaction."""
+        with Session(self.engine, expire_on_commit=False) as session, session.begin():
+            session.add(audit)
+            session.add(item)
+
+    def signoffs_for(self, screening_id: str) -> list[StoredSignoff]:
+        """The sign-offs of a screening, oldest first."""
+        with Session(self.engine) as session:
+            query = (
+                select(StoredSignoff)
+                .where(StoredSignoff.screening_id == screening_id)
+                .order_by(col(StoredSignoff.signed_at), col(StoredSignoff.id))
+            )
             return list(session.exec(query).all())
 
     def ping(self) -> bool:
