@@ -36,6 +36,7 @@ from app.ehr.connection import ehr_auth, ehr_http_client, ehr_record_source, fet
 from app.ehr.record_source import DemoRecordSource
 from app.ehr.terminology import TerminologyServer
 from app.store.database import Store
+from app.ui.auth_routes import install as install_ui_access
 
 log = logging.getLogger("trialscreen")
 
@@ -120,6 +121,7 @@ def create_app(
     app.include_router(cds_router)
     app.openapi = lambda: contract(app)  # type: ignore[method-assign]
     app.include_router(health_router)
+    install_ui_access(app)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

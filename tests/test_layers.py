@@ -26,6 +26,10 @@ ALLOWED: dict[str, frozenset[str]] = {
     "cds": frozenset(
         {"access", "screening", "ehr", "store", "fhir_io", "engine", "catalog", "core", "demo"}
     ),
+    "ui": frozenset(
+        {"api", "access", "screening", "ehr", "store", "fhir_io", "engine", "catalog", "core"}
+        | {"demo"}
+    ),
 }
 TOP = {"app.main", "app.openapi_document", "app"}  # may import any package
 # Third-party modules that do I/O or serve HTTP: nothing the engine imports may use them.
