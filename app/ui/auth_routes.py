@@ -21,9 +21,11 @@ from app.core.base_url import public_base
 from app.store import audit
 from app.ui.oidc import SignInFailed
 from app.ui.session import (
-    AccessRefused,
+    LOGIN_PATH,
+    CsrfRejected,
     CurrentUser,
-    SignInRequired,
+    LoginRequired,
+    RoleMissing,
     access_of,
     check_csrf,
     csrf_token,
@@ -161,20 +163,26 @@ async def whoami(request: Request, user: CurrentUser) -> dict[str, object]:
 
 
 def install(app: FastAPI) -> None:
-    """Sign-in routes, the redirect to /ui/login, the 403 page and security headers on /ui/."""
+    """Sign-in routes and security headers on /ui/; and, where the pages (app/ui/install.py)
+    have not already answered them with their own pages, the redirect to sign-in and the 403s."""
     app.include_router(router)
+    handlers = app.exception_handlers
 
-    @app.exception_handler(SignInRequired)
-    async def _sign_in(request: Request, exc: SignInRequired) -> Response:
-        target = f"/ui/login?next={_quote(exc.next)}"
-        if request.headers.get("hx-request"):
-            return Response(status_code=401, headers={"HX-Redirect": target})
-        return RedirectResponse(target, status_code=303)
+    async def _sign_in(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, LoginRequired)
+        return RedirectResponse(f"{LOGIN_PATH}?next={quote(exc.next_path, safe='')}", 303)
 
-    @app.exception_handler(AccessRefused)
-    async def _refused(_: Request, exc: AccessRefused) -> Response:
-        return _page(403, "Not allowed", exc.reason)
+    async def _role(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RoleMissing)
+        return _page(403, "Not allowed", f"This needs the {exc.role} role.")
 
+    async def _csrf(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, CsrfRejected)
+        return _page(403, "Form refused", exc.reason or "The form was refused.")
+
+    for kind, handler in ((LoginRequired, _sign_in), (RoleMissing, _role), (CsrfRejected, _csrf)):
+        if kind not in handlers:
+            app.add_exception_handler(kind, handler)
     app.add_middleware(UiSecurityHeaders)
 
 
@@ -207,10 +215,6 @@ def _local(target: str) -> str:
     if target.startswith("/ui/") and not target.startswith("//") and "\\" not in target:
         return target if all(c.isprintable() for c in target) else HOME
     return HOME
-
-
-def _quote(path: str) -> str:
-    return quote(path, safe="/")
 
 
 def _base(request: Request) -> str:

@@ -1,10 +1,12 @@
-"""Who is looking at the pages: the dependencies every page uses.
+"""Who is using the pages: the signed-in user, their roles, and the CSRF token their forms carry.
 
-``current_user`` is the signed-in user (from the session cookie, app/ui/sessions.py) or, with the
-development switch (``TRIALSCREEN_ALLOW_UNAUTHENTICATED``) and nobody signed in, a development
-user holding every role, whom the pages show under a banner. Anyone else is sent to
-``/ui/login``. ``require_role`` guards what only one role may do (investigators sign off,
-auditors read the audit trail); ``csrf_token`` and ``check_csrf`` protect every form.
+This module is the seam between the pages and the sign-in (OpenID Connect, issue 15 point 2):
+the pages depend only on these names. ``current_user`` is the user of the session cookie
+(app/ui/sessions.py, started by app/ui/auth_routes.py) or, with the development switch
+(``TRIALSCREEN_ALLOW_UNAUTHENTICATED``) and nobody signed in, a development user holding every
+role, whom the pages show under a banner; anyone else is sent to ``/ui/login``.
+``require_role`` guards what only one role may do (investigators sign off, auditors read the
+audit trail); ``csrf_token`` and ``check_csrf`` protect every form.
 """
 
 import asyncio
@@ -21,6 +23,7 @@ from app.store.database import Store
 from app.ui.oidc import OidcClient
 from app.ui.sessions import ROLES, SESSION_COOKIE, Session, SessionSigner, new_secret, same_token
 
+LOGIN_PATH = "/ui/login"
 CSRF_FIELD = "csrf_token"
 CSRF_HEADER = "x-csrf-token"
 
@@ -33,21 +36,32 @@ class UiUser:
     development: bool
 
 
-DEVELOPMENT_USER = UiUser("development", "Development user", ROLES, development=True)
+DEVELOPMENT_USER = UiUser(
+    subject="development", name="Development user", roles=ROLES, development=True
+)
 
 
-class SignInRequired(Exception):
-    """Nobody is signed in: the browser goes to /ui/login and comes back to ``next``."""
+class LoginRequired(Exception):
+    """Nobody is signed in: the pages answer with a redirect to ``LOGIN_PATH``."""
 
     def __init__(self, next_path: str) -> None:
         super().__init__(next_path)
-        self.next = next_path
+        self.next_path = next_path
 
 
-class AccessRefused(Exception):
-    """403: a role is missing, or a form came without its CSRF token. ``reason`` is shown."""
+class RoleMissing(Exception):
+    """The signed-in user lacks the role a page needs: the pages answer 403 with a page."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, role: str) -> None:
+        super().__init__(role)
+        self.role = role
+
+
+class CsrfRejected(Exception):
+    """A form came without the token this user's pages carry (or from another site's page):
+    the pages answer 403. ``reason`` says which, for the log and the page."""
+
+    def __init__(self, reason: str = "") -> None:
         super().__init__(reason)
         self.reason = reason
 
@@ -102,30 +116,33 @@ async def current_user(request: Request) -> UiUser:
     if access.settings.allow_unauthenticated:
         return DEVELOPMENT_USER
     target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-    raise SignInRequired(target)
+    raise LoginRequired(target)
 
 
 CurrentUser = Annotated[UiUser, Depends(current_user)]
 
 
-def require_role(role: str) -> Callable[[UiUser], Awaitable[UiUser]]:
-    """A dependency: the current user, who must hold ``role`` (403 otherwise)."""
+def require_role(role: str) -> Callable[..., Awaitable[UiUser]]:
+    """A dependency: the signed-in user, who must hold ``role`` (else ``RoleMissing``)."""
     if role not in ROLES:
         raise ValueError(f"unknown role {role!r}")
 
-    async def holder(user: CurrentUser) -> UiUser:
+    async def dependency(user: CurrentUser) -> UiUser:
         if role not in user.roles:
-            raise AccessRefused(f"This page is for the {role} role, which you do not hold.")
+            raise RoleMissing(role)
         return user
 
-    return holder
+    return dependency
 
 
 def csrf_token(request: Request) -> str:
-    """The token forms carry (field ``csrf_token`` or header ``X-CSRF-Token``); call it after
-    ``current_user`` has run for the request."""
+    """The token every POST of this user carries (hidden field ``csrf_token``, or header
+    ``X-CSRF-Token``): bound to the session, so another site can neither read nor forge it; in
+    development, one per process for the development user."""
     access = access_of(request)
-    session = request.scope.get("trialscreen.ui_session")
+    session = request.scope.get("trialscreen.ui_session", False)
+    if session is False:  # current_user has not run for this request
+        session = access.signer.read(request.cookies.get(SESSION_COOKIE))
     if isinstance(session, Session):
         return session.csrf
     return access.signer.development_csrf()
@@ -137,10 +154,10 @@ async def check_csrf(request: Request) -> None:
     access = access_of(request)
     origin = request.headers.get("origin")
     if origin is not None and origin != _origin(public_base(request, access.settings)):
-        raise AccessRefused("This form was sent from another site.")
+        raise CsrfRejected("The form was sent from another site's page.")
     session = await access.session(request)
     if session is None and not access.settings.allow_unauthenticated:
-        raise AccessRefused("Your session has ended; sign in again and resend the form.")
+        raise CsrfRejected("The session has ended; sign in again and resend the form.")
     expected = session.csrf if session else access.signer.development_csrf()
     given = request.headers.get(CSRF_HEADER)
     if given is None and _is_form(request):
@@ -148,7 +165,7 @@ async def check_csrf(request: Request) -> None:
         field = form.get(CSRF_FIELD)
         given = field if isinstance(field, str) else None
     if not same_token(given, expected):
-        raise AccessRefused("The form's security token is missing or stale; reload the page.")
+        raise CsrfRejected("The form's security token is missing or stale; reload the page.")
 
 
 def _is_form(request: Request) -> bool:
