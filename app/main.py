@@ -119,9 +119,9 @@ def create_app(
     app.include_router(published_router, dependencies=fhir_json)
     app.include_router(history_router, dependencies=fhir_json)
     app.include_router(cds_router)
+    install_ui_access(app)  # signing in to the pages under /ui (app/ui/auth_routes.py)
     app.openapi = lambda: contract(app)  # type: ignore[method-assign]
     app.include_router(health_router)
-    install_ui_access(app)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

@@ -102,26 +102,6 @@ class PendingScreening(SQLModel, table=True):
     """Wall-clock seconds after which, still pending, it counts as interrupted."""
 
 
-class RateBucket(SQLModel, table=True):
-    """A token bucket of the rate limiter, shared by every worker and replica."""
-
-    __tablename__ = "rate_bucket"
-
-    key: str = Field(primary_key=True)
-    tokens: float
-    updated: float
-    """Wall-clock seconds (the epoch) of the last token taken."""
-
-
-class SeenToken(SQLModel, table=True):
-    """A token id (CDS Hooks ``jti``) already used, kept until the token expires."""
-
-    __tablename__ = "seen_token"
-
-    key: str = Field(primary_key=True)
-    expires: float = Field(index=True)
-
-
 class CardQuiet(SQLModel, table=True):
     """A trial's CDS card quieted for one patient after an override such as
     ``patient-declined`` (issue 15): no card for that trial and patient until ``until``. The
@@ -140,6 +120,26 @@ class CardQuiet(SQLModel, table=True):
     screening_id: str
     """The screening whose card was overridden."""
     created: datetime = Field(sa_type=_WHEN)
+
+
+class RateBucket(SQLModel, table=True):
+    """A token bucket of the rate limiter, shared by every worker and replica."""
+
+    __tablename__ = "rate_bucket"
+
+    key: str = Field(primary_key=True)
+    tokens: float
+    updated: float
+    """Wall-clock seconds (the epoch) of the last token taken."""
+
+
+class SeenToken(SQLModel, table=True):
+    """A token id (CDS Hooks ``jti``) already used, kept until the token expires."""
+
+    __tablename__ = "seen_token"
+
+    key: str = Field(primary_key=True)
+    expires: float = Field(index=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -350,15 +350,6 @@ class Store:
             ).first()
             return inserted is not None
 
-    def save_feedback(self, items: list[StoredFeedback]) -> None:
-        with Session(self.engine, expire_on_commit=False) as session, session.begin():
-            session.add_all(items)
-
-    def feedback_for(self, screening_id: str) -> list[StoredFeedback]:
-        with Session(self.engine) as session:
-            query = select(StoredFeedback).where(StoredFeedback.screening_id == screening_id)
-            return list(session.exec(query).all())
-
     # --- issue 15: signed-out sessions, quieted cards ---------------------------------------
 
     def used(self, key: str, now: float) -> bool:
@@ -391,6 +382,15 @@ class Store:
             return None
         created = row.created if row.created.tzinfo else row.created.replace(tzinfo=UTC)
         return created, row.patient_ref, row.trial_id, row.tenant or ""
+
+    def save_feedback(self, items: list[StoredFeedback]) -> None:
+        with Session(self.engine, expire_on_commit=False) as session, session.begin():
+            session.add_all(items)
+
+    def feedback_for(self, screening_id: str) -> list[StoredFeedback]:
+        with Session(self.engine) as session:
+            query = select(StoredFeedback).where(StoredFeedback.screening_id == screening_id)
+            return list(session.exec(query).all())
 
     def ping(self) -> bool:
         """Whether the database answers (readiness)."""
