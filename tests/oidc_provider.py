@@ -1,4 +1,6 @@
-"""A small OpenID Connect provider for tests, served on loopback like a hospital's would be.
+"""A small OpenID Connect provider for tests, served on loopback like a hospital's would be;
+also an EHR's SMART authorization server (``/fhir/.well-known/smart-configuration``, EHR launch
+with ``launch`` and ``aud``, the launch context in the token response).
 
 It publishes discovery and a JWKS, answers ``/authorize`` by approving whichever user the test
 put at the desk (no login form), and ``/token`` by checking the code, the redirect URI, the
@@ -37,6 +39,7 @@ class _Grant:
     nonce: str | None
     user: User
     used: bool = False
+    context: dict[str, str] = field(default_factory=dict)
 
 
 def _private_key() -> rsa.RSAPrivateKey:
@@ -60,9 +63,36 @@ class OidcProvider:
     kid: str = "provider-1"
     grants: dict[str, _Grant] = field(default_factory=dict)
     token_requests: list[dict[str, str]] = field(default_factory=list)
+    launches: dict[str, dict[str, str]] = field(default_factory=dict)
+    """EHR launch ids and the context each carries (``patient``, ``appContext``)."""
+    seen: list[str] = field(default_factory=list)
+    """Every path asked for, in order."""
+
+    @property
+    def fhir_base(self) -> str:
+        return f"{self.issuer}/fhir"
 
     def app(self) -> FastAPI:
         app = FastAPI()
+
+        @app.middleware("http")
+        async def _log(request: Request, call_next: Any) -> Response:
+            self.seen.append(request.url.path)
+            response: Response = await call_next(request)
+            return response
+
+        @app.get("/fhir/.well-known/smart-configuration")
+        async def smart_configuration() -> JSONResponse:
+            return JSONResponse(
+                {
+                    "issuer": self.issuer,
+                    "jwks_uri": f"{self.issuer}/jwks",
+                    "authorization_endpoint": f"{self.issuer}/authorize",
+                    "token_endpoint": f"{self.issuer}/token",
+                    "capabilities": ["launch-ehr", "sso-openid-connect", "context-ehr-patient"],
+                    "code_challenge_methods_supported": ["S256"],
+                }
+            )
 
         @app.get("/.well-known/openid-configuration")
         async def discovery() -> JSONResponse:
@@ -98,9 +128,20 @@ class OidcProvider:
                 return _back(redirect_uri, {"error": "invalid_request", "state": q.get("state")})
             if "openid" not in q.get("scope", "").split() or not q.get("code_challenge"):
                 return _back(redirect_uri, {"error": "invalid_request", "state": q.get("state")})
+            context: dict[str, str] = {}
+            if "launch" in q:
+                # EHR launch: a launch this EHR issued, for this EHR's FHIR base.
+                if q["launch"] not in self.launches or q.get("aud") != self.fhir_base:
+                    return _back(redirect_uri, {"error": "invalid_request", "state": q["state"]})
+                context = self.launches[q["launch"]]
             code = secrets.token_urlsafe(24)
             self.grants[code] = _Grant(
-                self.client_id, redirect_uri, q["code_challenge"], q.get("nonce"), self.user
+                self.client_id,
+                redirect_uri,
+                q["code_challenge"],
+                q.get("nonce"),
+                self.user,
+                context=context,
             )
             return _back(redirect_uri, {"code": code, "state": q.get("state")})
 
@@ -135,6 +176,7 @@ class OidcProvider:
                     "expires_in": 300,
                     "id_token": self.id_token(grant, access_token),
                 }
+                | grant.context
             )
 
         @app.get("/logout")

@@ -112,8 +112,11 @@ def assert_card_rules(body: Json) -> None:
         for link in card.get("links", []):
             assert isinstance(link["label"], str)
             assert _absolute_http(link["url"]), link
-            assert link["type"] == "absolute"
-            assert "appContext" not in link  # only for smart links
+            assert link["type"] in {"absolute", "smart"}
+            if link["type"] == "absolute":
+                assert "appContext" not in link  # only for smart links
+            else:
+                assert isinstance(link["appContext"], str)
         if card.get("suggestions"):
             assert card["selectionBehavior"] in SELECTION_BEHAVIORS
             for suggestion in card["suggestions"]:

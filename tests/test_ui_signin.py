@@ -12,8 +12,10 @@ yields one; a coordinator cannot reach what only investigators may do.
 import base64
 import json
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import date
 from http.cookies import SimpleCookie
 from pathlib import Path
 from typing import Annotated, Any
@@ -24,11 +26,17 @@ import pytest
 from fastapi import Depends, FastAPI
 from pydantic import SecretStr
 
-from app.core.settings import Settings
+from app.catalog.loader import Catalog
+from app.cds.cards import card
+from app.core.settings import CdsClient, Settings
+from app.engine import evaluate
+from app.fhir_io.bundle_reader import read_bundle
 from app.main import create_app
+from app.store.database import NewScreening, Store
 from app.ui.oidc import OidcClient
 from app.ui.session import UiUser, check_csrf, current_user, require_role
 from app.ui.sessions import LOGIN_COOKIE, SESSION_COOKIE, SessionSigner
+from tests.conftest import DEMO_PATIENTS
 from tests.loopback import free_port, serving
 from tests.oidc_provider import OidcProvider, User
 
@@ -498,3 +506,131 @@ def test_without_a_provider_or_the_switch_nobody_gets_in(
         browser = Browser()
         response = browser.go(f"{base}/ui/whoami")
         assert response.status_code == 503 and "not configured" in response.text
+
+
+# --- the SMART EHR launch from a card ------------------------------------------------------------
+
+SMART_CLIENT = "trialscreen-smart"
+
+
+@dataclass
+class Launching:
+    service: Service
+    ehr: OidcProvider
+    store_url: str
+
+
+@pytest.fixture(scope="module")
+def launching(
+    provider: OidcProvider, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Launching]:
+    """The service, registered with an EHR whose authorization server is another loopback
+    provider (its FHIR base is one of a CDS client's fhir_bases)."""
+    port = free_port()
+    ehr = OidcProvider(issuer=f"http://127.0.0.1:{port}", client_id=SMART_CLIENT)
+    ehr.user = User("Practitioner/dr-who", "Dr Who", [])  # the EHR knows no trial roles
+    tmp = tmp_path_factory.mktemp("ui-launch")
+    with serving(ehr.app(), port):
+        for service in _serve(
+            tmp,
+            provider.issuer,
+            provider,
+            ui_smart_client_id=SMART_CLIENT,
+            cds_clients=(CdsClient(iss="https://ehr.example", fhir_bases=(ehr.fhir_base,)),),
+        ):
+            ehr.redirect_uris = (f"{service.base}/ui/callback",)
+            yield Launching(service, ehr, str(service.settings.database_url))
+
+
+def _stored_screening(url: str, patient: str) -> str:
+    screening_id = str(uuid.uuid4())
+    store = Store(url)
+    store.save(
+        [
+            NewScreening(
+                guidance={"resourceType": "GuidanceResponse", "id": screening_id},
+                trial_id="NCT07358988",
+                criteria_version="1.0.0",
+                as_of=date(2026, 1, 1),
+                patient_ref=f"Patient/{patient}",
+                eligibility="needs-data",
+                record_digest="0" * 64,
+                requested_by="cds:https://ehr.example",
+            )
+        ]
+    )
+    store.close()
+    return screening_id
+
+
+def test_an_ehr_launch_opens_the_report_the_card_named(launching: Launching) -> None:
+    base, ehr = launching.service.base, launching.ehr
+    screening_id = _stored_screening(launching.store_url, "p-1")
+    ehr.launches["launch-1"] = {"patient": "p-1", "appContext": screening_id}
+    browser = Browser()
+    browser.go(f"{base}/ui/launch?iss={ehr.fhir_base}&launch=launch-1")
+    launch, authorize, callback, page = browser.visited[:4]
+    assert urlsplit(launch).path == "/ui/launch" and urlsplit(callback).path == "/ui/callback"
+    query = parse_qs(urlsplit(authorize).query)
+    assert authorize.startswith(f"{ehr.issuer}/authorize?")
+    assert query["aud"] == [ehr.fhir_base] and query["launch"] == ["launch-1"]
+    assert query["client_id"] == [SMART_CLIENT]
+    assert set(query["scope"][0].split()) == {"launch", "openid", "fhirUser"}
+    assert query["code_challenge_method"] == ["S256"] and query["nonce"][0]
+    assert urlsplit(page).path == f"/ui/reports/{screening_id}"
+    me = whoami(launching.service, browser)
+    assert me["subject"] == "Practitioner/dr-who" and me["roles"] == ["coordinator"]
+
+
+def test_a_launch_naming_another_patients_report_opens_home(launching: Launching) -> None:
+    base, ehr = launching.service.base, launching.ehr
+    screening_id = _stored_screening(launching.store_url, "p-1")
+    ehr.launches["launch-2"] = {"patient": "p-2", "appContext": screening_id}
+    ehr.launches["launch-3"] = {"patient": "p-1", "appContext": "no-such-screening"}
+    for launch in ("launch-2", "launch-3"):
+        browser = Browser()
+        browser.go(f"{base}/ui/launch?iss={ehr.fhir_base}&launch={launch}")
+        assert urlsplit(browser.visited[-1]).path == "/ui/", launch
+
+
+def test_a_launch_from_an_unknown_ehr_is_refused_without_contacting_it(
+    launching: Launching,
+) -> None:
+    base, ehr = launching.service.base, launching.ehr
+    before = len(ehr.seen)
+    for iss in (f"{ehr.issuer}/other-fhir", ehr.issuer, "https://evil.example/fhir"):
+        response = Browser().request("GET", f"{base}/ui/launch?iss={iss}&launch=launch-1")
+        assert response.status_code == 400, iss
+    assert Browser().request("GET", f"{base}/ui/launch?launch=x").status_code == 400
+    assert ehr.seen[before:] == []
+
+
+def test_a_launch_with_a_bad_id_token_makes_no_session(launching: Launching) -> None:
+    base, ehr = launching.service.base, launching.ehr
+    ehr.launches["launch-4"] = {"patient": "p-1"}
+    ehr.claim_changes = {"nonce": "replayed"}
+    try:
+        browser = Browser()
+        response = browser.go(f"{base}/ui/launch?iss={ehr.fhir_base}&launch=launch-4")
+    finally:
+        ehr.claim_changes = {}
+    assert response.status_code == 401 and SESSION_COOKIE not in browser.cookies
+
+
+def test_without_a_smart_client_there_is_no_launch(service: Service) -> None:
+    response = Browser().request("GET", f"{service.base}/ui/launch?iss=x&launch=y")
+    assert response.status_code == 404
+
+
+def test_a_card_carries_the_smart_link_when_the_launch_is_configured(catalog: Catalog) -> None:
+    bundle = json.loads(next(DEMO_PATIENTS.glob("*.json")).read_text())
+    screening = evaluate(catalog.trials["NCT07358988"], read_bundle(bundle), date(2025, 11, 1))
+    plain = card(screening, "s-1", "https://ts.example", "https://trialscreen.org/fhir")
+    assert [link["type"] for link in plain["links"]] == ["absolute"]
+    smart = card(screening, "s-1", "https://ts.example", "https://trialscreen.org/fhir", True)
+    assert smart["links"][1] == {
+        "label": "Open the report in the EHR",
+        "url": "https://ts.example/ui/launch",
+        "type": "smart",
+        "appContext": "s-1",
+    }

@@ -438,7 +438,8 @@ async def _screen(
         stored.append(replace(issued, tenant=tenant_of(caller)))
         if shown:
             base = public_base(request, settings)
-            cards.append(card(screening, screening_id, base, settings.canonical_base))
+            smart = settings.ui_smart_client_id is not None
+            cards.append(card(screening, screening_id, base, settings.canonical_base, smart))
     done = audit.event(
         action="E",
         interaction="cds-hook",

@@ -172,6 +172,13 @@ class Settings(BaseSettings):
     """Key that signs session cookies: set it (32+ random bytes) when several workers or replicas
     serve the pages; unset, each process generates its own, so sessions end on restart."""
     ui_id_token_algorithms: tuple[str, ...] = ("RS256", "RS384", "ES256", "ES384", "PS256")
+    ui_smart_client_id: str | None = None
+    """Client id registered with the EHRs for the SMART EHR launch (``/ui/launch``); set, each
+    card also carries a ``smart`` link opening its report inside the EHR. The EHRs are the FHIR
+    bases of cds_clients and ehr_base_url."""
+    ui_smart_roles: tuple[str, ...] = ("coordinator",)
+    """Roles of a user launched from the EHR (the EHR vouches for who they are, not for their
+    trial role); an investigator signs off after signing in with the hospital's provider."""
 
     # --- CDS cards (issue 15) -----------------------------------------------------------------
     cds_quiet_reasons: tuple[str, ...] = ("patient-declined", "already-screened")

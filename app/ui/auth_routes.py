@@ -1,16 +1,20 @@
-"""Signing in and out of the pages: ``/ui/login``, ``/ui/callback``, ``/ui/logout``.
+"""Signing in and out of the pages: ``/ui/login``, ``/ui/launch``, ``/ui/callback``,
+``/ui/logout``.
 
 ``/ui/login`` starts an authorization code flow with PKCE at the hospital's OpenID Connect
 provider, keeping the attempt's state, nonce and verifier in a short-lived signed cookie;
-``/ui/callback`` checks the state, exchanges the code, validates the ID token (app/ui/oidc.py)
-and starts the session (app/ui/sessions.py); ``/ui/logout`` (a POST with the CSRF token) ends
-it. :func:`install` adds these routes, the redirect to sign-in, the 403 page and the pages'
+``/ui/launch`` starts one at the EHR for a SMART EHR launch from a card
+(app/ui/smart_launch.py). ``/ui/callback`` checks the state, exchanges the code, validates the
+ID token (app/ui/oidc.py) and starts the session (app/ui/sessions.py), then opens the page asked
+for (after a launch: the report the card named); ``/ui/logout`` (a POST with the CSRF token)
+ends it. :func:`install` adds these routes, the redirect to sign-in, the 403 page and the pages'
 security headers to an app.
 """
 
 import asyncio
 import html
 import logging
+import re
 from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, FastAPI, Request
@@ -19,7 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.core.base_url import public_base
 from app.store import audit
-from app.ui.oidc import SignInFailed
+from app.ui.oidc import OidcClient, SignInFailed
 from app.ui.session import (
     LOGIN_PATH,
     CsrfRejected,
@@ -38,8 +42,10 @@ from app.ui.sessions import (
     clear_cookie,
     set_cookie,
 )
+from app.ui.smart_launch import Launched, SmartLauncher
 
 log = logging.getLogger("trialscreen.ui")
+_SCREENING_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 router = APIRouter(prefix="/ui", include_in_schema=False)
 HOME = "/ui/"
 CONTENT_SECURITY_POLICY = (
@@ -80,6 +86,31 @@ async def login(request: Request, next: str = HOME) -> Response:
     return response
 
 
+@router.get("/launch")
+async def launch(request: Request, iss: str | None = None, launch: str | None = None) -> Response:
+    """SMART App Launch 2.x, EHR launch: ``iss`` (the EHR's FHIR base) and ``launch`` (opaque)."""
+    access = access_of(request)
+    if access.smart is None:
+        return _page(404, "No EHR launch", "This service is not registered for EHR launches.")
+    if not iss or not launch or len(iss) > 2048 or len(launch) > 2048:
+        return _page(400, "Launch incomplete", "An EHR launch names its iss and launch.")
+    if not access.smart.registered(iss):
+        # Never contacted: the launch URL is the caller's, and would pick where codes go.
+        log.warning("EHR launch from an unregistered iss refused")
+        return _page(
+            400, "Unknown EHR", "This launch comes from an EHR this service does not know."
+        )
+    attempt = OidcClient.new_attempt(HOME, launch=launch, iss=iss.rstrip("/"))
+    try:
+        url = await access.smart.authorization_url(_redirect_uri(request), attempt)
+    except SignInFailed as exc:
+        log.warning("EHR launch could not start: %s", exc.reason)
+        return _page(502, "Launch unavailable", f"The launch could not start: {exc.reason}.")
+    response = RedirectResponse(url, status_code=303)
+    set_cookie(response, LOGIN_COOKIE, access.signer.issue_login(attempt), LOGIN_LIFETIME)
+    return response
+
+
 @router.get("/callback")
 async def callback(
     request: Request,
@@ -89,14 +120,21 @@ async def callback(
 ) -> Response:
     access = access_of(request)
     attempt = access.signer.read_login(request.cookies.get(LOGIN_COOKIE))
-    if access.oidc is None or attempt is None:
+    flow = access.smart if attempt is not None and attempt.launch else access.oidc
+    if flow is None or attempt is None:
         return _retry(400, "This sign-in expired or was started elsewhere.")
     if state is None or state != attempt.state:
         return _retry(400, "This sign-in answer does not belong to the sign-in you started.")
     if error is not None or code is None:
         return _retry(401, f"The sign-in provider did not sign you in ({error or 'no code'}).")
+    target = attempt.next
     try:
-        identity = await access.oidc.sign_in(code, _redirect_uri(request), attempt)
+        if isinstance(flow, SmartLauncher):
+            launched = await flow.finish(code, _redirect_uri(request), attempt)
+            identity = launched.identity
+            target = await _launched_page(request, launched)
+        else:
+            identity = await flow.sign_in(code, _redirect_uri(request), attempt)
     except SignInFailed as exc:
         log.warning("sign-in refused: %s", exc.reason)
         return _retry(401, f"Sign-in failed: {exc.reason}.")
@@ -110,7 +148,7 @@ async def callback(
         )
     cookie, session = access.signer.issue(identity.subject, identity.name, identity.roles)
     await _audit(request, identity.subject, "0", f"signed in as {', '.join(sorted(session.roles))}")
-    response = RedirectResponse(attempt.next, status_code=303)
+    response = RedirectResponse(target, status_code=303)
     set_cookie(response, SESSION_COOKIE, cookie, access.settings.ui_session_lifetime)
     clear_cookie(response, LOGIN_COOKIE)
     return response
@@ -208,6 +246,20 @@ class UiSecurityHeaders:
             await send(message)
 
         await self.app(scope, receive, with_headers)
+
+
+async def _launched_page(request: Request, launched: Launched) -> str:
+    """The report the card named (its ``appContext``), when it is a stored screening of the
+    patient the EHR has in context; else the home page: a launch never opens another patient's
+    report than the one the clinician is looking at."""
+    screening_id = launched.app_context
+    if not screening_id or not _SCREENING_ID.fullmatch(screening_id):
+        return HOME
+    row = await asyncio.to_thread(access_of(request).store.screening, screening_id)
+    if row is None or launched.patient is None or row.patient_ref != f"Patient/{launched.patient}":
+        log.warning("EHR launch named a report not of the patient in context; opened home")
+        return HOME
+    return f"/ui/reports/{screening_id}"
 
 
 def _local(target: str) -> str:

@@ -72,9 +72,7 @@ class OidcClient:
         secret = settings.ui_oidc_client_secret
         self.client_secret = secret.get_secret_value() if secret else None
         self.scopes = settings.ui_oidc_scopes
-        self.algorithms = tuple(
-            a for a in settings.ui_id_token_algorithms if a[:2] in {"RS", "ES", "PS"}
-        )
+        self.algorithms = asymmetric(settings.ui_id_token_algorithms)
         self.roles_claim = settings.ui_roles_claim
         self.role_map = settings.ui_role_map
         self.http = http
@@ -104,18 +102,16 @@ class OidcClient:
 
     async def authorization_url(self, redirect_uri: str, attempt: LoginAttempt) -> str:
         provider = await self.provider()
-        extra = {"aud": attempt.iss, "launch": attempt.launch} if attempt.launch else {}
         url: str = prepare_grant_uri(
             provider.authorization_endpoint,
             client_id=self.client_id,
             response_type="code",
             redirect_uri=redirect_uri,
-            scope=self.scopes + (" launch" if attempt.launch else ""),
+            scope=self.scopes,
             state=attempt.state,
             nonce=attempt.nonce,
             code_challenge=create_s256_code_challenge(attempt.verifier),
             code_challenge_method="S256",
-            **extra,
         )
         return url
 
@@ -178,38 +174,17 @@ class OidcClient:
     async def _verified(
         self, token: str, provider: Provider, nonce: str, access_token: Any
     ) -> dict[str, Any]:
-        try:
-            header = jwt.get_unverified_header(token)
-        except jwt.PyJWTError:
-            raise SignInFailed("the ID token is not a JWT") from None
-        alg, kid = header.get("alg"), header.get("kid")
-        if not isinstance(alg, str) or alg not in self.algorithms:
-            raise SignInFailed(f"the ID token's algorithm {alg!r} is not accepted")
-        if not isinstance(kid, str):
-            raise SignInFailed("the ID token names no key")
-        key = await self.keys.key(provider.jwks_uri, kid)
-        if key is None:
-            raise SignInFailed("the ID token is signed with a key the provider does not publish")
-        try:
-            claims: dict[str, Any] = jwt.decode(
-                token,
-                key.key,
-                algorithms=[alg],
-                audience=self.client_id,
-                issuer=provider.issuer,
-                leeway=_LEEWAY,
-                options={"require": ["iss", "sub", "aud", "exp", "iat"]},
-            )
-        except (jwt.PyJWTError, TypeError, ValueError) as exc:
-            raise SignInFailed(f"the ID token is not valid ({type(exc).__name__})") from None
-        params = {"nonce": nonce, "client_id": self.client_id}
-        if isinstance(access_token, str):
-            params["access_token"] = access_token
-        try:
-            CodeIDToken(claims, header, params=params).validate(now=int(self.clock()))
-        except JoseError as exc:
-            raise SignInFailed(f"the ID token's {exc.error} check failed") from None
-        return claims
+        return await verified_id_token(
+            token,
+            self.keys,
+            provider.jwks_uri,
+            issuer=provider.issuer,
+            client_id=self.client_id,
+            algorithms=self.algorithms,
+            nonce=nonce,
+            access_token=access_token,
+            now=self.clock(),
+        )
 
     async def _discover(self) -> Provider:
         url = f"{self.issuer.rstrip('/')}/.well-known/openid-configuration"
@@ -236,6 +211,61 @@ class OidcClient:
             if isinstance(methods, list)
             else ("client_secret_basic",),
         )
+
+
+async def verified_id_token(
+    token: str,
+    keys: KeyCache,
+    jwks_uri: str,
+    *,
+    issuer: str,
+    client_id: str,
+    algorithms: tuple[str, ...],
+    nonce: str,
+    access_token: Any,
+    now: float,
+) -> dict[str, Any]:
+    """The claims of an ID token once its signature (a key published at ``jwks_uri``, an
+    accepted asymmetric algorithm), ``iss``, ``aud``, ``exp``, ``iat`` (PyJWT) and its OpenID
+    claims ``nonce``, ``azp``, ``at_hash`` (Authlib) all hold; else :class:`SignInFailed`."""
+    try:
+        header = jwt.get_unverified_header(token)
+    except jwt.PyJWTError:
+        raise SignInFailed("the ID token is not a JWT") from None
+    alg, kid = header.get("alg"), header.get("kid")
+    if not isinstance(alg, str) or alg not in algorithms:
+        raise SignInFailed(f"the ID token's algorithm {alg!r} is not accepted")
+    if not isinstance(kid, str):
+        raise SignInFailed("the ID token names no key")
+    key = await keys.key(jwks_uri, kid)
+    if key is None:
+        raise SignInFailed("the ID token is signed with a key its issuer does not publish")
+    try:
+        claims: dict[str, Any] = jwt.decode(
+            token,
+            key.key,
+            algorithms=[alg],
+            audience=client_id,
+            issuer=issuer,
+            leeway=_LEEWAY,
+            options={"require": ["iss", "sub", "aud", "exp", "iat"]},
+        )
+    except (jwt.PyJWTError, TypeError, ValueError) as exc:
+        raise SignInFailed(f"the ID token is not valid ({type(exc).__name__})") from None
+    params = {"nonce": nonce, "client_id": client_id}
+    if isinstance(access_token, str):
+        params["access_token"] = access_token
+    try:
+        CodeIDToken(claims, header, params=params).validate(now=int(now))
+    except JoseError as exc:
+        raise SignInFailed(f"the ID token's {exc.error} check failed") from None
+    return claims
+
+
+def asymmetric(algorithms: tuple[str, ...]) -> tuple[str, ...]:
+    """Only signatures a public key checks: never none or HMAC (whose key, for a public client,
+    is no secret)."""
+    return tuple(a for a in algorithms if a[:2] in {"RS", "ES", "PS"})
 
 
 def _name(claims: dict[str, Any]) -> str:

@@ -22,6 +22,7 @@ from app.core.settings import Settings
 from app.store.database import Store
 from app.ui.oidc import OidcClient
 from app.ui.sessions import ROLES, SESSION_COOKIE, Session, SessionSigner, new_secret, same_token
+from app.ui.smart_launch import SmartLauncher
 
 LOGIN_PATH = "/ui/login"
 CSRF_FIELD = "csrf_token"
@@ -69,13 +70,20 @@ class CsrfRejected(Exception):
 class UiAccess:
     """The process's session signer and OpenID Connect client (one per app)."""
 
-    def __init__(self, settings: Settings, store: Store, oidc: OidcClient | None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        oidc: OidcClient | None,
+        smart: SmartLauncher | None = None,
+    ) -> None:
         secret = settings.ui_session_secret
         key = secret.get_secret_value().encode() if secret else new_secret()
         self.signer = SessionSigner(key, settings.ui_session_lifetime)
         self.settings = settings
         self.store = store
         self.oidc = oidc
+        self.smart = smart
 
     async def session(self, request: Request) -> Session | None:
         cached = request.scope.get("trialscreen.ui_session", False)
@@ -100,7 +108,8 @@ def access_of(request: Request) -> UiAccess:
             if settings.ui_oidc_issuer and settings.ui_oidc_client_id
             else None
         )
-        access = state.ui_access = UiAccess(settings, state.store, oidc)
+        smart = SmartLauncher(settings, state.http) if settings.ui_smart_client_id else None
+        access = state.ui_access = UiAccess(settings, state.store, oidc, smart)
     return access
 
 
