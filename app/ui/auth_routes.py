@@ -237,10 +237,15 @@ class UiSecurityHeaders:
             await self.app(scope, receive, send)
             return
 
+        # Static assets (/ui/static) hold no patient data: browsers may cache them.
+        static = str(scope.get("path", "")).startswith("/ui/static/")
+
         async def with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = list(message.get("headers", []))
                 present = {name.lower() for name, _ in headers}
+                if static:
+                    present.add(b"cache-control")
                 headers += [(k, v) for k, v in _SECURITY_HEADERS.items() if k not in present]
                 message["headers"] = headers
             await send(message)

@@ -10,6 +10,7 @@ audit trail); ``csrf_token`` and ``check_csrf`` protect every form.
 """
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated
@@ -26,6 +27,7 @@ from app.ui.smart_launch import SmartLauncher
 
 LOGIN_PATH = "/ui/login"
 CSRF_FIELD = "csrf_token"
+log = logging.getLogger("trialscreen.ui")
 CSRF_HEADER = "x-csrf-token"
 
 
@@ -78,6 +80,11 @@ class UiAccess:
         smart: SmartLauncher | None = None,
     ) -> None:
         secret = settings.ui_session_secret
+        if secret is None and oidc is not None:
+            log.warning(
+                "TRIALSCREEN_UI_SESSION_SECRET is not set: this process signs sessions with its "
+                "own key, so other workers and replicas refuse them and a restart ends them"
+            )
         key = secret.get_secret_value().encode() if secret else new_secret()
         self.signer = SessionSigner(key, settings.ui_session_lifetime)
         self.settings = settings
