@@ -343,6 +343,16 @@ def test_a_wrong_state_is_refused(service: Service) -> None:
     assert Browser().request("GET", callback).status_code == 400
 
 
+def test_a_refusal_by_the_provider_makes_no_session(service: Service) -> None:
+    browser = Browser()
+    callback = _to_callback(service, browser)
+    state = parse_qs(urlsplit(callback).query)["state"][0]
+    url = f"{service.base}/ui/callback?error=access_denied&state={state}"
+    response = browser.request("GET", url)
+    assert response.status_code == 401 and "access_denied" in response.text
+    assert SESSION_COOKIE not in browser.cookies and LOGIN_COOKIE not in browser.cookies
+
+
 def test_a_code_is_good_once(service: Service) -> None:
     browser = Browser()
     callback = _to_callback(service, browser)

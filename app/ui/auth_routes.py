@@ -15,7 +15,7 @@ import asyncio
 import html
 import logging
 import re
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -126,7 +126,8 @@ async def callback(
     if state is None or state != attempt.state:
         return _retry(400, "This sign-in answer does not belong to the sign-in you started.")
     if error is not None or code is None:
-        return _retry(401, f"The sign-in provider did not sign you in ({error or 'no code'}).")
+        said = (error or "no code")[:100]
+        return _retry(401, f"The sign-in provider did not sign you in ({said}).")
     target = attempt.next
     try:
         if isinstance(flow, SmartLauncher):
@@ -172,10 +173,11 @@ async def logout(request: Request) -> Response:
                 end_session = None
     if end_session:
         # RP-Initiated Logout 1.0: also end the provider's session, then come back here.
-        target = (
-            f"{end_session}?client_id={access.oidc.client_id if access.oidc else ''}"
-            f"&post_logout_redirect_uri={_base(request)}/ui/signed-out"
-        )
+        query = {
+            "client_id": access.oidc.client_id if access.oidc else "",
+            "post_logout_redirect_uri": f"{_base(request)}/ui/signed-out",
+        }
+        target = f"{end_session}{'&' if '?' in end_session else '?'}{urlencode(query)}"
         response: Response = RedirectResponse(target, status_code=303)
     else:
         response = RedirectResponse("/ui/signed-out", status_code=303)
