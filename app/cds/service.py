@@ -141,10 +141,11 @@ async def patient_view(service_id: str, request: Request) -> JSONResponse:
 
 @router.post("/{service_id}/feedback")
 async def feedback(service_id: str, request: Request) -> Response:
-    """Store each feedback item with the screening its card came from; an override with a
-    quieting reason (``cds_quiet_reasons``) also quiets that trial's card for that patient for
-    ``cds_quiet_days``. Every field is checked against the card as issued: its suggestion ids,
-    its override reasons, and a real time between the card's issue and now (400 otherwise)."""
+    # Each item is stored with the screening its card came from; an override with a quieting
+    # reason (cds_quiet_reasons) also quiets that trial's card for that patient for
+    # cds_quiet_days. Every field is checked against the card as issued: its suggestion ids,
+    # its override reasons, and a real time between the card's issue and now (400 otherwise).
+    # (A comment, not a docstring: FastAPI would publish it in openapi/openapi.json.)
     _known(service_id)
     settings: Settings = request.app.state.settings
     caller = await _authenticate(request, settings)

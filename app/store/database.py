@@ -361,9 +361,18 @@ class Store:
 
     def quiet(self, item: "CardQuiet") -> None:
         """Quiet a trial's card for a patient until ``item.until`` (a later override of the same
-        card replaces the earlier one)."""
-        with Session(self.engine, expire_on_commit=False) as session, session.begin():
-            session.merge(item)
+        card replaces the earlier one). One statement: two overrides arriving together from
+        two workers cannot collide on the key."""
+        values = {c.name: getattr(item, c.name) for c in _table(CardQuiet).columns}
+        dialect = postgresql if self.engine.dialect.name == "postgresql" else sqlite
+        statement = dialect.insert(CardQuiet).values(values)
+        keys = ["tenant", "patient_ref", "trial_id"]
+        statement = statement.on_conflict_do_update(
+            index_elements=keys,
+            set_={k: statement.excluded[k] for k in values if k not in keys},
+        )
+        with self.engine.begin() as connection:
+            connection.execute(statement)
 
     def quieted(self, tenant: str, patient_ref: str, now: datetime) -> set[str]:
         """Trial ids whose card is quiet for this patient at ``now``."""
