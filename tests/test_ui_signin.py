@@ -26,17 +26,12 @@ import pytest
 from fastapi import Depends, FastAPI
 from pydantic import SecretStr
 
-from app.catalog.loader import Catalog
-from app.cds.cards import card
 from app.core.settings import CdsClient, Settings
-from app.engine import evaluate
-from app.fhir_io.bundle_reader import read_bundle
 from app.main import create_app
 from app.store.database import NewScreening, Store
 from app.ui.oidc import OidcClient
 from app.ui.session import UiUser, check_csrf, current_user, require_role
 from app.ui.sessions import LOGIN_COOKIE, SESSION_COOKIE, SessionSigner
-from tests.conftest import DEMO_PATIENTS
 from tests.loopback import free_port, serving
 from tests.oidc_provider import OidcProvider, User
 
@@ -630,17 +625,3 @@ def test_a_launch_with_a_bad_id_token_makes_no_session(launching: Launching) -> 
 def test_without_a_smart_client_there_is_no_launch(service: Service) -> None:
     response = Browser().request("GET", f"{service.base}/ui/launch?iss=x&launch=y")
     assert response.status_code == 404
-
-
-def test_a_card_carries_the_smart_link_when_the_launch_is_configured(catalog: Catalog) -> None:
-    bundle = json.loads(next(DEMO_PATIENTS.glob("*.json")).read_text())
-    screening = evaluate(catalog.trials["NCT07358988"], read_bundle(bundle), date(2025, 11, 1))
-    plain = card(screening, "s-1", "https://ts.example", "https://trialscreen.org/fhir")
-    assert [link["type"] for link in plain["links"]] == ["absolute"]
-    smart = card(screening, "s-1", "https://ts.example", "https://trialscreen.org/fhir", True)
-    assert smart["links"][1] == {
-        "label": "Open the report in the EHR",
-        "url": "https://ts.example/ui/launch",
-        "type": "smart",
-        "appContext": "s-1",
-    }

@@ -39,15 +39,18 @@ def report_page(base_url: str, screening_id: str) -> str:
     return base_url + REPORT_PAGE.format(id=screening_id)
 
 
-def card(
-    screening: Screening,
-    screening_id: str,
-    base_url: str,
-    canonical: str,
-    smart_launch: bool = False,
-) -> Json:
-    """The card; with ``smart_launch`` it also carries a SMART link that opens the report inside
-    the EHR (EHR launch of ``/ui/launch``; the screening id travels as ``appContext``)."""
+def smart_link(base_url: str, screening_id: str) -> Json:
+    """A link the EHR opens as a SMART EHR launch of the pages (``/ui/launch``); the screening
+    id travels as ``appContext`` and comes back in the launch context."""
+    return {
+        "label": "Open the report in the EHR",
+        "url": f"{base_url}/ui/launch",
+        "type": "smart",
+        "appContext": screening_id,
+    }
+
+
+def card(screening: Screening, screening_id: str, base_url: str, canonical: str) -> Json:
     spec = screening.trial.spec
     name = f"{spec.acronym} trial ({spec.id})"
     review = _review_items(screening)
@@ -74,19 +77,7 @@ def card(
                     "label": "Eligibility report",
                     "url": report_page(base_url, screening_id),
                     "type": "absolute",
-                },
-                *(
-                    [
-                        {
-                            "label": "Open the report in the EHR",
-                            "url": f"{base_url}/ui/launch",
-                            "type": "smart",
-                            "appContext": screening_id,
-                        }
-                    ]
-                    if smart_launch
-                    else []
-                ),
+                }
             ],
             "suggestions": [_referral(screening, uid, report)],
             "selectionBehavior": "at-most-one",

@@ -26,6 +26,7 @@ from app.cds.cards import (
     override_reasons,
     pending_card,
     shows_card,
+    smart_link,
     suggestion_uuid,
 )
 from app.cds.trust import Caller, JwtVerifier
@@ -270,6 +271,37 @@ def _checked_feedback(item: Json, card_id: str, canonical: str, where: str) -> J
     return reason
 
 
+async def as_shown(
+    request: Request,
+    cards: list[Json],
+    stored: list[NewScreening],
+    caller: Caller,
+    now: datetime,
+) -> list[Json]:
+    """The cards as the clinician sees them (issue 15): none for a trial a clinician quieted
+    for this patient (the screening is still stored: :func:`feedback`), and each with a SMART
+    link opening its report in the EHR when the EHR launch is configured."""
+    if not cards:
+        return cards
+    settings: Settings = request.app.state.settings
+    store: Store = request.app.state.store
+    patient_ref = stored[0].patient_ref
+    quiet = await asyncio.to_thread(store.quieted, tenant_of(caller), patient_ref, now)
+    screened = {card_uuid(s.guidance["id"]): s for s in stored}
+    base = public_base(request, settings)
+    shown = []
+    for shown_card in cards:
+        screening = screened.get(shown_card["uuid"])
+        if screening is not None and screening.trial_id in quiet:
+            log.info("card for %s quieted by an earlier override", screening.trial_id)
+            continue
+        if screening is not None and settings.ui_smart_client_id:
+            links = [*shown_card["links"], smart_link(base, screening.guidance["id"])]
+            shown_card = shown_card | {"links": links}
+        shown.append(shown_card)
+    return shown
+
+
 def _known(service_id: str) -> None:
     if service_id != SERVICE_ID:
         raise NotFound(f"No CDS service {service_id!r} (see GET /cds-services).")
@@ -416,17 +448,13 @@ async def _screen(
     catalog: Catalog = request.app.state.catalog
     stored: list[NewScreening] = []
     cards: list[Json] = []
-    store: Store = request.app.state.store
-    patient_ref = fetched.record.patient.ref
-    quiet = await asyncio.to_thread(store.quieted, tenant_of(caller), patient_ref, now)
     for n, trial in enumerate(catalog.trials.values()):
         known = await recognised(
             getattr(request.app.state, "terminology", None), trial, fetched.record
         )
         screening = plausible(evaluate(known, fetched.record, as_of))
         screening_id = ids[n] if ids else str(uuid.uuid4())
-        # A trial whose card a clinician overrode for this patient stays quiet (still screened).
-        shown = shows_card(screening, settings.cds_show_ineligible) and trial.id not in quiet
+        shown = shows_card(screening, settings.cds_show_ineligible)
         issued = describe(
             screening,
             fetched,
@@ -439,19 +467,19 @@ async def _screen(
         stored.append(replace(issued, tenant=tenant_of(caller)))
         if shown:
             base = public_base(request, settings)
-            smart = settings.ui_smart_client_id is not None
-            cards.append(card(screening, screening_id, base, settings.canonical_base, smart))
+            cards.append(card(screening, screening_id, base, settings.canonical_base))
+    cards = await as_shown(request, cards, stored, caller, now)
     done = audit.event(
         action="E",
         interaction="cds-hook",
         outcome="0",
         agent=caller.client.iss,
         description=f"patient-view hook {instance}: {len(cards)} card(s)"
-        + (" after a pending card" if ids else "")
-        + (f", {len(quiet)} quieted" if quiet else ""),
+        + (" after a pending card" if ids else ""),
         patient_ref=fetched.record.patient.ref,
         entities=tuple(f"GuidanceResponse/{s.guidance['id']}" for s in stored),
     )
+    store: Store = request.app.state.store
     await asyncio.to_thread(store.save, stored, done, tuple(ids or ()))
     return cards
 
