@@ -38,6 +38,7 @@ from app.ehr.record_source import DemoRecordSource
 from app.ehr.terminology import TerminologyServer
 from app.population.runs import RunService
 from app.store.database import Store
+from app.ui.auth_routes import install as install_ui_access
 from app.ui.install import install as install_pages
 
 log = logging.getLogger("trialscreen")
@@ -125,6 +126,7 @@ def create_app(
     app.include_router(history_router, dependencies=fhir_json)
     app.include_router(prescreen_router)  # serves CSV and NDJSON too: no FHIR-only negotiation
     app.include_router(cds_router)
+    install_ui_access(app)  # signing in to the pages under /ui (app/ui/auth_routes.py)
     app.openapi = lambda: contract(app)  # type: ignore[method-assign]
     app.include_router(health_router)
     install_pages(app)  # the web pages under /ui (app/ui)

@@ -15,7 +15,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -112,8 +112,11 @@ def assert_card_rules(body: Json) -> None:
         for link in card.get("links", []):
             assert isinstance(link["label"], str)
             assert _absolute_http(link["url"]), link
-            assert link["type"] == "absolute"
-            assert "appContext" not in link  # only for smart links
+            assert link["type"] in {"absolute", "smart"}
+            if link["type"] == "absolute":
+                assert "appContext" not in link  # only for smart links
+            else:
+                assert isinstance(link["appContext"], str)
         if card.get("suggestions"):
             assert card["selectionBehavior"] in SELECTION_BEHAVIORS
             for suggestion in card["suggestions"]:
@@ -153,8 +156,9 @@ class Hooks:
         return cards
 
     def report(self, card_or_link: Json) -> httpx.Response:
+        """The stored GuidanceResponse behind a card's report page link."""
         link = card_or_link["links"][0] if "links" in card_or_link else card_or_link
-        response: httpx.Response = self.client.get(urlsplit(str(link["url"])).path)
+        response: httpx.Response = self.client.get(fhir_path(link))
         return response
 
     def reports(self, cards: list[Json]) -> dict[str, Json]:
@@ -173,6 +177,13 @@ class Hooks:
         response = self.client.post("/fhir/ResearchStudy/$screen", json=parameters(bundle, today))
         assert response.status_code == 200, response.text
         return {trial_of(e["resource"]): e["resource"] for e in response.json()["entry"]}
+
+
+def fhir_path(link: Json) -> str:
+    """A card links to the report page, ``/ui/reports/{id}``; the same screening as FHIR."""
+    path = urlsplit(str(link["url"])).path
+    assert path.startswith("/ui/reports/"), link
+    return f"/fhir/GuidanceResponse/{path.rsplit('/', 1)[1]}"
 
 
 def trial_of(guidance: Json) -> str:
@@ -592,21 +603,24 @@ def test_feedback_is_stored_for_the_card(hooks: Hooks, fhir_server: FhirServer) 
     patient_id = PATIENT_IDS[2]
     (card,) = hooks.cards(hook_request(patient_id, prefetch_for(hooks, patient_id, fhir_server)))
     screening_id = _screening_id(card)
+    first, second = _moments(2)
     accepted = {
         "card": card["uuid"],
         "outcome": "accepted",
         "acceptedSuggestions": [{"id": card["suggestions"][0]["uuid"]}],
-        "outcomeTimestamp": "2026-01-02T03:04:05Z",
+        "outcomeTimestamp": first.isoformat().replace("+00:00", "Z"),
     }
+    # A reason that does not quiet the card (tests/test_cds_cards.py has those).
+    not_appropriate = next(r for r in card["overrideReasons"] if r["code"] == "not-appropriate")
     reason = {
-        "reason": {k: card["overrideReasons"][0][k] for k in ("system", "code")},
+        "reason": {k: not_appropriate[k] for k in ("system", "code")},
         "userComment": "Seen by the trial team last week.",
     }
     overridden = {
         "card": card["uuid"],
         "outcome": "overridden",
         "overrideReason": reason,
-        "outcomeTimestamp": "2026-01-02T03:05:00Z",
+        "outcomeTimestamp": second.isoformat(),
     }
     for item in (accepted, overridden):
         response = _post_feedback(hooks, {"feedback": [item]})
@@ -619,7 +633,14 @@ def test_feedback_is_stored_for_the_card(hooks: Hooks, fhir_server: FhirServer) 
     assert rows[0].override_reason is None
     assert json.loads(rows[1].override_reason) == reason
     stamps = [r.outcome_timestamp.replace(tzinfo=None) for r in rows]
-    assert stamps == [datetime(2026, 1, 2, 3, 4, 5), datetime(2026, 1, 2, 3, 5)]
+    assert stamps == [first.replace(tzinfo=None), second.replace(tzinfo=None)]
+
+
+def _moments(count: int) -> list[datetime]:
+    """Times a clinician could have acted on a card just shown: now, to the second, and the
+    seconds before (never before the card was issued, never in the future)."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    return [now - timedelta(seconds=count - 1 - n) for n in range(count)]
 
 
 def test_the_spec_feedback_example(hooks: Hooks, fhir_server: FhirServer) -> None:
@@ -630,12 +651,21 @@ def test_the_spec_feedback_example(hooks: Hooks, fhir_server: FhirServer) -> Non
     assert response.json()["resourceType"] == "OperationOutcome"
     patient_id = PATIENT_IDS[3]
     (card,) = hooks.cards(hook_request(patient_id, prefetch_for(hooks, patient_id, fhir_server)))
-    example["feedback"][0]["card"] = card["uuid"]
+    item = example["feedback"][0]
+    item["card"] = card["uuid"]
+    # Its reason comes from the example's own code system, and its time (2020) is before the
+    # card was issued: neither is something this card offered or a real time of acting on it.
+    assert _post_feedback(hooks, example).status_code == 400
+    item["outcomeTimestamp"] = _moments(1)[0].isoformat()
+    assert _post_feedback(hooks, example).status_code == 400
+    offered = next(r for r in card["overrideReasons"] if r["code"] == "not-appropriate")
+    item["overrideReason"]["reason"] = {k: offered[k] for k in ("system", "code")}
     assert _post_feedback(hooks, example).status_code == 200
     (row,) = hooks.app.state.store.feedback_for(_screening_id(card))
     assert row.outcome == "overridden"
     assert json.loads(row.override_reason)["userComment"] == "A comment entered by the clinician."
-    assert row.outcome_timestamp.replace(tzinfo=None) == datetime(2020, 12, 11)
+    stored = row.outcome_timestamp.replace(tzinfo=None)  # SQLite keeps no zone: UTC
+    assert stored == datetime.fromisoformat(item["outcomeTimestamp"]).replace(tzinfo=None)
 
 
 @pytest.mark.parametrize(
@@ -664,13 +694,13 @@ def test_feedback_on_the_pending_card_is_accepted(
     hooks_slow: Hooks, fhir_server: FhirServer
 ) -> None:
     (card,) = hooks_slow.cards(hook_request(PATIENT_IDS[1], fhir_server=fhir_server.base_url))
+    for link in card["links"]:
+        _poll(hooks_slow, link)
     item = {
         "card": card["uuid"],
         "outcome": "overridden",
-        "outcomeTimestamp": "2026-01-02T03:04:05Z",
+        "outcomeTimestamp": datetime.now(UTC).isoformat(),
     }
-    for link in card["links"]:
-        _poll(hooks_slow, link)
     assert _post_feedback(hooks_slow, {"feedback": [item]}).status_code == 200
 
 
@@ -901,15 +931,21 @@ def test_a_hostile_hook_instance_is_400(hooks: Hooks, instance: str) -> None:
     "moment",
     ["0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-12:00", "2026-13-45", "x" * 10_000, 7],
 )
-def test_a_hostile_outcome_timestamp_is_not_a_500(
+def test_a_hostile_outcome_timestamp_is_400(
     hooks: Hooks, fhir_server: FhirServer, moment: Any
 ) -> None:
     patient_id = PATIENT_IDS[2]
     (card,) = hooks.cards(hook_request(patient_id, prefetch_for(hooks, patient_id, fhir_server)))
-    item = {"card": card["uuid"], "outcome": "accepted", "outcomeTimestamp": moment}
-    assert _post_feedback(hooks, {"feedback": [item]}).status_code == 200
-    (stored,) = hooks.app.state.store.feedback_for(_screening_id(card))
-    assert 1900 <= stored.outcome_timestamp.year <= 2999
+    item = {
+        "card": card["uuid"],
+        "outcome": "accepted",
+        "acceptedSuggestions": [{"id": card["suggestions"][0]["uuid"]}],
+        "outcomeTimestamp": moment,
+    }
+    response = _post_feedback(hooks, {"feedback": [item]})
+    assert response.status_code == 400, response.text
+    assert response.json()["issue"][0]["expression"] == ["feedback[0].outcomeTimestamp"]
+    assert hooks.app.state.store.feedback_for(_screening_id(card)) == []
 
 
 # --- pending screenings survive the worker that started them (issue 12) ---------------------------
@@ -950,11 +986,11 @@ def test_an_interrupted_pending_screening_is_answered_as_failed(store_url: str) 
         card = _pending_card(client)
         store = client.app.state.store  # type: ignore[attr-defined]
         for link in card["links"]:
-            assert client.get(urlsplit(link["url"]).path).status_code == 404  # still pending
+            assert client.get(fhir_path(link)).status_code == 404  # still pending
         # The worker that started them is gone; later, any replica sweeps what is past its time.
         assert store.fail_pending(time.time() + 3600, interrupted) == len(card["links"])
         for link in card["links"]:
-            report = client.get(urlsplit(link["url"]).path).json()
+            report = client.get(fhir_path(link)).json()
             validate_r4(report)
             assert report["status"] == "failure"
             assert "interrupted" in report["contained"][0]["issue"][0]["diagnostics"]
@@ -973,5 +1009,5 @@ def test_a_restarted_service_answers_what_it_left_pending(tmp_path: Path) -> Non
     store.close()
     with TestClient(_hanging_app(url)) as restarted:
         for link in card["links"]:
-            report = restarted.get(urlsplit(link["url"]).path).json()
+            report = restarted.get(fhir_path(link)).json()
             assert report["status"] == "failure"

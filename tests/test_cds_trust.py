@@ -14,6 +14,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import jwt
@@ -280,8 +281,13 @@ def test_feedback_takes_the_same_tokens_with_its_own_aud(service: Service) -> No
     token = mint(payload=claims(aud=f"{BASE}{FEEDBACK}"))
     # Authenticated: the unknown card is a 404, not a 401.
     assert service.call(token, FEEDBACK, json=body).status_code == 404
-    assert_bare_401(service.call(mint(), FEEDBACK, json=body))  # aud of the hook itself
+    # Addressed to the service the feedback is about (EHRs do both): accepted too.
+    assert service.call(mint(), FEEDBACK, json=body).status_code == 404
+    for elsewhere in (f"{BASE}/cds-services", f"{BASE}{SERVICE}-2", f"{BASE}{FEEDBACK}/x"):
+        assert_bare_401(service.call(mint(payload=claims(aud=elsewhere)), FEEDBACK, json=body))
     assert_bare_401(service.call(None, FEEDBACK, json=body))
+    # The feedback URL is no audience for the hook itself.
+    assert_bare_401(service.call(mint(payload=claims(aud=f"{BASE}{FEEDBACK}"))))
 
 
 # --- refused --------------------------------------------------------------------------------------
@@ -558,8 +564,14 @@ def test_feedback_is_taken_only_from_the_client_the_card_was_shown_by(tmp_path: 
     with TestClient(create_app(settings)) as client:
         response = client.post(SERVICE, json=hook_body(client), headers=bearer(mint()))
         assert response.status_code == 200, response.text
-        card = response.json()["cards"][0]["uuid"]
-        body = {"feedback": [{"card": card, "outcome": "accepted"}]}
+        card = response.json()["cards"][0]
+        item = {
+            "card": card["uuid"],
+            "outcome": "accepted",
+            "acceptedSuggestions": [{"id": card["suggestions"][0]["uuid"]}],
+            "outcomeTimestamp": datetime.now(UTC).isoformat(),
+        }
+        body = {"feedback": [item]}
         fb_aud = f"{BASE}{FEEDBACK}"
         other = mint(payload=claims(ISS_REMOTE, aud=fb_aud))
         assert client.post(FEEDBACK, json=body, headers=bearer(other)).status_code == 404

@@ -12,7 +12,7 @@ import logging
 import time
 import uuid
 from dataclasses import replace
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -20,7 +20,15 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from app.catalog.loader import Catalog
-from app.cds.cards import card, card_uuid, pending_card, shows_card
+from app.cds.cards import (
+    card,
+    card_uuid,
+    override_reasons,
+    pending_card,
+    shows_card,
+    smart_link,
+    suggestion_uuid,
+)
 from app.cds.trust import Caller, JwtVerifier
 from app.core import limits
 from app.core.base_url import public_base
@@ -36,7 +44,13 @@ from app.engine import evaluate
 from app.fhir_io.report import plausible
 from app.screening.issued import describe
 from app.store import audit
-from app.store.database import NewScreening, PendingScreening, Store, StoredFeedback
+from app.store.database import (
+    CardQuiet,
+    NewScreening,
+    PendingScreening,
+    Store,
+    StoredFeedback,
+)
 
 log = logging.getLogger("trialscreen.cds")
 router = APIRouter(prefix="/cds-services")
@@ -128,6 +142,11 @@ async def patient_view(service_id: str, request: Request) -> JSONResponse:
 
 @router.post("/{service_id}/feedback")
 async def feedback(service_id: str, request: Request) -> Response:
+    # Each item is stored with the screening its card came from; an override with a quieting
+    # reason (cds_quiet_reasons) also quiets that trial's card for that patient for
+    # cds_quiet_days. Every field is checked against the card as issued: its suggestion ids,
+    # its override reasons, and a real time between the card's issue and now (400 otherwise).
+    # (A comment, not a docstring: FastAPI would publish it in openapi/openapi.json.)
     _known(service_id)
     settings: Settings = request.app.state.settings
     caller = await _authenticate(request, settings)
@@ -136,43 +155,151 @@ async def feedback(service_id: str, request: Request) -> Response:
     if not isinstance(items, list) or not items:
         raise InvalidInput("feedback must be a non-empty array.", expression="feedback")
     store: Store = request.app.state.store
-    rows = []
+    now = datetime.now(UTC)
+    rows: list[StoredFeedback] = []
+    quiets: list[CardQuiet] = []
     for i, item in enumerate(items):
+        where = f"feedback[{i}]"
         if not isinstance(item, dict) or item.get("outcome") not in {"accepted", "overridden"}:
-            raise InvalidInput(
-                "Each feedback names its card and an outcome.", expression=f"feedback[{i}]"
-            )
+            raise InvalidInput("Each feedback names its card and an outcome.", expression=where)
         card_id = item.get("card")
         if not isinstance(card_id, str) or not 0 < len(card_id) <= _INSTANCE_LIMIT:
-            raise InvalidInput("Each feedback names its card.", expression=f"feedback[{i}].card")
-        limits.text_value(card_id, f"feedback[{i}].card", _INSTANCE_LIMIT)
+            raise InvalidInput("Each feedback names its card.", expression=f"{where}.card")
+        limits.text_value(card_id, f"{where}.card", _INSTANCE_LIMIT)
         issued = await asyncio.to_thread(store.card_screening, card_id)
         # Only the client the card was shown by may answer it; to any other it does not exist.
         if issued is None or issued[1] != f"cds:{caller.client.iss}":
             raise NotFound(f"No card {card_id!r} was issued by this service to this client.")
         screening_id = issued[0]
-        reason = item.get("overrideReason")
+        shown = await asyncio.to_thread(store.screening_created, screening_id)
+        assert shown is not None
+        created, patient_ref, trial_id, tenant = shown
+        moment = _timestamp(item.get("outcomeTimestamp"), created, now, where)
+        reason = _checked_feedback(item, card_id, settings.canonical_base, where)
         rows.append(
             StoredFeedback(
                 screening_id=screening_id,
                 card_uuid=str(card_id),
                 outcome=item["outcome"],
-                override_reason=orjson.dumps(reason) if isinstance(reason, dict) else None,
-                outcome_timestamp=_timestamp(item.get("outcomeTimestamp")),
-                received=datetime.now(UTC),
+                override_reason=orjson.dumps(reason) if reason is not None else None,
+                outcome_timestamp=moment,
+                received=now,
             )
         )
+        coding = reason.get("reason") if reason is not None else None
+        code = coding.get("code") if isinstance(coding, dict) else None
+        if item["outcome"] == "overridden" and code in settings.cds_quiet_reasons:
+            quiets.append(
+                CardQuiet(
+                    tenant=tenant,
+                    patient_ref=patient_ref,
+                    trial_id=trial_id,
+                    until=moment + timedelta(days=settings.cds_quiet_days),
+                    reason=code,
+                    screening_id=screening_id,
+                    created=now,
+                )
+            )
     await asyncio.to_thread(store.save_feedback, rows)
+    for quiet in quiets:
+        await asyncio.to_thread(store.quiet, quiet)
     await audit.record(
         request,
         action="C",
         interaction="cds-feedback",
         outcome="0",
         agent=caller.client.iss,
-        description=f"{len(rows)} feedback item(s) on cards",
+        description=f"{len(rows)} feedback item(s) on cards"
+        + (f"; {len(quiets)} card(s) quieted" if quiets else ""),
         entities=tuple(f"GuidanceResponse/{r.screening_id}" for r in rows),
     )
     return Response(status_code=200)
+
+
+_COMMENT_LIMIT = 2000
+
+
+def _checked_feedback(item: Json, card_id: str, canonical: str, where: str) -> Json | None:
+    """The item's override reason, once every field is one the card offered (CDS Hooks 2.0
+    feedback): ``acceptedSuggestions`` names the card's suggestions and comes with
+    ``accepted`` only; ``overrideReason`` comes with ``overridden`` only, its ``reason`` one of
+    the card's ``overrideReasons`` and its ``userComment`` text."""
+    accepted = item.get("acceptedSuggestions")
+    reason = item.get("overrideReason")
+    if item["outcome"] == "accepted":
+        if reason is not None:
+            raise InvalidInput(
+                "overrideReason belongs to an overridden card.",
+                expression=f"{where}.overrideReason",
+            )
+        offered = {suggestion_uuid(card_id)}
+        if not (
+            isinstance(accepted, list)
+            and accepted
+            and all(isinstance(a, dict) and a.get("id") in offered for a in accepted)
+        ):
+            raise InvalidInput(
+                "An accepted card names the suggestions accepted, by the ids the card gave them.",
+                expression=f"{where}.acceptedSuggestions",
+            )
+        return None
+    if accepted is not None:
+        raise InvalidInput(
+            "acceptedSuggestions belongs to an accepted card.",
+            expression=f"{where}.acceptedSuggestions",
+        )
+    if reason is None:
+        return None
+    if not isinstance(reason, dict) or set(reason) - {"reason", "userComment"}:
+        raise InvalidInput(
+            "overrideReason holds a reason and a userComment.", expression=f"{where}.overrideReason"
+        )
+    coding, comment = reason.get("reason"), reason.get("userComment")
+    offered_codes = {(r["system"], r["code"]) for r in override_reasons(canonical)}
+    if coding is not None and not (
+        isinstance(coding, dict) and (coding.get("system"), coding.get("code")) in offered_codes
+    ):
+        raise InvalidInput(
+            "overrideReason.reason is not one of the card's overrideReasons.",
+            expression=f"{where}.overrideReason.reason",
+        )
+    if comment is not None and not (isinstance(comment, str) and len(comment) <= _COMMENT_LIMIT):
+        raise InvalidInput(
+            f"userComment is text of at most {_COMMENT_LIMIT} characters.",
+            expression=f"{where}.overrideReason.userComment",
+        )
+    return reason
+
+
+async def as_shown(
+    request: Request,
+    cards: list[Json],
+    stored: list[NewScreening],
+    caller: Caller,
+    now: datetime,
+) -> list[Json]:
+    """The cards as the clinician sees them (issue 15): none for a trial a clinician quieted
+    for this patient (the screening is still stored: :func:`feedback`), and each with a SMART
+    link opening its report in the EHR when the EHR launch is configured."""
+    if not cards:
+        return cards
+    settings: Settings = request.app.state.settings
+    store: Store = request.app.state.store
+    patient_ref = stored[0].patient_ref
+    quiet = await asyncio.to_thread(store.quieted, tenant_of(caller), patient_ref, now)
+    screened = {card_uuid(s.guidance["id"]): s for s in stored}
+    base = public_base(request, settings)
+    shown = []
+    for shown_card in cards:
+        screening = screened.get(shown_card["uuid"])
+        if screening is not None and screening.trial_id in quiet:
+            log.info("card for %s quieted by an earlier override", screening.trial_id)
+            continue
+        if screening is not None and settings.ui_smart_client_id:
+            links = [*shown_card["links"], smart_link(base, screening.guidance["id"])]
+            shown_card = shown_card | {"links": links}
+        shown.append(shown_card)
+    return shown
 
 
 def _known(service_id: str) -> None:
@@ -185,7 +312,11 @@ async def _authenticate(request: Request, settings: Settings) -> Caller:
         bases = (settings.ehr_base_url,) if settings.ehr_base_url else ()
         return Caller(CdsClient(iss="unauthenticated", fhir_bases=bases), None)
     verifier: JwtVerifier = request.app.state.jwt_verifier
-    audience = f"{settings.public_base_url.rstrip('/')}{request.url.path}"
+    called = f"{settings.public_base_url.rstrip('/')}{request.url.path}"
+    audience = [called]
+    if called.endswith("/feedback"):
+        # EHRs address feedback tokens to the service or to the feedback URL itself.
+        audience.append(called.removesuffix("/feedback"))
     return await verifier.verify(request.headers.get("authorization"), audience)
 
 
@@ -337,6 +468,7 @@ async def _screen(
         if shown:
             base = public_base(request, settings)
             cards.append(card(screening, screening_id, base, settings.canonical_base))
+    cards = await as_shown(request, cards, stored, caller, now)
     done = audit.event(
         action="E",
         interaction="cds-hook",
@@ -462,16 +594,25 @@ async def fail_interrupted(store: Store) -> None:
         log.warning("%d pending screening(s) were interrupted; answered as failed", failed)
 
 
-def _timestamp(value: Any) -> datetime:
-    """The feedback's outcomeTimestamp in UTC (CDS Hooks: a UTC timestamp; one without a zone
-    is read as UTC); now when it is missing, unreadable or outside 1900-2999 (an instant such as
-    0001-01-01T00:00+14:00 falls before year 1 in UTC)."""
+_CLOCK_SKEW = timedelta(minutes=5)
+
+
+def _timestamp(value: Any, issued: datetime, now: datetime, where: str) -> datetime:
+    """The feedback's outcomeTimestamp in UTC (CDS Hooks: required, an ISO 8601 time in UTC;
+    one without a zone is read as UTC). A time that cannot be read, or that falls before the card
+    was issued or after now (beyond a few minutes of clock difference), is no real time of a
+    clinician's action: 400."""
+    moment = None
     if isinstance(value, str) and len(value) <= 64:
         try:
             parsed = datetime.fromisoformat(value)
             moment = parsed.astimezone(UTC) if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-            if limits.EARLIEST_AS_OF.year <= moment.year <= limits.LATEST_AS_OF.year:
-                return moment
         except (ValueError, OverflowError):
-            pass
-    return datetime.now(UTC)
+            moment = None
+    if moment is None or not issued - _CLOCK_SKEW <= moment <= now + _CLOCK_SKEW:
+        raise InvalidInput(
+            "outcomeTimestamp must be the time (ISO 8601, UTC) the clinician acted on the card: "
+            "after the card was shown and not in the future.",
+            expression=f"{where}.outcomeTimestamp",
+        )
+    return moment

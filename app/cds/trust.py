@@ -11,7 +11,7 @@ Any failure is the same bare 401: the caller is not told why.
 import asyncio
 import hashlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,7 +57,9 @@ class JwtVerifier:
         self.keys = KeyCache(http, lambda: self.clock())
         self.store = store
 
-    async def verify(self, authorization: str | None, audience: str) -> Caller:
+    async def verify(self, authorization: str | None, audience: str | Sequence[str]) -> Caller:
+        """The caller of a request whose JWT is addressed to ``audience`` (the URL called, or any
+        of several URLs that stand for it)."""
         if not authorization or not authorization.startswith("Bearer "):
             raise Unauthorized("no bearer token")
         token = authorization.removeprefix("Bearer ").strip()

@@ -155,6 +155,45 @@ class Settings(BaseSettings):
     population_workers: int = 0
     """Worker processes of a population run started over REST (0: every core)."""
 
+    # --- who may open the pages under /ui/ (issue 15: OpenID Connect sign-in) ------------------
+    ui_oidc_issuer: str | None = None
+    """The hospital's OpenID Connect provider (its ``issuer``; the configuration is discovered at
+    ``{issuer}/.well-known/openid-configuration``). Unset: nobody can sign in (the pages are open
+    only with allow_unauthenticated, in development)."""
+    ui_oidc_client_id: str | None = None
+    ui_oidc_client_secret: SecretStr | None = None
+    """Only for a confidential client; a public client signs in with PKCE alone."""
+    ui_oidc_scopes: str = "openid profile email"
+    ui_redirect_base: str | None = None
+    """Base URL the provider redirects the browser back to (``{base}/ui/callback``, registered
+    with the provider); defaults to the public base URL."""
+    ui_roles_claim: str = "roles"
+    """ID token claim holding the user's roles: a list or a space-separated string; a dotted
+    path reaches into objects (``realm_access.roles`` for Keycloak)."""
+    ui_role_map: dict[str, str] = {}
+    """Provider role -> trialscreen role (coordinator, investigator, auditor); a role not mapped
+    counts only when it is itself one of those three names."""
+    ui_session_lifetime: int = 8 * 3600
+    """Seconds a sign-in lasts (no sliding renewal: the user signs in again after it)."""
+    ui_session_secret: SecretStr | None = None
+    """Key that signs session cookies: set it (32+ random bytes) when several workers or replicas
+    serve the pages; unset, each process generates its own, so sessions end on restart."""
+    ui_id_token_algorithms: tuple[str, ...] = ("RS256", "RS384", "ES256", "ES384", "PS256")
+    ui_smart_client_id: str | None = None
+    """Client id registered with the EHRs for the SMART EHR launch (``/ui/launch``); set, each
+    card also carries a ``smart`` link opening its report inside the EHR. The EHRs are the FHIR
+    bases of cds_clients and ehr_base_url."""
+    ui_smart_roles: tuple[str, ...] = ("coordinator",)
+    """Roles of a user launched from the EHR (the EHR vouches for who they are, not for their
+    trial role); an investigator signs off after signing in with the hospital's provider."""
+
+    # --- CDS cards (issue 15) -----------------------------------------------------------------
+    cds_quiet_reasons: tuple[str, ...] = ("patient-declined", "already-screened")
+    """Override reasons (codes of the card's overrideReasons) that quiet that trial's card for
+    that patient."""
+    cds_quiet_days: int = 90
+    """How long such an override quiets the card."""
+
 
 @lru_cache
 def get_settings() -> Settings:

@@ -102,6 +102,26 @@ class PendingScreening(SQLModel, table=True):
     """Wall-clock seconds after which, still pending, it counts as interrupted."""
 
 
+class CardQuiet(SQLModel, table=True):
+    """A trial's CDS card quieted for one patient after an override such as
+    ``patient-declined`` (issue 15): no card for that trial and patient until ``until``. The
+    screenings are still made and stored; only the card is not shown."""
+
+    __tablename__ = "card_quiet"
+
+    tenant: str = Field(primary_key=True)
+    """The CDS client's tenant (app/cds/service.tenant_of): one EHR's override quiets only its
+    own cards."""
+    patient_ref: str = Field(primary_key=True)
+    trial_id: str = Field(primary_key=True)
+    until: datetime = Field(sa_type=_WHEN, index=True)
+    reason: str
+    """The override reason's code."""
+    screening_id: str
+    """The screening whose card was overridden."""
+    created: datetime = Field(sa_type=_WHEN)
+
+
 class RateBucket(SQLModel, table=True):
     """A token bucket of the rate limiter, shared by every worker and replica."""
 
@@ -348,6 +368,48 @@ class Store:
                 .returning(_table(SeenToken).c.key)
             ).first()
             return inserted is not None
+
+    # --- issue 15: signed-out sessions, quieted cards ---------------------------------------
+
+    def used(self, key: str, now: float) -> bool:
+        """Whether the id ``key`` was recorded by :meth:`first_use` and has not expired yet (a
+        signed-out session's id, app/ui/session.py)."""
+        with Session(self.engine) as session:
+            row = session.get(SeenToken, key)
+            return row is not None and row.expires >= now
+
+    def quiet(self, item: "CardQuiet") -> None:
+        """Quiet a trial's card for a patient until ``item.until`` (a later override of the same
+        card replaces the earlier one). One statement: two overrides arriving together from
+        two workers cannot collide on the key."""
+        values = {c.name: getattr(item, c.name) for c in _table(CardQuiet).columns}
+        dialect = postgresql if self.engine.dialect.name == "postgresql" else sqlite
+        statement = dialect.insert(CardQuiet).values(values)
+        keys = ["tenant", "patient_ref", "trial_id"]
+        statement = statement.on_conflict_do_update(
+            index_elements=keys,
+            set_={k: statement.excluded[k] for k in values if k not in keys},
+        )
+        with self.engine.begin() as connection:
+            connection.execute(statement)
+
+    def quieted(self, tenant: str, patient_ref: str, now: datetime) -> set[str]:
+        """Trial ids whose card is quiet for this patient at ``now``."""
+        query = select(CardQuiet.trial_id).where(
+            CardQuiet.tenant == tenant,
+            CardQuiet.patient_ref == patient_ref,
+            col(CardQuiet.until) > now,
+        )
+        with Session(self.engine) as session:
+            return set(session.exec(query).all())
+
+    def screening_created(self, screening_id: str) -> tuple[datetime, str, str, str] | None:
+        """(created, patient reference, trial id, tenant or "") of a stored screening."""
+        row = self.screening(screening_id)
+        if row is None:
+            return None
+        created = row.created if row.created.tzinfo else row.created.replace(tzinfo=UTC)
+        return created, row.patient_ref, row.trial_id, row.tenant or ""
 
     def save_feedback(self, items: list[StoredFeedback]) -> None:
         with Session(self.engine, expire_on_commit=False) as session, session.begin():
