@@ -4,7 +4,8 @@ The packages are layers; every import points down this list (``tests/test_layers
 rule):
 
 - ``main`` (the ASGI app, ``app.main:app``) and ``openapi_document`` (writes the contract)
-- ``api`` (REST routers) and ``cds`` (CDS Hooks): the two HTTP edges, independent of each other
+- ``api`` (REST routers), ``cds`` (CDS Hooks) and ``ui`` (the web pages): the HTTP edges,
+  independent of each other
 - ``population`` (pre-screening a whole population: NDJSON in, candidates and funnel out)
 - ``access`` (who may call), ``screening`` (a screening as the service issues it)
 - ``ehr`` (reading records from an EHR) and ``store`` (the database)

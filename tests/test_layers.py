@@ -51,22 +51,7 @@ ALLOWED: dict[str, frozenset[str]] = {
             "demo",
         }
     ),
-    # The web pages: an HTTP edge beside api (population: issue 14's runs, when merged).
-    "ui": frozenset(
-        {
-            "access",
-            "screening",
-            "ehr",
-            "store",
-            "fhir_io",
-            "engine",
-            "catalog",
-            "core",
-            "demo",
-            "population",
-        }
-    ),
-    # The web pages: an HTTP edge beside api (population: issue 14's runs, when merged).
+    # The web pages: an HTTP edge beside api.
     "ui": frozenset(
         {
             "access",
