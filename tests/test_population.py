@@ -338,7 +338,6 @@ def test_cli_runs_the_demo_cohort(tmp_path: Path, capsys: pytest.CaptureFixture[
         (["--as-of", "2025-13-01"], "not a date"),
         (["--ndjson", "/no/such/folder"], "not a folder"),
         (["--workers", "0"], "at least 1"),
-        (["--engine", "spark"], "not available in this build"),
     ],
 )
 def test_cli_refuses_bad_input_clearly(

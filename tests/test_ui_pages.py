@@ -174,10 +174,10 @@ def test_an_exclusion_chip_never_reads_met() -> None:
     assert chip("exclusion", "unknown")[0] == chip("inclusion", "unknown")[0] == "unknown"
 
 
-def test_without_population_runs_the_page_says_so(client: TestClient) -> None:
+def test_the_population_page_offers_a_run_and_refuses_unknown_runs(client: TestClient) -> None:
     page = client.get("/ui/population")
     assert page.status_code == 200
-    assert "Population runs are not available in this build." in page.text
+    assert 'action="/ui/population"' in page.text
     assert client.get("/ui/population/abc").status_code == 404
 
 

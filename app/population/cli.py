@@ -13,18 +13,19 @@ itself fails.
 
 import argparse
 import asyncio
-import importlib
+import importlib.util
 import sys
 import time
 from collections.abc import Sequence
 from datetime import date
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
 from app.catalog.loader import load_catalog
 from app.catalog.trial import LoadedTrial
 from app.core.errors import TrialscreenError
 from app.core.settings import Settings, get_settings
+from app.population import bulk_export, spark_engine
 from app.population.cohort import write_cohort, write_demo
 from app.population.outputs import RESULTS
 from app.population.patient_run import needed_data
@@ -101,8 +102,9 @@ def _prescreen(args: argparse.Namespace) -> int:
     folder = _source(args, settings, trials, out)
     progress = ProgressBar(sys.stderr)
     if args.engine == "spark":
-        spark = _optional("app.population.spark_engine", "the Spark engine (--engine spark)")
-        report = spark.run_spark(
+        if importlib.util.find_spec("pyspark") is None:
+            raise BadInput("--engine spark needs pyspark: pip install -e '.[spark]' (and Java 17)")
+        report = spark_engine.run_spark(
             trials,
             as_of,
             folder,
@@ -146,8 +148,7 @@ def _source(
             raise BadInput(f"--ndjson {folder} is not a folder")
         return folder
     url = args.bulk_group or args.bulk_patients
-    bulk = _optional("app.population.bulk_export", "Bulk Data export (--bulk-group/-patients)")
-    scope = bulk.scope_of(settings, url)  # only under the configured EHR (InvalidInput else)
+    scope = bulk_export.scope_of(settings, url)  # only under the configured EHR (InvalidInput else)
     if args.bulk_group and scope.group_id is None:
         raise BadInput(f"--bulk-group {url!r} is not [base]/Group/{{id}}")
     if args.bulk_patients and scope.group_id is not None:
@@ -155,7 +156,7 @@ def _source(
     dest = out / "input"
     print(f"exporting from {settings.ehr_base_url} ...", file=sys.stderr)
     result = asyncio.run(
-        bulk.export_to_folder(
+        bulk_export.export_to_folder(
             settings,
             group_id=scope.group_id,
             system=scope.system,
@@ -168,13 +169,6 @@ def _source(
     if not result.complete:
         raise BadInput("the export is incomplete: " + "; ".join(result.problems))
     return dest
-
-
-def _optional(module: str, what: str) -> Any:
-    try:
-        return importlib.import_module(module)
-    except ModuleNotFoundError:
-        raise BadInput(f"{what} is not available in this build") from None
 
 
 class ProgressBar:

@@ -12,7 +12,6 @@ its heartbeat; the next start of the service marks it failed.
 
 import asyncio
 import builtins
-import importlib
 import re
 import threading
 import time
@@ -29,6 +28,7 @@ from app.catalog.loader import Catalog
 from app.catalog.trial import LoadedTrial
 from app.core.errors import Forbidden, InvalidInput, NotFound, TrialscreenError
 from app.core.settings import Settings
+from app.population import bulk_export
 from app.population.cohort import write_demo
 from app.population.outputs import group_id
 from app.population.patient_run import needed_data
@@ -237,10 +237,9 @@ class RunService:
         if source == "demo":
             return "demo", None
         if re.match(r"https?://", source):
-            bulk = _bulk_export()
             # Only the configured EHR's [base]/Group/{id}, [base]/Patient or [base] (InvalidInput
             # for anything else): the export runs with its credentials.
-            return "bulk", bulk.scope_of(self.settings, source)
+            return "bulk", bulk_export.scope_of(self.settings, source)
         path = Path(source)
         if not path.is_absolute() or not self.settings.population_roots:
             raise Forbidden(
@@ -359,9 +358,8 @@ class RunService:
         if kind == "folder":
             assert isinstance(where, Path)
             return where
-        bulk = _bulk_export()
         result = asyncio.run(
-            bulk.export_to_folder(
+            bulk_export.export_to_folder(
                 self.settings,
                 group_id=where.group_id,
                 system=where.system,
@@ -388,14 +386,6 @@ class RunService:
                 entities=entities,
             )
         )
-
-
-def _bulk_export() -> Any:
-    """app.population.bulk_export (the Bulk Data client), when this build has it."""
-    try:
-        return importlib.import_module("app.population.bulk_export")
-    except ModuleNotFoundError:
-        raise InvalidInput("Bulk Data export is not available in this build.") from None
 
 
 def _words(exc: Exception) -> str:

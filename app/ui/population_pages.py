@@ -3,8 +3,8 @@
 and each candidate's report.
 
 The runs themselves are issue 14's ``RunService`` (``app.state.population``); this module names
-only the methods of that contract (docs: /work/wt/CONTRACT-population.md), so a build without
-population runs still serves every other page and says so here.
+only the methods of that contract (``RunServiceLike``), which the browser tests' stand-in
+(tests/ui_population_fake.py) also keeps.
 """
 
 import asyncio
@@ -28,7 +28,6 @@ from app.ui.session import UiUser, check_csrf, current_user, require_role
 router = APIRouter(prefix="/ui/population")
 User = Annotated[UiUser, Depends(current_user)]
 Coordinator = Annotated[UiUser, Depends(require_role("coordinator"))]
-UNAVAILABLE = "Population runs are not available in this build."
 _ROWS_SHOWN = 500
 
 
@@ -65,8 +64,9 @@ def _today(request: Request) -> date:
     return datetime.now(UTC).astimezone(zone_of(request.app.state.settings)).date()
 
 
-def _service(request: Request) -> RunServiceLike | None:
-    return getattr(request.app.state, "population", None)
+def _service(request: Request) -> RunServiceLike:
+    service: RunServiceLike = request.app.state.population
+    return service
 
 
 def _percent(run: RunSummaryLike) -> int:
@@ -89,14 +89,12 @@ async def _run(service: RunServiceLike, run_id: str) -> RunSummaryLike:
 async def runs(request: Request, user: User) -> HTMLResponse:
     service = _service(request)
     catalog: Catalog = request.app.state.catalog
-    listed = [] if service is None else list(await _call(service.list, 50))
+    listed = list(await _call(service.list, 50))
     return render(
         request,
         "population.html",
         user,
         title="Population runs",
-        available=service is not None,
-        unavailable=UNAVAILABLE,
         runs=listed,
         trials=[catalog.trials[t].spec for t in catalog.trials],
         today=_today(request).isoformat(),
@@ -108,8 +106,6 @@ async def runs(request: Request, user: User) -> HTMLResponse:
 @router.post("", dependencies=[Depends(check_csrf)], response_model=None)
 async def start(request: Request, user: Coordinator) -> Response:
     service = _service(request)
-    if service is None:
-        raise PageNotFound(UNAVAILABLE)
     form = await request.form()
     catalog: Catalog = request.app.state.catalog
     chosen = [str(t) for t in form.getlist("trial") if str(t) in catalog.trials]
@@ -130,8 +126,6 @@ async def start(request: Request, user: Coordinator) -> Response:
             user,
             400,
             title="Population runs",
-            available=True,
-            unavailable=UNAVAILABLE,
             runs=listed,
             trials=[catalog.trials[t].spec for t in catalog.trials],
             today=as_of.isoformat(),
@@ -144,8 +138,6 @@ async def start(request: Request, user: Coordinator) -> Response:
 @router.get("/{run_id}/status")
 async def status(run_id: str, request: Request, user: User) -> JSONResponse:
     service = _service(request)
-    if service is None:
-        raise PageNotFound(UNAVAILABLE)
     run = await _run(service, run_id)
     return JSONResponse(
         {
@@ -161,8 +153,6 @@ async def status(run_id: str, request: Request, user: User) -> JSONResponse:
 @router.post("/{run_id}/cancel", dependencies=[Depends(check_csrf)], response_model=None)
 async def cancel(run_id: str, request: Request, user: Coordinator) -> Response:
     service = _service(request)
-    if service is None:
-        raise PageNotFound(UNAVAILABLE)
     run = await _run(service, run_id)
     await _call(service.cancel, run.id)
     return RedirectResponse(f"/ui/population/{run.id}", status_code=303)
@@ -273,8 +263,6 @@ def _table(
 @router.get("/{run_id}", response_class=HTMLResponse)
 async def run_page(run_id: str, request: Request, user: User) -> HTMLResponse:
     service = _service(request)
-    if service is None:
-        raise PageNotFound(UNAVAILABLE)
     run = await _run(service, run_id)
     funnels: list[Funnel] = []
     columns: list[str] = []
@@ -319,8 +307,6 @@ async def run_page(run_id: str, request: Request, user: User) -> HTMLResponse:
 @router.get("/{run_id}/candidates.csv", response_model=None)
 async def candidates_csv(run_id: str, request: Request, user: User) -> Response:
     service = _service(request)
-    if service is None:
-        raise PageNotFound(UNAVAILABLE)
     run = await _run(service, run_id)
     path = Path(await _call(service.candidates_csv_path, run.id))
     if run.status != "completed" or not path.is_file():
@@ -338,8 +324,6 @@ async def run_report(
     run_id: str, trial: str, patient: str, request: Request, user: User
 ) -> HTMLResponse:
     service = _service(request)
-    if service is None:
-        raise PageNotFound(UNAVAILABLE)
     run = await _run(service, run_id)
     guidance = await _call(service.screening, run.id, trial[:100], patient[:300])
     if guidance is None:
