@@ -35,6 +35,7 @@ from app.demo import DEMO_PATIENTS
 from app.ehr.connection import ehr_auth, ehr_http_client, ehr_record_source, fetch_plan
 from app.ehr.record_source import DemoRecordSource
 from app.ehr.terminology import TerminologyServer
+from app.screening.pool import ScreenPool, tune_gc
 from app.store.database import Store
 
 log = logging.getLogger("trialscreen")
@@ -94,7 +95,13 @@ def create_app(
                     if settings.terminology_url
                     else None
                 )
-                yield
+                app.state.screen_pool = pool = ScreenPool(settings, catalog)
+                pool.warm_up()
+                tune_gc(settings)
+                try:
+                    yield
+                finally:
+                    pool.close()
                 for task in list(background):
                     task.cancel()
         finally:

@@ -148,6 +148,25 @@ class Settings(BaseSettings):
     docs_enabled: bool = True
     """Serve the interactive API docs at /docs and /redoc (development); /openapi.json stays."""
 
+    # --- under load (issue 13) ------------------------------------------------------------------
+    screen_workers: int | None = None
+    """Worker processes that read records and evaluate screenings (app/screening/pool.py), off
+    the event loop so /healthz and small requests stay fast. None: one per CPU core; 0: a thread
+    of this process instead (tests, and single-core hosts that cannot spare the memory)."""
+    screen_queue: int = 16
+    """Screenings that may wait for a worker; beyond this a screening request gets 503 with
+    Retry-After instead of waiting (an overloaded service answers quickly, then recovers)."""
+    screen_retry_after: int = 2
+    """Seconds named in Retry-After when the screening queue is full."""
+    max_resources: int = 100_000
+    """Most resources one request may carry (a posted Bundle, a hook's prefetch): counted in the
+    received bytes before they are parsed; beyond it 413. A long hospital history holds tens of
+    thousands; the body size limit alone admits about 300,000 small resources."""
+    gc_gen0_threshold: int = 50_000
+    """Allocations between young-generation garbage collections, after start-up (CPython's
+    default 700 collects dozens of times while one large record is parsed, and parsed JSON holds
+    no cycles to collect); 0 keeps the interpreter's default."""
+
 
 @lru_cache
 def get_settings() -> Settings:
