@@ -3,6 +3,7 @@ service gives in-process, a full pool answers 503 with Retry-After at once, and 
 more resources than allowed is refused with 413 before it is parsed."""
 
 import asyncio
+import os
 import threading
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from app.core.errors import PayloadTooLarge, ServerBusy
 from app.core.limits import resource_count
 from app.core.settings import Settings
 from app.main import create_app
-from app.screening.pool import ScreenPool, WorkerEnv
+from app.screening.pool import ScreenPool, WorkerEnv, cores
 from tests.test_api import SCREEN, criteria, parameters, result_parameters
 
 _DEMO = Path(__file__).resolve().parent.parent / "app" / "demo" / "patients"
@@ -137,3 +138,17 @@ def test_the_count_sees_every_resource_and_no_escaped_key() -> None:
     assert resource_count(body, 4) == 4  # the Bundle, both entries, the contained one
     with pytest.raises(PayloadTooLarge):
         resource_count(body, 3)
+
+
+@pytest.mark.parametrize(
+    ("cpu_max", "expected"),
+    [("max 100000", None), ("150000 100000", 2), ("50000 100000", 1), ("garbage", None)],
+)
+def test_workers_default_to_the_cores_the_container_may_use(
+    tmp_path: Path, cpu_max: str, expected: int | None
+) -> None:
+
+    available = len(os.sched_getaffinity(0))
+    (tmp_path / "cpu.max").write_text(cpu_max + "\n")
+    assert cores(tmp_path / "cpu.max") == min(expected or available, available)
+    assert cores(tmp_path / "absent") == available

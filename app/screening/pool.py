@@ -19,12 +19,14 @@ core): admission is the same, and the loop still stays free except while a threa
 import asyncio
 import gc
 import logging
+import math
 import multiprocessing
 import os
 from collections.abc import Callable
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TypeVar
 
 from app.catalog.loader import Catalog, load_catalog
@@ -48,6 +50,19 @@ _ENV: WorkerEnv | None = None
 """The worker process's own environment, set once by :func:`_start`."""
 
 
+def cores(cgroup: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
+    """CPU cores this process may use: those it may run on, capped by a container's CPU quota
+    (cgroup v2 ``cpu.max``: "<quota> <period>" or "max <period>"), at least one."""
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    try:
+        quota, period = cgroup.read_text().split()[:2]
+    except (OSError, ValueError):
+        return max(1, n)
+    if quota != "max" and quota.isdigit() and period.isdigit() and int(period) > 0:
+        n = min(n, math.ceil(int(quota) / int(period)))
+    return max(1, n)
+
+
 def tune_gc(settings: Settings) -> None:
     """After start-up: move what exists now (modules, the catalog) out of the collector's sight
     for good, and collect the young generation less often (see Settings.gc_gen0_threshold)."""
@@ -58,8 +73,16 @@ def tune_gc(settings: Settings) -> None:
         gc.set_threshold(settings.gc_gen0_threshold, older, oldest)
 
 
+_NICENESS = 10
+"""Workers run at a lower CPU priority than the serving process: with every core busy
+screening, the event loop (health probes, small requests, handing out the next jobs) still gets
+the CPU the moment it needs it."""
+
+
 def _start(settings: Settings) -> None:
     global _ENV  # one environment per worker process, set once at its start
+    if hasattr(os, "nice"):
+        os.nice(_NICENESS)
     _ENV = WorkerEnv(settings, load_catalog(settings))
     tune_gc(settings)
 
@@ -84,7 +107,7 @@ class ScreenPool:
     def __init__(self, settings: Settings, catalog: Catalog) -> None:
         workers = settings.screen_workers
         if workers is None:
-            workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+            workers = cores()
         self.workers = workers
         self.limit = max(1, workers) + settings.screen_queue
         self.retry_after = settings.screen_retry_after
