@@ -100,8 +100,11 @@ class Settings(BaseSettings):
     """Extra headers on every EHR request (e.g. Epic-Client-ID; Prefer: handling=strict)."""
     ehr_medication_types: tuple[str, ...] = ("MedicationRequest", "MedicationAdministration")
     """Medication resource types fetched (MedicationStatement is not a US Core search)."""
-    ehr_page_size: int = 100
-    """_count asked per page (Oracle allows up to 200)."""
+    ehr_page_size: int = 500
+    """_count asked per page. Each page waits for the one before, so a patient's few hundred
+    procedures at 100 a page cost five sequential round trips; a server with a lower maximum
+    (Oracle: 200) returns fewer and links the rest. Searches are not narrowed by code instead:
+    history read closed-world needs every entry, including those named only in words."""
     ehr_max_pages: int = 50
     """Pages followed per search before the search counts as incomplete."""
     ehr_codes_per_search: int = 40
