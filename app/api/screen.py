@@ -114,7 +114,8 @@ def _read_posted(
     if parsed.bundle is None:
         return _Posted(ids, as_of, patient_id=parsed.patient_id)
     # The digest of the bytes as received: what was screened, without serialising it again.
-    fetched = FetchedRecord(read_bundle(parsed.bundle), digest=hashlib.sha256(body).hexdigest())
+    record = read_bundle(parsed.bundle, env.observation_codes)
+    fetched = FetchedRecord(record, digest=hashlib.sha256(body).hexdigest())
     if not evaluate_now:
         return _Posted(ids, as_of, fetched=fetched)
     screenings = _evaluated(env, fetched, trials, as_of, now, requested_by)

@@ -32,6 +32,7 @@ from typing import TypeVar
 from app.catalog.loader import Catalog, load_catalog
 from app.core.errors import ServerBusy
 from app.core.settings import Settings
+from app.ehr.connection import fetch_plan
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +41,18 @@ R = TypeVar("R")
 
 @dataclass(frozen=True, slots=True)
 class WorkerEnv:
-    """What every job receives: the service's settings and its loaded trials."""
+    """What every job receives: the service's settings, its loaded trials, and the codes they
+    look Observations up by (the fetch plan's: a posted record's other Observations are not
+    decoded, see bundle_reader.read_bundle)."""
 
     settings: Settings
     catalog: Catalog
+    observation_codes: frozenset[tuple[str, str]]
+
+    @classmethod
+    def of(cls, settings: Settings, catalog: Catalog) -> "WorkerEnv":
+        plan = fetch_plan(settings, catalog)
+        return cls(settings, catalog, frozenset(plan.observation_codes))
 
 
 _ENV: WorkerEnv | None = None
@@ -83,7 +92,7 @@ def _start(settings: Settings) -> None:
     global _ENV  # one environment per worker process, set once at its start
     if hasattr(os, "nice"):
         os.nice(_NICENESS)
-    _ENV = WorkerEnv(settings, load_catalog(settings))
+    _ENV = WorkerEnv.of(settings, load_catalog(settings))
     tune_gc(settings)
 
 
@@ -111,7 +120,7 @@ class ScreenPool:
         self.workers = workers
         self.limit = max(1, workers) + settings.screen_queue
         self.retry_after = settings.screen_retry_after
-        self._env = WorkerEnv(settings, catalog)
+        self._env = WorkerEnv.of(settings, catalog)
         self._in_flight = 0
         self._executor = self._new_executor()
 
