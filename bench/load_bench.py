@@ -37,12 +37,10 @@ from typing import Any
 import aiohttp
 import orjson
 
-from app.api.screen_request import parse_screen_request
+from app.api.screen import screen_posted
 from app.catalog.loader import load_catalog
 from app.core.settings import Settings
-from app.engine import evaluate
-from app.fhir_io.bundle_reader import read_bundle
-from app.fhir_io.report import guidance_response
+from app.screening.pool import WorkerEnv
 from bench.cds_bench import _free_port, stop_server
 
 _ROOT = Path(__file__).resolve().parent.parent
@@ -100,26 +98,14 @@ def median_time(fn: Callable[[], object], repeat: int, collect: bool = True) -> 
 
 
 def in_process(body: bytes, repeat: int) -> tuple[float, float]:
-    """(GC-off floor, GC-on floor), printed with the screen's ratio to each."""
+    """(GC-off floor, GC-on floor), printed with the screen's ratio to each. The screen is the
+    job a screening worker runs for $screen (parse, read, evaluate both trials, describe)."""
     settings = Settings(allow_unauthenticated=True)
-    catalog = load_catalog(settings)
-    trials = list(catalog.trials.values())
+    env = WorkerEnv.of(settings, load_catalog(settings))
 
-    def screen() -> bytes:
-        parsed = parse_screen_request(body)
-        assert parsed.as_of is not None
-        record = read_bundle(parsed.bundle)
-        return orjson.dumps(
-            [
-                guidance_response(
-                    evaluate(t, record, parsed.as_of),
-                    response_id="bench",
-                    canonical_base=settings.canonical_base,
-                    issued=datetime.now(UTC),
-                )
-                for t in trials
-            ]
-        )
+    def screen() -> object:
+        now = datetime.now(UTC)
+        return screen_posted(env, body, None, date(2025, 11, 1), now, "bench", True)
 
     on = median_time(lambda: orjson.loads(body), repeat)
     off = median_time(lambda: orjson.loads(body), repeat, collect=False)

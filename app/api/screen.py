@@ -92,7 +92,7 @@ class _Posted:
     screenings: list[NewScreening] | None = None
 
 
-def _read_posted(
+def screen_posted(
     env: WorkerEnv,
     body: bytes,
     study_id: str | None,
@@ -178,7 +178,7 @@ async def _screen(
         now = datetime.now(UTC)
         today = now.astimezone(zone_of(settings)).date()
         posted = await pool.run(
-            _read_posted, body, study_id, today, now, who.client_id, terminology is None
+            screen_posted, body, study_id, today, now, who.client_id, terminology is None
         )
         as_of = posted.as_of
         fetched = posted.fetched
