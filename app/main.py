@@ -1,6 +1,7 @@
 """The ASGI application: ``app.main:app``."""
 
 import asyncio
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -102,6 +103,7 @@ def create_app(
                     yield
                 finally:
                     pool.close()
+                    gc.unfreeze()  # what start-up froze may be collected again once it ends
                 for task in list(background):
                     task.cancel()
         finally:
