@@ -101,9 +101,12 @@ def screen_posted(
     requested_by: str,
     evaluate_now: bool,
 ) -> _Posted:
-    """Runs in a screening worker: parse the body, read the record, and (unless the terminology
-    server must see the record first) evaluate it against each trial."""
+    """Runs in a screening worker: count the body's resources (413 above the limit, before it
+    is parsed), parse it, read the record, and (unless the terminology server must see the
+    record first) evaluate it against each trial."""
     catalog = env.catalog
+    # Counted here, not on the event loop: a scan of a large body holds the GIL for milliseconds.
+    limits.resource_count(body, env.settings.max_resources)
     parsed = parse_screen_request(body)
     if study_id is not None and parsed.studies:
         raise InvalidInput("'study' belongs to the all-trials $screen, not to one study's.")
@@ -174,7 +177,6 @@ async def _screen(
     terminology = getattr(request.app.state, "terminology", None)
     patient = None
     try:
-        limits.resource_count(body, settings.max_resources)
         now = datetime.now(UTC)
         today = now.astimezone(zone_of(settings)).date()
         posted = await pool.run(
