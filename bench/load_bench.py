@@ -209,9 +209,12 @@ async def single(url: str, body: bytes, repeat: int) -> float:
         return statistics.median([await post(session, url, body) for _ in range(repeat)])
 
 
-async def healthz_under_load(base: str, body: bytes, seconds: float, screens: int) -> list[float]:
-    """/healthz latencies polled every 20 ms while ``screens`` clients post ``body`` back to
-    back."""
+async def healthz_under_load(
+    base: str, floor_base: str, body: bytes, seconds: float, screens: int
+) -> tuple[list[float], list[float]]:
+    """/healthz latencies of the service and, as a control, of the floor app (idle, same
+    machine: what the machine's own scheduling adds), polled every 20 ms while ``screens``
+    clients post ``body`` to the service back to back."""
     url = f"{base}/fhir/ResearchStudy/{_STUDY}/$screen"
     timeout = aiohttp.ClientTimeout(total=600)
     async with aiohttp.ClientSession(timeout=timeout) as session:
@@ -225,7 +228,7 @@ async def healthz_under_load(base: str, body: bytes, seconds: float, screens: in
                     await r.read()
                     done += r.status == 200
 
-        async def prober() -> list[float]:
+        async def prober(base: str) -> list[float]:
             # Its own process: this one's event loop is busy writing the large bodies, and its
             # stalls are not the service's.
             await asyncio.sleep(1.0)  # the screens are under way
@@ -241,11 +244,11 @@ async def healthz_under_load(base: str, body: bytes, seconds: float, screens: in
             latencies: list[float] = orjson.loads(out)
             return latencies
 
-        probes = asyncio.ensure_future(prober())
+        probes = asyncio.gather(prober(base), prober(floor_base))
         await asyncio.gather(*(screener() for _ in range(screens)))
-        latencies = await probes
+        service, control = await probes
     print(f"  ({done} large screens completed meanwhile)")
-    return latencies
+    return service, control
 
 
 _PROBE = """
@@ -307,11 +310,14 @@ async def over_http(large: bytes, demo: bytes, huge: bytes, args: argparse.Names
                 )
             if args.huge:
                 print(f"/healthz while {args.huge_clients} clients screen {args.huge:,} resources:")
-                lat = await healthz_under_load(base, huge, args.seconds * 2, args.huge_clients)
-                print(
-                    f"  /healthz p50 {_ms(statistics.median(lat))}, p99 {_ms(p99(lat))}, "
-                    f"max {_ms(max(lat))} ({len(lat)} probes)"
+                lat, control = await healthz_under_load(
+                    base, floor_base, huge, args.seconds * 2, args.huge_clients
                 )
+                for label, values in (("service", lat), ("floor app (control)", control)):
+                    print(
+                        f"  {label} /healthz p50 {_ms(statistics.median(values))}, "
+                        f"p99 {_ms(p99(values))}, max {_ms(max(values))} ({len(values)} probes)"
+                    )
         finally:
             stop_server(service)
             stop_server(floor)
