@@ -152,3 +152,20 @@ def test_workers_default_to_the_cores_the_container_may_use(
     (tmp_path / "cpu.max").write_text(cpu_max + "\n")
     assert cores(tmp_path / "cpu.max") == min(expected or available, available)
     assert cores(tmp_path / "absent") == available
+
+
+def _pid(env: WorkerEnv) -> int:
+    return os.getpid()
+
+
+def test_closing_the_pool_ends_its_workers(catalog: Catalog) -> None:
+    pool = ScreenPool(Settings(allow_unauthenticated=True, screen_workers=1), catalog)
+
+    async def worker_pid() -> int:
+        return await pool.run(_pid)
+
+    pid = asyncio.run(worker_pid())
+    assert pid != os.getpid()
+    pool.close()
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)

@@ -22,6 +22,8 @@ import logging
 import math
 import multiprocessing
 import os
+import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -92,8 +94,17 @@ def _start(settings: Settings) -> None:
     global _ENV  # one environment per worker process, set once at its start
     if hasattr(os, "nice"):
         os.nice(_NICENESS)
+    threading.Thread(target=_orphaned, args=(os.getppid(),), daemon=True).start()
     _ENV = WorkerEnv.of(settings, load_catalog(settings))
     tune_gc(settings)
+
+
+def _orphaned(parent: int) -> None:
+    """Ends the worker once the service that started it is gone (killed without shutting the
+    pool down): an orphan would otherwise wait on its queue for good."""
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(0)
 
 
 def _in_worker(job: Callable[..., R], *args: object) -> R:
@@ -183,7 +194,8 @@ class ScreenPool:
         self._in_flight -= 1
 
     def close(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        """Cancel what waits, let running jobs end, and wait for the workers to exit."""
+        self._executor.shutdown(wait=True, cancel_futures=True)
 
 
 def _call_soon(loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) -> None:
