@@ -43,7 +43,11 @@ WORKDIR /srv
 EXPOSE 8000
 HEALTHCHECK --interval=30s --timeout=3s --start-period=10s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=2)"]
-# One worker: the Prometheus metrics at /metrics are per process; scale with containers.
+# One server process, and every core used: screenings run in worker processes of its own
+# (TRIALSCREEN_SCREEN_WORKERS, default one per core, capped by the container's CPU quota), which
+# take jobs from one queue. uvicorn --workers would not do better: its workers lose TCP_NODELAY
+# on the pre-bound socket (a 40 ms stall per response) and one worker takes every keep-alive
+# connection. The Prometheus metrics at /metrics are this process's; scale out with containers.
 # No access log: uvicorn's writes the raw path and query string, which may carry patient ids;
 # the service logs one JSON line per request with the route template instead.
 # No proxy headers in uvicorn: the app judges Forwarded / X-Forwarded-* itself, from the proxies

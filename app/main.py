@@ -1,6 +1,7 @@
 """The ASGI application: ``app.main:app``."""
 
 import asyncio
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -37,6 +38,7 @@ from app.ehr.connection import ehr_auth, ehr_http_client, ehr_record_source, fet
 from app.ehr.record_source import DemoRecordSource
 from app.ehr.terminology import TerminologyServer
 from app.population.runs import RunService
+from app.screening.pool import ScreenPool, tune_gc
 from app.store.database import Store
 from app.ui.auth_routes import install as install_ui_access
 from app.ui.install import install as install_pages
@@ -100,7 +102,14 @@ def create_app(
                     if settings.terminology_url
                     else None
                 )
-                yield
+                app.state.screen_pool = pool = ScreenPool(settings, catalog)
+                pool.warm_up()
+                tune_gc(settings)
+                try:
+                    yield
+                finally:
+                    pool.close()
+                    gc.unfreeze()  # what start-up froze may be collected again once it ends
                 for task in list(background):
                     task.cancel()
         finally:

@@ -50,13 +50,18 @@ async def _median(fn: Callable[[], Awaitable[object]], repeat: int) -> float:
 
 
 async def measure_fetch(
-    base_url: str, patient_id: str, plan: FetchPlan, repeat: int, label: str
+    base_url: str,
+    patient_id: str,
+    plan: FetchPlan,
+    repeat: int,
+    label: str,
+    page_size: int = Settings().ehr_page_size,
 ) -> None:
     headers = {"Prefer": "handling=strict"}
     async with ehr_http_client(Settings(ehr_base_url=base_url)) as http:
 
         def client() -> FhirClient:
-            return FhirClient(http, base_url, NoAuth(), headers=headers, page_size=100)
+            return FhirClient(http, base_url, NoAuth(), headers=headers, page_size=page_size)
 
         searches = plan.searches(patient_id, _AS_OF)
         one_by_one = 0.0
@@ -78,7 +83,7 @@ async def measure_fetch(
         total = await _median(
             lambda: EhrRecordSource(client(), plan, 60).fetch(patient_id, _AS_OF), repeat
         )
-    print(f"[{label}]")
+    print(f"[{label}, _count={page_size}]")
     print(
         f"fetch plan: {len(searches)} searches + 1 read; {requests} HTTP requests; depth {depth} "
         f"sequential round trips (paging included); problems: {list(fetched.problems) or 'none'}"
@@ -177,7 +182,12 @@ def main() -> None:
         fhir_server.seed(server.base_url, [bundle], allow_unsearchable=True)
         fhir_server.analyze(server.db_path)
         print(f"sekmet-fhir on {server.base_url}, seeded with {len(bundle['entry'])} resources")
-        asyncio.run(measure_fetch(server.base_url, patient_id, plan, args.repeat, "sekmet-fhir"))
+        for page_size in (100, Settings().ehr_page_size):
+            asyncio.run(
+                measure_fetch(
+                    server.base_url, patient_id, plan, args.repeat, "sekmet-fhir", page_size
+                )
+            )
         asyncio.run(measure_clients(server.base_url, patient_id, 50, args.repeat))
     asyncio.run(measure_with_latency(bundle, patient_id, plan, 0.1, args.repeat))
 

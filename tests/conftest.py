@@ -25,6 +25,9 @@ def pytest_configure(config: pytest.Config) -> None:
     # Hundreds of calls from one test client would trip the rate limit; its own tests set it.
     os.environ["TRIALSCREEN_RATE_LIMIT_PER_MINUTE"] = "0"
     os.environ["TRIALSCREEN_REFUSED_PER_MINUTE"] = "0"
+    # Screenings on a thread of the test process, not in worker processes each app would start
+    # (tests/test_perf_pool.py runs the process pool itself).
+    os.environ["TRIALSCREEN_SCREEN_WORKERS"] = "0"
 
 
 @pytest.fixture(scope="session")

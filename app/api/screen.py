@@ -1,8 +1,9 @@
 """``$screen``: one patient's record screened against one trial or every trial."""
 
 import asyncio
-from dataclasses import replace
-from datetime import UTC, datetime
+import hashlib
+from dataclasses import dataclass, replace
+from datetime import UTC, date, datetime
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -20,6 +21,7 @@ from app.api.common import (
 )
 from app.api.screen_request import parse_screen_request
 from app.catalog.loader import Catalog
+from app.catalog.trial import LoadedTrial
 from app.core import limits
 from app.core.base_url import public_base
 from app.core.errors import InvalidInput, TrialscreenError
@@ -27,10 +29,12 @@ from app.core.settings import Settings, zone_of
 from app.ehr.record_source import FetchedRecord, RecordSource
 from app.ehr.terminology import recognised
 from app.engine import evaluate
-from app.fhir_io.bundle_reader import read_bundle, record_digest
-from app.screening.issued import describe
+from app.engine.record import PatientRecord
+from app.fhir_io.bundle_reader import read_bundle
+from app.screening.issued import counted, describe
+from app.screening.pool import ScreenPool, WorkerEnv
 from app.store import audit
-from app.store.database import Store
+from app.store.database import NewScreening, Store
 
 router = APIRouter(prefix="/fhir")
 
@@ -67,6 +71,7 @@ SCREEN_OPENAPI: dict[str, Any] = {
         "400": _OUTCOME,
         "404": _OUTCOME,
         "413": _OUTCOME,
+        "503": _OUTCOME,
         "502": _OUTCOME,
         "415": _OUTCOME,
         "422": _OUTCOME,
@@ -74,39 +79,132 @@ SCREEN_OPENAPI: dict[str, Any] = {
 }
 
 
+@dataclass(frozen=True, slots=True)
+class _Posted:
+    """What a worker makes of a $screen body: the trials and as-of date asked for, and either
+    the patient id to fetch, the record read (to be completed by the terminology server), or the
+    screenings themselves."""
+
+    trials: list[str]
+    as_of: date
+    patient_id: str | None = None
+    fetched: FetchedRecord | None = None
+    screenings: list[NewScreening] | None = None
+
+
+def screen_posted(
+    env: WorkerEnv,
+    body: bytes,
+    study_id: str | None,
+    today: date,
+    now: datetime,
+    requested_by: str,
+    evaluate_now: bool,
+) -> _Posted:
+    """Runs in a screening worker: count the body's resources (413 above the limit, before it
+    is parsed), parse it, read the record, and (unless the terminology server must see the
+    record first) evaluate it against each trial."""
+    catalog = env.catalog
+    # Counted here, not on the event loop: a scan of a large body holds the GIL for milliseconds.
+    limits.resource_count(body, env.settings.max_resources)
+    parsed = parse_screen_request(body)
+    if study_id is not None and parsed.studies:
+        raise InvalidInput("'study' belongs to the all-trials $screen, not to one study's.")
+    names = [study_id] if study_id else list(dict.fromkeys(parsed.studies)) or list(catalog.trials)
+    trials = [trial_named(catalog, name) for name in names]
+    as_of = parsed.as_of or today
+    ids = [t.id for t in trials]
+    if parsed.bundle is None:
+        return _Posted(ids, as_of, patient_id=parsed.patient_id)
+    # The digest of the bytes as received: what was screened, without serialising it again.
+    record = read_bundle(parsed.bundle, env.observation_codes)
+    fetched = FetchedRecord(record, digest=hashlib.sha256(body).hexdigest())
+    if not evaluate_now:
+        return _Posted(ids, as_of, fetched=fetched)
+    screenings = _evaluated(env, fetched, trials, as_of, now, requested_by)
+    return _Posted(ids, as_of, fetched=_bare(fetched), screenings=screenings)
+
+
+def _bare(fetched: FetchedRecord) -> FetchedRecord:
+    """Only what the service needs back from a worker: the patient, not the whole record."""
+    record = PatientRecord(patient=fetched.record.patient)
+    return replace(fetched, record=record)
+
+
+def _evaluate_fetched(
+    env: WorkerEnv,
+    fetched: FetchedRecord,
+    trials: list[str | LoadedTrial],
+    as_of: date,
+    now: datetime,
+    requested_by: str,
+) -> list[NewScreening]:
+    """Runs in a screening worker: a record already read (fetched, or completed by the
+    terminology server) evaluated against each trial (named, or as the server completed it)."""
+    loaded = [env.catalog.trials[t] if isinstance(t, str) else t for t in trials]
+    return _evaluated(env, fetched, loaded, as_of, now, requested_by)
+
+
+def _evaluated(
+    env: WorkerEnv,
+    fetched: FetchedRecord,
+    trials: list[LoadedTrial],
+    as_of: date,
+    now: datetime,
+    requested_by: str,
+) -> list[NewScreening]:
+    return [
+        describe(
+            evaluate(t, fetched.record, as_of),
+            fetched,
+            env.settings,
+            now,
+            requested_by,
+            counted=False,
+        )
+        for t in trials
+    ]
+
+
 async def _screen(
     study_id: str | None, body: bytes, settings: Settings, request: Request, who: Principal
 ) -> list[Any]:
     """One GuidanceResponse per trial (one study, else every trial or those named by 'study'),
     from one reading (or one fetch) of the record; each is stored, and the screening audited,
-    before it is returned."""
+    before it is returned. Reading and evaluating run in the screening pool."""
     catalog: Catalog = request.app.state.catalog
+    pool: ScreenPool = request.app.state.screen_pool
+    terminology = getattr(request.app.state, "terminology", None)
     patient = None
     try:
-        parsed = parse_screen_request(body)
-        if study_id is not None and parsed.studies:
-            raise InvalidInput("'study' belongs to the all-trials $screen, not to one study's.")
-        names = [study_id] if study_id else list(dict.fromkeys(parsed.studies)) or catalog.trials
-        trials = [trial_named(catalog, name) for name in names]
         now = datetime.now(UTC)
-        as_of = parsed.as_of or now.astimezone(zone_of(settings)).date()
-        if parsed.bundle is not None:
-            fetched = FetchedRecord(read_bundle(parsed.bundle), digest=record_digest(parsed.bundle))
-        else:
-            assert parsed.patient_id is not None  # parse_screen_request: bundle or patient
-            patient = f"Patient/{parsed.patient_id}"
+        today = now.astimezone(zone_of(settings)).date()
+        posted = await pool.run(
+            screen_posted, body, study_id, today, now, who.client_id, terminology is None
+        )
+        as_of = posted.as_of
+        fetched = posted.fetched
+        if fetched is None:
+            assert posted.patient_id is not None  # parse_screen_request: bundle or patient
+            patient = f"Patient/{posted.patient_id}"
             confine(who, patient)  # before anything is fetched
             source: RecordSource = request.app.state.record_source
-            fetched = await source.fetch(parsed.patient_id, as_of)
+            fetched = await source.fetch(posted.patient_id, as_of)
         patient = fetched.record.patient.ref or patient
         if patient:  # stored and indexed: bounded, no control characters
             limits.text_value(patient, "the Patient's id or fullUrl", limits.MAX_REFERENCE)
         confine(who, patient)
-        terminology = getattr(request.app.state, "terminology", None)
-        screenings = [
-            describe(evaluate(known, fetched.record, as_of), fetched, settings, now, who.client_id)
-            for known in [await recognised(terminology, t, fetched.record) for t in trials]
-        ]
+        screenings = posted.screenings
+        if screenings is None:
+            trials = [catalog.trials[t] for t in posted.trials]
+            known = [await recognised(terminology, t, fetched.record) for t in trials]
+            named: list[str | LoadedTrial] = [
+                k.id if k is t else k for k, t in zip(known, trials, strict=True)
+            ]
+            screenings = await pool.run(
+                _evaluate_fetched, fetched, named, as_of, now, who.client_id
+            )
+        counted(screenings)
         for s in screenings:  # kept once, never updated: version 1 for good
             s.guidance["meta"] = {
                 "versionId": "1",

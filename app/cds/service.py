@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 import uuid
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -20,6 +20,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from app.catalog.loader import Catalog
+from app.catalog.trial import LoadedTrial
 from app.cds.cards import (
     card,
     card_uuid,
@@ -42,7 +43,8 @@ from app.ehr.record_source import FetchedRecord, assemble, fetch_parts
 from app.ehr.terminology import recognised
 from app.engine import evaluate
 from app.fhir_io.report import plausible
-from app.screening.issued import describe
+from app.screening.issued import counted, describe
+from app.screening.pool import ScreenPool, WorkerEnv
 from app.store import audit
 from app.store.database import (
     CardQuiet,
@@ -99,7 +101,9 @@ async def patient_view(service_id: str, request: Request) -> JSONResponse:
     settings: Settings = request.app.state.settings
     caller = await _authenticate(request, settings)
     await fail_interrupted(request.app.state.store)
-    hook = _parse(await request.body())
+    body = await request.body()
+    limits.resource_count(body, settings.max_resources, "The hook call")  # before it is parsed
+    hook = _parse(body)
     if hook.get("hook") != "patient-view":
         raise InvalidInput("This service answers the patient-view hook.", expression="hook")
     instance = hook.get("hookInstance")
@@ -132,8 +136,8 @@ async def patient_view(service_id: str, request: Request) -> JSONResponse:
         except TimeoutError:
             return await _pending(request, task, parts, as_of, now, caller, instance, patient_id)
     assert patient is not None
-    fetched = assemble(patient, parts + [(s, o.resources, o.problem) for s, o in fetched_parts])
-    cards = await _screen(request, fetched, as_of, now, caller, instance)
+    fetched = parts + [(s, o.resources, o.problem) for s, o in fetched_parts]
+    cards = await _screen(request, patient, fetched, as_of, now, caller, instance)
     log.info(
         "hook %s: %d card(s) in %.0f ms", instance, len(cards), (time.monotonic() - started) * 1e3
     )
@@ -432,43 +436,98 @@ def _fhir_client(hook: Json, caller: Caller, request: Request, settings: Setting
     return fhir_client(settings, request.app.state.http, server, auth)
 
 
+@dataclass(frozen=True, slots=True)
+class _Screened:
+    stored: list[NewScreening]
+    cards: list[Json]
+    patient_ref: str
+
+
+def _screen_hook(
+    env: WorkerEnv,
+    parts_json: bytes,
+    searches: list[Search],
+    fetched: FetchedRecord | None,
+    trials: list[str | LoadedTrial],
+    as_of: date,
+    now: datetime,
+    requested_by: str,
+    ids: list[str] | None,
+    base: str,
+) -> _Screened:
+    """Runs in a screening worker: the record read from the Patient and the search parts (as
+    JSON bytes, cheaper to pass than dicts) unless already read, then every trial evaluated and
+    described, and the cards to show."""
+    settings = env.settings
+    if fetched is None:
+        patient, parts = orjson.loads(parts_json)
+        fetched = assemble(
+            patient,
+            [(s, r, problem) for s, (r, problem) in zip(searches, parts, strict=True)],
+        )
+    stored: list[NewScreening] = []
+    cards: list[Json] = []
+    for n, t in enumerate(trials):
+        trial = env.catalog.trials[t] if isinstance(t, str) else t
+        screening = plausible(evaluate(trial, fetched.record, as_of))
+        screening_id = ids[n] if ids else str(uuid.uuid4())
+        shown = shows_card(screening, settings.cds_show_ineligible)
+        stored.append(
+            describe(
+                screening,
+                fetched,
+                settings,
+                now,
+                requested_by=requested_by,
+                card_uuid=card_uuid(screening_id) if shown or ids else None,
+                screening_id=screening_id,
+                counted=False,
+            )
+        )
+        if shown:
+            cards.append(card(screening, screening_id, base, settings.canonical_base))
+    return _Screened(stored, cards, fetched.record.patient.ref)
+
+
 async def _screen(
     request: Request,
-    fetched: FetchedRecord,
+    patient: Json,
+    parts: list[tuple[Search, list[Json], str | None]],
     as_of: date,
     now: datetime,
     caller: Caller,
     instance: str,
     ids: list[str] | None = None,
 ) -> list[Json]:
-    """Screen against every trial, store each screening, and return the cards to show. With
-    ``ids`` (the pending path) the screenings take those ids and each keeps a card uuid, since the
-    pending card already linked to them and feedback may refer to it."""
+    """Screen against every trial (in the screening pool), store each screening, and return the
+    cards to show. With ``ids`` (the pending path) the screenings take those ids and each keeps a
+    card uuid, since the pending card already linked to them and feedback may refer to it."""
     settings: Settings = request.app.state.settings
     catalog: Catalog = request.app.state.catalog
-    stored: list[NewScreening] = []
-    cards: list[Json] = []
-    for n, trial in enumerate(catalog.trials.values()):
-        known = await recognised(
-            getattr(request.app.state, "terminology", None), trial, fetched.record
-        )
-        screening = plausible(evaluate(known, fetched.record, as_of))
-        screening_id = ids[n] if ids else str(uuid.uuid4())
-        shown = shows_card(screening, settings.cds_show_ineligible)
-        issued = describe(
-            screening,
-            fetched,
-            settings,
-            now,
-            requested_by=f"cds:{caller.client.iss}",
-            card_uuid=card_uuid(screening_id) if shown or ids else None,
-            screening_id=screening_id,
-        )
-        stored.append(replace(issued, tenant=tenant_of(caller)))
-        if shown:
-            base = public_base(request, settings)
-            cards.append(card(screening, screening_id, base, settings.canonical_base))
-    cards = await as_shown(request, cards, stored, caller, now)
+    pool: ScreenPool = request.app.state.screen_pool
+    terminology = getattr(request.app.state, "terminology", None)
+    trials: list[str | LoadedTrial] = list(catalog.trials)
+    fetched = None
+    if terminology is not None:
+        # The terminology server must see the record before the trials are evaluated.
+        fetched = assemble(patient, parts)
+        known = [await recognised(terminology, t, fetched.record) for t in catalog.trials.values()]
+        trials = [k.id if k is catalog.trials[k.id] else k for k in known]
+    parts_json = b"" if fetched else orjson.dumps([patient, [[r, p] for _, r, p in parts]])
+    screened = await pool.run(
+        _screen_hook,
+        parts_json,
+        [search for search, _, _ in parts],
+        fetched,
+        trials,
+        as_of,
+        now,
+        f"cds:{caller.client.iss}",
+        ids,
+        public_base(request, settings),
+    )
+    stored = [replace(s, tenant=tenant_of(caller)) for s in counted(screened.stored)]
+    cards = await as_shown(request, screened.cards, stored, caller, now)
     done = audit.event(
         action="E",
         interaction="cds-hook",
@@ -476,7 +535,7 @@ async def _screen(
         agent=caller.client.iss,
         description=f"patient-view hook {instance}: {len(cards)} card(s)"
         + (" after a pending card" if ids else ""),
-        patient_ref=fetched.record.patient.ref,
+        patient_ref=screened.patient_ref,
         entities=tuple(f"GuidanceResponse/{s.guidance['id']}" for s in stored),
     )
     store: Store = request.app.state.store
@@ -525,8 +584,8 @@ async def _pending(
         try:
             patient, outcomes = await task
             assert patient is not None
-            fetched = assemble(patient, parts + [(s, o.resources, o.problem) for s, o in outcomes])
-            await _screen(request, fetched, as_of, now, caller, instance, ids)
+            fetched = parts + [(s, o.resources, o.problem) for s, o in outcomes]
+            await _screen(request, patient, fetched, as_of, now, caller, instance, ids)
         except Exception as exc:
             log.warning("hook %s: background screening failed (%s)", instance, type(exc).__name__)
             await asyncio.to_thread(store.fail_pending, time.time(), interrupted, tuple(ids))

@@ -89,3 +89,17 @@ class UnsupportedMediaType(TrialscreenError):
 class CatalogError(Exception):
     """A criteria or mapping file is inconsistent. Raised at load time and by the lint, never
     in a request."""
+
+
+class ServerBusy(TrialscreenError):
+    """Every screening worker is busy and the queue is full: retry after the given seconds."""
+
+    status_code = 503
+    issue_code = "transient"
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}

@@ -100,8 +100,11 @@ class Settings(BaseSettings):
     """Extra headers on every EHR request (e.g. Epic-Client-ID; Prefer: handling=strict)."""
     ehr_medication_types: tuple[str, ...] = ("MedicationRequest", "MedicationAdministration")
     """Medication resource types fetched (MedicationStatement is not a US Core search)."""
-    ehr_page_size: int = 100
-    """_count asked per page (Oracle allows up to 200)."""
+    ehr_page_size: int = 500
+    """_count asked per page. Each page waits for the one before, so a patient's few hundred
+    procedures at 100 a page cost five sequential round trips; a server with a lower maximum
+    (Oracle: 200) returns fewer and links the rest. Searches are not narrowed by code instead:
+    history read closed-world needs every entry, including those named only in words."""
     ehr_max_pages: int = 50
     """Pages followed per search before the search counts as incomplete."""
     ehr_codes_per_search: int = 40
@@ -193,6 +196,25 @@ class Settings(BaseSettings):
     that patient."""
     cds_quiet_days: int = 90
     """How long such an override quiets the card."""
+
+    # --- under load (issue 13) ------------------------------------------------------------------
+    screen_workers: int | None = None
+    """Worker processes that read records and evaluate screenings (app/screening/pool.py), off
+    the event loop so /healthz and small requests stay fast. None: one per CPU core; 0: a thread
+    of this process instead (tests, and single-core hosts that cannot spare the memory)."""
+    screen_queue: int = 16
+    """Screenings that may wait for a worker; beyond this a screening request gets 503 with
+    Retry-After instead of waiting (an overloaded service answers quickly, then recovers)."""
+    screen_retry_after: int = 2
+    """Seconds named in Retry-After when the screening queue is full."""
+    max_resources: int = 100_000
+    """Most resources one request may carry (a posted Bundle, a hook's prefetch): counted in the
+    received bytes before they are parsed; beyond it 413. A long hospital history holds tens of
+    thousands; the body size limit alone admits about 300,000 small resources."""
+    gc_gen0_threshold: int = 50_000
+    """Allocations between young-generation garbage collections, after start-up (CPython's
+    default 700 collects dozens of times while one large record is parsed, and parsed JSON holds
+    no cycles to collect); 0 keeps the interpreter's default."""
 
 
 @lru_cache

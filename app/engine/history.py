@@ -13,14 +13,14 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import date
 from typing import Protocol, TypeVar
 
-from app.catalog.mappings import CodeMatcher, Mappings, TermMatcher
+from app.catalog.mappings import Mappings, TermMatcher
 from app.catalog.schema import (
     AllergyCheck,
     ConditionCheck,
     ImmunizationCheck,
     ProcedureCheck,
 )
-from app.engine.context import Context
+from app.engine.context import Context, RecognisedCodes
 from app.engine.record import Allergy, Coding, Condition, Procedure
 from app.engine.results import Result, Status
 
@@ -46,8 +46,8 @@ _T = TypeVar("_T", bound=_Dated)
 _Check = ConditionCheck | ProcedureCheck | ImmunizationCheck | AllergyCheck
 
 
-def _matcher(ctx: Context, names: Sequence[str]) -> list[CodeMatcher]:
-    return [ctx.mappings.code_sets[n].matcher for n in names]
+def _matcher(ctx: Context, names: Sequence[str]) -> list[RecognisedCodes]:
+    return [ctx.codes(n) for n in names]
 
 
 def _what(code_sets: Sequence[str]) -> str:
@@ -102,7 +102,7 @@ def _to_review(check: _Check, items: Sequence[_Dated], why: str) -> Result:
 
 def _select_dated(
     items: Sequence[_T],
-    matchers: list[CodeMatcher],
+    matchers: list[RecognisedCodes],
     since: date | None,
     counts_anyway: Callable[[_T], bool] = lambda _: False,
 ) -> tuple[list[_T], list[_T]]:
@@ -152,16 +152,14 @@ def _named_in_words(
 ) -> list[tuple[_T, str]]:
     """Entries the check's codes do not recognise whose text or a display names the concept,
     with the words found."""
-    sets = [ctx.mappings.code_sets[n] for n in check.codes]
+    sets = _matcher(ctx, check.codes)
     out = []
     for item in candidates:
         # A code the set lists, or explicitly excludes, is recognised: words do not overrule it.
-        if any(
-            s.matcher.matches_any(item.codes) or s.matcher.excludes_any(item.codes) for s in sets
-        ):
+        if any(s.matches_any(item.codes) or s.excludes_any(item.codes) for s in sets):
             continue
         labels = _labels(item)
-        term = next((t for s in sets if (t := s.terms.first_in(labels)) is not None), None)
+        term = next((t for s in sets if (t := s.term_in(labels)) is not None), None)
         if term is not None:
             out.append((item, term))
     return out

@@ -185,8 +185,12 @@ class _Reader:
             raise self.fail(key, f"a FHIR date or dateTime (got {value!r})") from None
 
 
-def read_bundle(bundle: Any) -> PatientRecord:
-    """The record of the one patient the Bundle is about."""
+def read_bundle(
+    bundle: Any, observation_codes: frozenset[tuple[str, str]] | None = None
+) -> PatientRecord:
+    """The record of the one patient the Bundle is about. With ``observation_codes`` (every
+    code the loaded criteria look Observations up by: the fetch plan's), an Observation that
+    provably cannot bear on any check is not decoded (see :func:`_beyond_criteria`)."""
     if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
         raise InvalidInput("The 'bundle' parameter must hold a FHIR Bundle resource.")
     resources: list[tuple[_Reader, Json]] = []
@@ -201,6 +205,12 @@ def read_bundle(bundle: Any) -> PatientRecord:
             # Not even its type is known: it may be about anything the criteria read.
             problem = f"{where} is not a FHIR resource (no resourceType)."
             unreadable.append(Unreadable("", None, (), "", problem))
+            continue
+        if (
+            observation_codes is not None
+            and resource["resourceType"] == "Observation"
+            and _beyond_criteria(resource, observation_codes)
+        ):
             continue
         full_url = entry.get("fullUrl") if isinstance(entry.get("fullUrl"), str) else None
         rid = resource.get("id")
@@ -763,3 +773,34 @@ _READERS: dict[str, Callable[[_Reader, Json], list[Any]]] = {
 def record_digest(bundle: dict[str, Any]) -> str:
     """SHA-256 of the record as received (keys sorted), kept with each screening."""
     return hashlib.sha256(orjson.dumps(bundle, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+_LOINC = "http://loinc.org"
+
+
+def _beyond_criteria(resource: Json, wanted: frozenset[tuple[str, str]]) -> bool:
+    """Whether an Observation cannot bear on any check: its code and every component's code
+    carry a LOINC coding (so it is not a result known only by its name, which the name safety
+    net reads) and no coding the criteria look results up by (so no check finds it, and were it
+    unreadable it would hold none back). Anything shaped otherwise is read as usual."""
+    components = resource.get("component") or []
+    if not isinstance(components, list):
+        return False
+    for part in (resource, *components):
+        if not isinstance(part, dict):
+            return False
+        concept = part.get("code")
+        codings = concept.get("coding") if isinstance(concept, dict) else None
+        if not isinstance(codings, list) or not codings:
+            return False
+        loinc = False
+        for coding in codings:
+            if not isinstance(coding, dict):
+                return False
+            system, code = coding.get("system"), coding.get("code")
+            if not isinstance(system, str) or not isinstance(code, str) or (system, code) in wanted:
+                return False
+            loinc = loinc or system == _LOINC
+        if not loinc:
+            return False
+    return True

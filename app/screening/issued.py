@@ -20,7 +20,10 @@ def describe(
     requested_by: str,
     card_uuid: str | None = None,
     screening_id: str | None = None,
+    counted: bool = True,
 ) -> NewScreening:
+    """What is kept of one screening. ``counted=False`` in a worker process, whose metrics
+    nobody scrapes: the service counts it with :func:`counted` when the screening comes back."""
     screening = plausible(screening)  # the stored eligibility and the report must agree
     guidance = guidance_response(
         screening,
@@ -31,7 +34,8 @@ def describe(
         + tuple(f"Not read: {u.describe()}" for u in fetched.record.unreadable),
         evidence_base=fetched.origin,
     )
-    count_screening(screening.trial.id, screening.eligibility.value)
+    if counted:
+        count_screening(screening.trial.id, screening.eligibility.value)
     return NewScreening(
         guidance=guidance,
         trial_id=screening.trial.id,
@@ -43,3 +47,10 @@ def describe(
         requested_by=requested_by,
         card_uuid=card_uuid,
     )
+
+
+def counted(screenings: list[NewScreening]) -> list[NewScreening]:
+    """The screenings, each counted in this process's metrics."""
+    for s in screenings:
+        count_screening(s.trial_id, s.eligibility)
+    return screenings
