@@ -6,12 +6,14 @@ Built as plain JSON-ready dicts (the hot path); tests validate the output with
 
 import math
 import re
-from dataclasses import replace
-from datetime import datetime
+from calendar import monthrange
+from dataclasses import dataclass, replace
+from datetime import date, datetime
 from html import escape
 from typing import Any
 
 from app.engine import CriterionResult, DataRequest, Eligibility, Result, Screening, Status, Value
+from app.engine.record import Observation, PatientRecord, Quantity
 
 Json = dict[str, Any]
 _UCUM = "http://unitsofmeasure.org"
@@ -32,10 +34,13 @@ def guidance_response(
     issued: datetime,
     warnings: tuple[str, ...] = (),
     evidence_base: str | None = None,
+    record: PatientRecord | None = None,
 ) -> Json:
     """``evidence_base``: the FHIR base the record was read from; evidence references become
-    absolute against it, so a client resolves them at the EHR, not here."""
+    absolute against it, so a client resolves them at the EHR, not here. ``record``: the record
+    screened; each check's evidence is then also summarised from it (see :func:`_details`)."""
     screening = plausible(screening)
+    cited = _cited(screening, record)
     warnings += implausible_values(screening)
     needs_data = screening.eligibility is Eligibility.NEEDS_DATA
     parameters: Json = {
@@ -44,7 +49,10 @@ def guidance_response(
         "parameter": [
             {"name": "eligibility", "valueCode": screening.eligibility.value},
             {"name": "asOf", "valueDate": screening.as_of.isoformat()},
-            *(_criterion(c.result, c.criterion.kind, evidence_base) for c in screening.criteria),
+            *(
+                _criterion(c.result, c.criterion.kind, evidence_base, cited)
+                for c in screening.criteria
+            ),
         ],
     }
     contained: list[Json] = [parameters]
@@ -81,7 +89,12 @@ def guidance_response(
     return response
 
 
-def _criterion(result: Result, kind: str, evidence_base: str | None = None) -> Json:
+def _criterion(
+    result: Result,
+    kind: str,
+    evidence_base: str | None = None,
+    cited: "dict[str, list[_Summary]] | None" = None,
+) -> Json:
     parts: list[Json] = [
         {"name": "id", "valueString": result.id},
         {"name": "kind", "valueCode": kind},
@@ -94,11 +107,13 @@ def _criterion(result: Result, kind: str, evidence_base: str | None = None) -> J
         for ref in result.evidence
         if ref
     ]
+    if cited:
+        parts += _details(result.evidence, cited, evidence_base)
     parts += [_value(v) for v in result.values]
     if result.threshold:
         parts.append({"name": "threshold", "valueString": result.threshold})
     parts += [{"name": "review", "valueString": item} for item in result.review]
-    parts += [_criterion(child, kind, evidence_base) for child in result.children]
+    parts += [_criterion(child, kind, evidence_base, cited) for child in result.children]
     return {"name": "criterion", "part": parts}
 
 
@@ -255,3 +270,172 @@ def narrative(screening: Screening, warnings: tuple[str, ...] = ()) -> Json:
         "<table><tr><th>Criterion</th><th>Kind</th><th>Result</th><th>Reason</th></tr>"
         f"{rows}</table>{f'<ul>{notes}</ul>' if notes else ''}</div>",
     }
+
+
+# --- what each piece of evidence says -------------------------------------------------------
+
+DETAILED = 5
+"""Evidence resources summarised per check, newest first: a check may cite hundreds (every
+result in a window), so the rest are counted (``evidenceNotDetailed``), never listed twice."""
+_PER_RESOURCE = 4
+"""Values summarised per cited Observation: a panel cites one resource for several components."""
+_LONGEST = 200
+_CODE = re.compile(r"[^\s]+( [^\s]+)*")
+
+
+@dataclass(frozen=True, slots=True)
+class _Summary:
+    """One cited resource (or one component of it) as the record read it: its type, label, date
+    and, for a result, value and reference range, as ``evidenceDetail`` sub-parts."""
+
+    day: date | None
+    parts: tuple[Json, ...]
+    valued: bool = False
+
+
+def _cited(screening: Screening, record: PatientRecord | None) -> dict[str, list[_Summary]] | None:
+    """A summary of every resource the screening cites, by reference (None without a record).
+    Read from the lean record the engine screened, so it says what the checks saw."""
+    if record is None:
+        return None
+    wanted = {ref for c in screening.criteria for r in c.result.walk() for ref in r.evidence if ref}
+    found: dict[str, list[_Summary]] = {}
+
+    def add(ref: str, summary: _Summary) -> None:
+        if ref in wanted:
+            found.setdefault(ref, []).append(summary)
+
+    if not wanted:
+        return found
+    patient = record.patient
+    add(patient.ref, _summary("Patient", "", patient.birth_date, patient.birth_latest, "birth"))
+    for o in record.observations:
+        if o.ref in wanted:
+            add(o.ref, _observation(o))
+    for c in record.conditions:
+        kind = "onset" if c.onset is not None else "recorded"
+        add(
+            c.ref, _summary("Condition", c.text, c.when, c.latest, kind, _status(c.clinical_status))
+        )
+    for m in record.medications:
+        add(m.ref, _summary(m.kind, m.text, m.start, None, "start", _status(m.status)))
+    for i in record.immunizations:
+        add(i.ref, _summary("Immunization", i.text, i.when, i.latest, "occurrence"))
+    for p in record.procedures:
+        add(p.ref, _summary("Procedure", p.text, p.when, p.latest, "performed", _status(p.status)))
+    for a in record.allergies:
+        add(
+            a.ref,
+            _summary("AllergyIntolerance", a.text, a.when, None, None, _status(a.clinical_status)),
+        )
+    for u in record.unreadable:
+        problem = {"name": "problem", "valueString": _short(f"Not read: {u.problem}")}
+        typed = u.ref.split("/", 1)[0] if _RELATIVE.fullmatch(u.ref) else None
+        add(u.ref, _summary(typed, u.text, None, None, None, (problem,)))
+    for ref, items in found.items():
+        valued = [s for s in items if s.valued]
+        if valued and len(valued) < len(items):  # a panel: its components carry the values
+            found[ref] = valued
+    return found
+
+
+def _details(
+    evidence: tuple[str, ...], cited: dict[str, list[_Summary]], base: str | None
+) -> list[Json]:
+    """The ``evidenceDetail`` parts of one check: its :data:`DETAILED` newest cited resources."""
+    refs = [ref for ref in dict.fromkeys(evidence) if ref in cited]
+    refs.sort(
+        key=lambda ref: max((s.day for s in cited[ref] if s.day), default=date.min), reverse=True
+    )
+    shown = refs[:DETAILED]
+    parts: list[Json] = [
+        {
+            "name": "evidenceDetail",
+            "part": [
+                {"name": "reference", "valueReference": {"reference": _at(base, ref)}},
+                *s.parts,
+            ],
+        }
+        for ref in shown
+        for s in cited[ref][:_PER_RESOURCE]
+    ]
+    if len(refs) > len(shown):
+        parts.append({"name": "evidenceNotDetailed", "valueInteger": len(refs) - len(shown)})
+    return parts
+
+
+def _summary(
+    kind: str | None,
+    label: str,
+    day: date | None,
+    latest: date | None,
+    day_kind: str | None,
+    extra: tuple[Json, ...] = (),
+    valued: bool = False,
+) -> _Summary:
+    parts: list[Json] = []
+    if kind:
+        parts.append({"name": "type", "valueCode": kind})
+    if label.strip():
+        parts.append({"name": "label", "valueString": _short(label)})
+    if day is not None:
+        parts.append({"name": "date", "valueDate": _partial(day, latest)})
+        if day_kind:
+            parts.append({"name": "dateKind", "valueCode": day_kind})
+    return _Summary(day, (*parts, *extra), valued)
+
+
+def _observation(o: Observation) -> _Summary:
+    extra: list[Json] = []
+    if o.quantity is not None and plausible_number(o.quantity.value):
+        quantity = _simple(o.quantity)
+        if o.quantity.comparator in {"<", "<=", ">=", ">"}:
+            quantity["comparator"] = o.quantity.comparator
+        extra.append({"name": "value", "valueQuantity": quantity})
+    elif o.value_text:
+        extra.append({"name": "value", "valueString": _short(o.value_text)})
+    elif o.value_bool is not None:
+        extra.append({"name": "value", "valueBoolean": o.value_bool})
+    ends = {
+        end: _simple(q)
+        for end, q in (("low", o.ref_low), ("high", o.ref_high))
+        if q is not None and plausible_number(q.value)
+    }
+    if ends:
+        extra.append({"name": "referenceRange", "valueRange": ends})
+    return _summary(
+        "Observation",
+        o.text,
+        o.when,
+        o.when_latest,
+        "effective",
+        tuple(extra),
+        any(p["name"] == "value" for p in extra),
+    )
+
+
+def _simple(q: Quantity) -> Json:
+    quantity: Json = {"value": _number(q.value)}
+    if q.unit.strip():
+        quantity["unit"] = q.unit.strip()
+    return quantity
+
+
+def _status(code: str | None) -> tuple[Json, ...]:
+    return ({"name": "status", "valueCode": code},) if code and _CODE.fullmatch(code) else ()
+
+
+def _short(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= _LONGEST else text[: _LONGEST - 1] + "…"
+
+
+def _partial(first: date, last: date | None) -> str:
+    """The date as the record wrote it: a month or a year when that is all it said."""
+    if last is None or last == first or first.day != 1 or last.year != first.year:
+        return first.isoformat()
+    if (first.month, last.month, last.day) == (1, 12, 31):
+        return f"{first.year:04d}"
+    if last.month == first.month and last.day == monthrange(last.year, last.month)[1]:
+        return f"{first.year:04d}-{first.month:02d}"
+    return first.isoformat()

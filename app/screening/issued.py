@@ -33,6 +33,7 @@ def describe(
         warnings=fetched.problems
         + tuple(f"Not read: {u.describe()}" for u in fetched.record.unreadable),
         evidence_base=fetched.origin,
+        record=fetched.record,
     )
     if counted:
         count_screening(screening.trial.id, screening.eligibility.value)
