@@ -259,3 +259,35 @@ def test_every_code_set_a_trial_page_links_to_opens(client: TestClient) -> None:
         assert "<td><code>" in page.text, link  # at least one code listed
     sle = client.get("/ui/code-sets/sle").text
     assert "200936003" in sle and "Lupus erythematosus (disorder)" in sle
+
+
+def test_the_report_shows_each_cited_resource_with_date_value_and_reference_range(
+    client: TestClient,
+) -> None:
+    from tests.test_report_evidence import HEMOGLOBIN, _bundle, _sle
+
+    conditions = [_sle(f"sle-{n}", f"201{n}-03-14") for n in range(7)]
+    content = orjson.dumps(_bundle(HEMOGLOBIN, *conditions))
+    answer = client.post(
+        "/ui/screen",
+        data={"csrf_token": _token(client), "trial": "NCT06801119", "as_of": "2026-06-01"},
+        files={"bundle": ("record.json", content, "application/fhir+json")},
+        follow_redirects=False,
+    )
+    assert answer.status_code == 303, answer.text
+    page = client.get(str(answer.headers["location"])).text
+
+    def row(check: str) -> str:
+        found = re.search(rf'<tr [^>]*id="r-{re.escape(check)}">(.*?)</tr>', page, re.S)
+        assert found is not None, check
+        return " ".join(re.sub(r"<[^>]+>", "", found.group(1)).split())
+
+    hb = row("I7.hb")
+    assert "Observation Hemoglobin, 2026-05-20: 11.2 g/dL (reference range 12–15.5 g/dL)" in hb
+    assert hb.endswith("≥ 80 g/L")  # the compared threshold, as before
+    sle = row("I1.sle")
+    # The newest five conditions, each with its onset, then the other two collapsed.
+    for year in range(2016, 2011, -1):
+        assert f"Condition Systemic lupus erythematosus (disorder), onset {year}-03-14" in sle
+    assert "onset 2011-03-14" not in sle and "2 more cited resources" in sle
+    assert sle.index("onset 2016-03-14") < sle.index("onset 2012-03-14")

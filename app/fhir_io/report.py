@@ -315,18 +315,46 @@ def _cited(screening: Screening, record: PatientRecord | None) -> dict[str, list
     for c in record.conditions:
         kind = "onset" if c.onset is not None else "recorded"
         add(
-            c.ref, _summary("Condition", c.text, c.when, c.latest, kind, _status(c.clinical_status))
+            c.ref,
+            _summary(
+                "Condition",
+                _label(c.text, c.displays),
+                c.when,
+                c.latest,
+                kind,
+                _status(c.clinical_status),
+            ),
         )
     for m in record.medications:
         add(m.ref, _summary(m.kind, m.text, m.start, None, "start", _status(m.status)))
     for i in record.immunizations:
-        add(i.ref, _summary("Immunization", i.text, i.when, i.latest, "occurrence"))
+        add(
+            i.ref,
+            _summary("Immunization", _label(i.text, i.displays), i.when, i.latest, "occurrence"),
+        )
     for p in record.procedures:
-        add(p.ref, _summary("Procedure", p.text, p.when, p.latest, "performed", _status(p.status)))
+        add(
+            p.ref,
+            _summary(
+                "Procedure",
+                _label(p.text, p.displays),
+                p.when,
+                p.latest,
+                "performed",
+                _status(p.status),
+            ),
+        )
     for a in record.allergies:
         add(
             a.ref,
-            _summary("AllergyIntolerance", a.text, a.when, None, None, _status(a.clinical_status)),
+            _summary(
+                "AllergyIntolerance",
+                _label(a.text, a.displays),
+                a.when,
+                None,
+                None,
+                _status(a.clinical_status),
+            ),
         )
     for u in record.unreadable:
         problem = {"name": "problem", "valueString": _short(f"Not read: {u.problem}")}
@@ -423,6 +451,10 @@ def _simple(q: Quantity) -> Json:
 
 def _status(code: str | None) -> tuple[Json, ...]:
     return ({"name": "status", "valueCode": code},) if code and _CODE.fullmatch(code) else ()
+
+
+def _label(text: str, displays: tuple[str, ...]) -> str:
+    return text or next(iter(displays), "")
 
 
 def _short(text: str) -> str:

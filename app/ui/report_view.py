@@ -46,6 +46,32 @@ class Evidence:
     resource_id: str
 
 
+_WHEN_WORDS = {
+    "onset": "onset ",
+    "recorded": "recorded ",
+    "start": "started ",
+    "occurrence": "given ",
+    "performed": "performed ",
+    "birth": "born ",
+}
+
+
+@dataclass(frozen=True)
+class EvidenceDetail:
+    """What one cited resource said, as the report summarised it (``evidenceDetail``)."""
+
+    reference: str
+    resource_type: str
+    resource_id: str
+    label: str = ""
+    date: str = ""
+    """With what the date is ("onset 2019-01-01", "started 2024-03-01"; a result's is bare)."""
+    value: str = ""
+    reference_range: str = ""
+    status: str = ""
+    problem: str = ""
+
+
 @dataclass(frozen=True)
 class Measured:
     name: str
@@ -62,6 +88,7 @@ class Row:
     reason: str
     depth: int
     evidence: list[Evidence] = field(default_factory=list)
+    details: list[EvidenceDetail] = field(default_factory=list)
     values: list[Measured] = field(default_factory=list)
     threshold: str | None = None
     review: list[str] = field(default_factory=list)
@@ -71,6 +98,12 @@ class Row:
     @property
     def chip(self) -> tuple[str, str]:
         return chip(self.kind, self.result)
+
+    @property
+    def undetailed(self) -> list[Evidence]:
+        """Cited resources the report does not summarise (beyond the newest few, or not read)."""
+        shown = {d.reference for d in self.details}
+        return [e for e in self.evidence if e.reference not in shown]
 
     @property
     def summary(self) -> str:
@@ -154,12 +187,9 @@ def _rows(node: Json, depth: int, into: list[Row]) -> None:
     into.append(row)
     for p in parts:
         if p["name"] == "evidence":
-            ref = str(p["valueReference"]["reference"])
-            tail = ref.rstrip("/").split("/")
-            kind, rid = (tail[-2], tail[-1]) if len(tail) >= 2 else ("", ref)
-            if ref.startswith("urn:"):
-                kind, rid = "", ref
-            row.evidence.append(Evidence(ref, kind, rid))
+            row.evidence.append(_evidence(str(p["valueReference"]["reference"])))
+        elif p["name"] == "evidenceDetail":
+            row.details.append(_detail(p))
         elif p["name"] == "value":
             named = {q["name"]: q for q in _parts(p)}
             quantity = named.get("quantity", {}).get("valueQuantity", {})
@@ -175,6 +205,61 @@ def _rows(node: Json, depth: int, into: list[Row]) -> None:
         elif p["name"] == "criterion":
             row.grouped = True
             _rows(p, depth + 1, into)
+
+
+def _evidence(ref: str) -> Evidence:
+    tail = ref.rstrip("/").split("/")
+    kind, rid = (tail[-2], tail[-1]) if len(tail) >= 2 else ("", ref)
+    if ref.startswith("urn:"):
+        kind, rid = "", ref
+    return Evidence(ref, kind, rid)
+
+
+def _detail(node: Json) -> EvidenceDetail:
+    named = {q["name"]: q for q in reversed(_parts(node))}
+
+    def text(name: str) -> str:
+        p = named.get(name, {})
+        return str(p.get("valueString") or p.get("valueCode") or p.get("valueDate") or "")
+
+    cited = _evidence(str(named.get("reference", {}).get("valueReference", {}).get("reference")))
+    value = named.get("value", {})
+    shown = text("value")
+    if "valueQuantity" in value:
+        shown = _quantity(value["valueQuantity"])
+    elif "valueBoolean" in value:
+        shown = "yes" if value["valueBoolean"] else "no"
+    day = text("date")
+    return EvidenceDetail(
+        reference=cited.reference,
+        resource_type=text("type") or cited.resource_type,
+        resource_id=cited.resource_id,
+        label=text("label"),
+        date=f"{_WHEN_WORDS.get(text('dateKind'), '')}{day}" if day else "",
+        value=shown,
+        reference_range=_range(named.get("referenceRange", {}).get("valueRange", {})),
+        status=text("status"),
+        problem=text("problem"),
+    )
+
+
+def _quantity(q: Json) -> str:
+    number = f"{q.get('comparator', '')}{q.get('value', '')}"
+    return f"{number} {q['unit']}" if q.get("unit") else number
+
+
+def _range(r: Json) -> str:
+    """A reference range as a person writes it: "12–15.5 g/dL", "≥ 12 g/dL", "≤ 40 U/L"."""
+    low, high = r.get("low"), r.get("high")
+    if low and high:
+        if low.get("unit") == high.get("unit"):
+            return f"{low.get('value', '')}–{_quantity(high)}"
+        return f"{_quantity(low)} – {_quantity(high)}"
+    if low:
+        return f"≥ {_quantity(low)}"
+    if high:
+        return f"≤ {_quantity(high)}"
+    return ""
 
 
 def _code_names(catalog: Catalog) -> dict[tuple[str, str], str]:
