@@ -1,5 +1,6 @@
 """Creatinine clearance by Cockcroft-Gault (codes.md §3.2), or as the laboratory reported it."""
 
+from collections.abc import Callable
 from datetime import date
 
 from app.catalog.mappings import Analyte
@@ -57,7 +58,12 @@ def _clearance(check: CreatinineClearanceCheck, ctx: Context, since: date) -> Re
                 data_requests=(ctx.request_for([analytes["creatinine_clearance_cg"]], since),),
                 threshold=threshold,
             )
-        return decide(reported_value, f"reported by the lab on {obs.when}", (obs.ref,), ())
+        reported = _same_day(ctx, analytes["creatinine_clearance_cg"], (obs, reported_value))
+        return _one_answer(
+            check,
+            [decide(v, f"reported by the lab on {o.when}", (o.ref,), ()) for o, v in reported],
+            threshold,
+        )
     creatinine = _usable(newest_creatinine)
     weight = _usable(_newest_in(ctx, analytes["body_weight"], since))
     patient = ctx.record.patient
@@ -79,6 +85,24 @@ def _clearance(check: CreatinineClearanceCheck, ctx: Context, since: date) -> Re
             threshold=threshold,
         )
     assert creatinine is not None and weight is not None and patient.birth_date is not None
+    same_day = _same_day(ctx, analytes["creatinine"], creatinine)
+    return _one_answer(
+        check,
+        [_cockcroft_gault(check, ctx, c, weight, threshold, decide) for c in same_day],
+        threshold,
+    )
+
+
+def _cockcroft_gault(
+    check: CreatinineClearanceCheck,
+    ctx: Context,
+    creatinine: tuple[Observation, float],
+    weight: tuple[Observation, float],
+    threshold: str,
+    decide: Callable[[float, str, tuple[str, ...], tuple[Value, ...]], Result],
+) -> Result:
+    patient = ctx.record.patient
+    assert patient.birth_date is not None  # checked by the caller
     if patient.gender not in {"female", "male"}:
         return Result(
             check.id,
@@ -133,6 +157,41 @@ def _newest_in(
     obs = max(found, key=lambda o: (o.when_latest or o.when, o.when_latest is not None))
     q = observed.plain(ctx, obs) if obs.when_latest is None else None
     return obs, None if q is None else analyte.to_canonical(q.value, q.unit)
+
+
+def _same_day(
+    ctx: Context, analyte: Analyte, newest: tuple[Observation, float]
+) -> list[tuple[Observation, float]]:
+    """The newest usable result and every other usable one of its day (in record order)."""
+    obs = newest[0]
+    if obs.when_latest is not None:
+        return [newest]
+    others = []
+    for other in ctx.results_for(analyte):
+        if other is obs or other.when != obs.when or other.when_latest is not None:
+            continue
+        q = observed.plain(ctx, other)
+        value = analyte.to_canonical(q.value, q.unit) if q else None
+        if value is not None:
+            others.append((other, value))
+    return [newest, *others]
+
+
+def _one_answer(check: CreatinineClearanceCheck, results: list[Result], threshold: str) -> Result:
+    """The answer the results of one day agree on; results of the same day that fall on both
+    sides of the threshold go to review (which result stands is not the engine's guess)."""
+    if len({r.status for r in results}) == 1:
+        return results[0]
+    listed = "; ".join(r.reason.removesuffix(".") for r in results)
+    return Result(
+        check.id,
+        check.label,
+        Status.UNKNOWN,
+        f"Results of the same day disagree about {threshold}: {listed}.",
+        evidence=tuple(dict.fromkeys(e for r in results for e in r.evidence)),
+        review=(f"{check.label}: same-day results disagree ({listed}); which one stands?",),
+        threshold=threshold,
+    )
 
 
 def _last_day(found: tuple[Observation, float | None]) -> date:
