@@ -59,9 +59,14 @@ def _clearance(check: CreatinineClearanceCheck, ctx: Context, since: date) -> Re
                 threshold=threshold,
             )
         reported = _same_day(ctx, analytes["creatinine_clearance_cg"], (obs, reported_value))
-        return _one_answer(
+        return _unusable_beside(
+            check, ctx, analytes["creatinine_clearance_cg"], reported, since, threshold
+        ) or _one_answer(
             check,
-            [decide(v, f"reported by the lab on {o.when}", (o.ref,), ()) for o, v in reported],
+            [
+                decide(v, f"reported by the lab on {o.when}", (o.ref,), ())
+                for o, v in _values(reported)
+            ],
             threshold,
         )
     creatinine = _usable(newest_creatinine)
@@ -86,9 +91,11 @@ def _clearance(check: CreatinineClearanceCheck, ctx: Context, since: date) -> Re
         )
     assert creatinine is not None and weight is not None and patient.birth_date is not None
     same_day = _same_day(ctx, analytes["creatinine"], creatinine)
-    return _one_answer(
+    return _unusable_beside(
+        check, ctx, analytes["creatinine"], same_day, since, threshold
+    ) or _one_answer(
         check,
-        [_cockcroft_gault(check, ctx, c, weight, threshold, decide) for c in same_day],
+        [_cockcroft_gault(check, ctx, c, weight, threshold, decide) for c in _values(same_day)],
         threshold,
     )
 
@@ -161,20 +168,52 @@ def _newest_in(
 
 def _same_day(
     ctx: Context, analyte: Analyte, newest: tuple[Observation, float]
-) -> list[tuple[Observation, float]]:
-    """The newest usable result and every other usable one of its day (in record order)."""
+) -> list[tuple[Observation, float | None]]:
+    """The newest usable result and every other one of its day (in record order), with its
+    value in the canonical unit or None when it cannot be used."""
     obs = newest[0]
     if obs.when_latest is not None:
         return [newest]
-    others = []
+    others: list[tuple[Observation, float | None]] = []
     for other in ctx.results_for(analyte):
         if other is obs or other.when != obs.when or other.when_latest is not None:
             continue
         q = observed.plain(ctx, other)
-        value = analyte.to_canonical(q.value, q.unit) if q else None
-        if value is not None:
-            others.append((other, value))
+        others.append((other, analyte.to_canonical(q.value, q.unit) if q else None))
     return [newest, *others]
+
+
+def _values(found: list[tuple[Observation, float | None]]) -> list[tuple[Observation, float]]:
+    return [(o, v) for o, v in found if v is not None]
+
+
+def _unusable_beside(
+    check: CreatinineClearanceCheck,
+    ctx: Context,
+    analyte: Analyte,
+    found: list[tuple[Observation, float | None]],
+    since: date,
+    threshold: str,
+) -> Result | None:
+    """Unknown when a result of the newest day cannot be used: it may disagree with the ones
+    that can, and which one stands is not the engine's guess."""
+    problems = [
+        f"{o.ref} ({observed.shown(o)}, {observed.day(o)}) cannot be used"
+        for o, v in found
+        if v is None
+    ]
+    if not problems:
+        return None
+    return Result(
+        check.id,
+        check.label,
+        Status.UNKNOWN,
+        f"A {analyte.display} result of the newest day cannot be used: {'; '.join(problems)}.",
+        evidence=tuple(o.ref for o, _ in found),
+        review=tuple(f"{check.label}: {p}" for p in problems),
+        data_requests=(ctx.request_for([analyte], since),),
+        threshold=threshold,
+    )
 
 
 def _one_answer(check: CreatinineClearanceCheck, results: list[Result], threshold: str) -> Result:

@@ -209,8 +209,9 @@ def _measurement(check: MeasurementCheck, ctx: Context, since: date) -> Result:
     analyte = ctx.mappings.analytes[check.analyte]
     unusable: list[tuple[date, str]] = []
     readings = _readings(check, ctx, since, unusable)
-    # A newer result that cannot be read may be the deciding one: never fall back past it.
-    newer = [problem for day, problem in unusable if not readings or day > readings[0].when]
+    # A newer result that cannot be read may be the deciding one: never fall back past it. One
+    # of the newest reading's own day may disagree with it: never decide beside it either.
+    newer = [problem for day, problem in unusable if not readings or day >= readings[0].when]
     if newer:
         return Result(
             check.id,
