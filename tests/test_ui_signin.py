@@ -221,7 +221,7 @@ def test_cookies_are_httponly_secure_and_samesite(service: Service) -> None:
 def test_pages_send_a_strict_content_security_policy(service: Service) -> None:
     response = httpx.get(f"{service.base}/ui/signed-out")
     csp = response.headers["content-security-policy"]
-    assert "default-src 'self'" in csp and "frame-ancestors 'none'" in csp
+    assert "default-src 'none'" in csp and "frame-ancestors 'none'" in csp
     assert "'unsafe-inline'" not in csp and "'unsafe-eval'" not in csp
     assert response.headers["x-content-type-options"] == "nosniff"
     assert "content-security-policy" not in httpx.get(f"{service.base}/cds-services").headers

@@ -149,3 +149,20 @@ def test_another_sites_form_is_refused(sites: Sites, browser: Browser) -> None:
     assert "Form refused" in page.content()
     assert page.locator("#done").count() == 0
     context.close()
+
+
+def test_the_real_pages_name_the_signed_in_user_and_sign_out(
+    sites: Sites, browser: Browser
+) -> None:
+    sites.provider.user = User("u-ivy", "Ivy Investigator", ["investigator"])
+    context = browser.new_context()
+    page = context.new_page()
+    page.goto(f"{sites.service}/ui/trials")
+    assert page.url == f"{sites.service}/ui/trials"
+    assert "Ivy Investigator" in page.locator(".who").inner_text()
+    assert page.locator(".banner").count() == 0  # no development banner for a real sign-in
+    assert page.locator("a[href='/ui/audit']").count() == 0  # the audit trail is for auditors
+    page.get_by_role("button", name="Sign out").click()
+    page.wait_for_url(f"{sites.service}/ui/signed-out")
+    assert not [c for c in context.cookies() if c["name"] == SESSION_COOKIE]
+    context.close()

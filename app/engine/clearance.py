@@ -1,5 +1,6 @@
 """Creatinine clearance by Cockcroft-Gault (codes.md §3.2), or as the laboratory reported it."""
 
+from collections.abc import Callable
 from datetime import date
 
 from app.catalog.mappings import Analyte
@@ -57,7 +58,17 @@ def _clearance(check: CreatinineClearanceCheck, ctx: Context, since: date) -> Re
                 data_requests=(ctx.request_for([analytes["creatinine_clearance_cg"]], since),),
                 threshold=threshold,
             )
-        return decide(reported_value, f"reported by the lab on {obs.when}", (obs.ref,), ())
+        reported = _same_day(ctx, analytes["creatinine_clearance_cg"], (obs, reported_value))
+        return _unusable_beside(
+            check, ctx, analytes["creatinine_clearance_cg"], reported, since, threshold
+        ) or _one_answer(
+            check,
+            [
+                decide(v, f"reported by the lab on {o.when}", (o.ref,), ())
+                for o, v in _values(reported)
+            ],
+            threshold,
+        )
     creatinine = _usable(newest_creatinine)
     weight = _usable(_newest_in(ctx, analytes["body_weight"], since))
     patient = ctx.record.patient
@@ -79,6 +90,26 @@ def _clearance(check: CreatinineClearanceCheck, ctx: Context, since: date) -> Re
             threshold=threshold,
         )
     assert creatinine is not None and weight is not None and patient.birth_date is not None
+    same_day = _same_day(ctx, analytes["creatinine"], creatinine)
+    return _unusable_beside(
+        check, ctx, analytes["creatinine"], same_day, since, threshold
+    ) or _one_answer(
+        check,
+        [_cockcroft_gault(check, ctx, c, weight, threshold, decide) for c in _values(same_day)],
+        threshold,
+    )
+
+
+def _cockcroft_gault(
+    check: CreatinineClearanceCheck,
+    ctx: Context,
+    creatinine: tuple[Observation, float],
+    weight: tuple[Observation, float],
+    threshold: str,
+    decide: Callable[[float, str, tuple[str, ...], tuple[Value, ...]], Result],
+) -> Result:
+    patient = ctx.record.patient
+    assert patient.birth_date is not None  # checked by the caller
     if patient.gender not in {"female", "male"}:
         return Result(
             check.id,
@@ -133,6 +164,73 @@ def _newest_in(
     obs = max(found, key=lambda o: (o.when_latest or o.when, o.when_latest is not None))
     q = observed.plain(ctx, obs) if obs.when_latest is None else None
     return obs, None if q is None else analyte.to_canonical(q.value, q.unit)
+
+
+def _same_day(
+    ctx: Context, analyte: Analyte, newest: tuple[Observation, float]
+) -> list[tuple[Observation, float | None]]:
+    """The newest usable result and every other one of its day (in record order), with its
+    value in the canonical unit or None when it cannot be used."""
+    obs = newest[0]
+    if obs.when_latest is not None:
+        return [newest]
+    others: list[tuple[Observation, float | None]] = []
+    for other in ctx.results_for(analyte):
+        if other is obs or other.when != obs.when or other.when_latest is not None:
+            continue
+        q = observed.plain(ctx, other)
+        others.append((other, analyte.to_canonical(q.value, q.unit) if q else None))
+    return [newest, *others]
+
+
+def _values(found: list[tuple[Observation, float | None]]) -> list[tuple[Observation, float]]:
+    return [(o, v) for o, v in found if v is not None]
+
+
+def _unusable_beside(
+    check: CreatinineClearanceCheck,
+    ctx: Context,
+    analyte: Analyte,
+    found: list[tuple[Observation, float | None]],
+    since: date,
+    threshold: str,
+) -> Result | None:
+    """Unknown when a result of the newest day cannot be used: it may disagree with the ones
+    that can, and which one stands is not the engine's guess."""
+    problems = [
+        f"{o.ref} ({observed.shown(o)}, {observed.day(o)}) cannot be used"
+        for o, v in found
+        if v is None
+    ]
+    if not problems:
+        return None
+    return Result(
+        check.id,
+        check.label,
+        Status.UNKNOWN,
+        f"A {analyte.display} result of the newest day cannot be used: {'; '.join(problems)}.",
+        evidence=tuple(o.ref for o, _ in found),
+        review=tuple(f"{check.label}: {p}" for p in problems),
+        data_requests=(ctx.request_for([analyte], since),),
+        threshold=threshold,
+    )
+
+
+def _one_answer(check: CreatinineClearanceCheck, results: list[Result], threshold: str) -> Result:
+    """The answer the results of one day agree on; results of the same day that fall on both
+    sides of the threshold go to review (which result stands is not the engine's guess)."""
+    if len({r.status for r in results}) == 1:
+        return results[0]
+    listed = "; ".join(r.reason.removesuffix(".") for r in results)
+    return Result(
+        check.id,
+        check.label,
+        Status.UNKNOWN,
+        f"Results of the same day disagree about {threshold}: {listed}.",
+        evidence=tuple(dict.fromkeys(e for r in results for e in r.evidence)),
+        review=(f"{check.label}: same-day results disagree ({listed}); which one stands?",),
+        threshold=threshold,
+    )
 
 
 def _last_day(found: tuple[Observation, float | None]) -> date:

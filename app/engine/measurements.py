@@ -209,8 +209,9 @@ def _measurement(check: MeasurementCheck, ctx: Context, since: date) -> Result:
     analyte = ctx.mappings.analytes[check.analyte]
     unusable: list[tuple[date, str]] = []
     readings = _readings(check, ctx, since, unusable)
-    # A newer result that cannot be read may be the deciding one: never fall back past it.
-    newer = [problem for day, problem in unusable if not readings or day > readings[0].when]
+    # A newer result that cannot be read may be the deciding one: never fall back past it. One
+    # of the newest reading's own day may disagree with it: never decide beside it either.
+    newer = [problem for day, problem in unusable if not readings or day >= readings[0].when]
     if newer:
         return Result(
             check.id,
@@ -225,12 +226,7 @@ def _measurement(check: MeasurementCheck, ctx: Context, since: date) -> Result:
     latest = readings[0]
     unit = "× ULN" if check.uln_multiple else str(check.unit)
     threshold = f"{symbol(check.comparator)} {observed.fmt(check.value)} {unit}"
-    shown = f"{latest.censor or ''}{observed.fmt(latest.value)}"
-    if latest.high is not None:
-        shown += f"-{observed.fmt(latest.high)}"
-    shown += f" {unit}"
-    if latest.how:
-        shown += f" ({latest.how})"
+    shown = _shown(latest, unit)
     noted = (latest.note,) if latest.note else ()
     base = Result(
         check.id,
@@ -242,6 +238,17 @@ def _measurement(check: MeasurementCheck, ctx: Context, since: date) -> Result:
         threshold=threshold,
     )
     verdict = _verdict(latest, check)
+    same_day = [r for r in readings if r.when == latest.when]
+    if len({_verdict(r, check) for r in same_day}) > 1:
+        listed = "; ".join(f"{_shown(r, unit)} ({', '.join(r.evidence)})" for r in same_day)
+        return _with(
+            replace(base, evidence=tuple(e for r in same_day for e in r.evidence)),
+            Status.UNKNOWN,
+            f"The {analyte.display} results of {latest.when} disagree about {threshold}: {listed}.",
+            review=(
+                f"{check.label}: results of {latest.when} disagree ({listed}); which one stands?",
+            ),
+        )
     if verdict is None:
         return _with(
             base,
@@ -281,6 +288,16 @@ def _measurement(check: MeasurementCheck, ctx: Context, since: date) -> Result:
         f"{analyte.display} {shown} on {latest.when} {word} {threshold}.",
         review=noted,
     )
+
+
+def _shown(reading: _Reading, unit: str) -> str:
+    shown = f"{reading.censor or ''}{observed.fmt(reading.value)}"
+    if reading.high is not None:
+        shown += f"-{observed.fmt(reading.high)}"
+    shown += f" {unit}"
+    if reading.how:
+        shown += f" ({reading.how})"
+    return shown
 
 
 def _verdict(reading: _Reading, check: MeasurementCheck) -> bool | None:

@@ -272,16 +272,19 @@ class PatientRecord:
     incomplete: Mapping[str, str] = field(default_factory=dict)
     """Parts of the record the EHR did not fully deliver (source -> what went wrong)."""
     unreadable: tuple[Unreadable, ...] = ()
-    _by_code: Mapping[Coding, tuple[Observation, ...]] = field(
+    _by_code: Mapping[Coding, tuple[int, ...]] = field(
         default_factory=dict, compare=False, repr=False
     )
 
     def observations_with(self, codes: Iterable[Coding]) -> list[Observation]:
-        """Observations carrying any of the codes, newest first."""
+        """Observations carrying any of the codes, newest first; those of the same day in record
+        order (never in the order of ``codes``, which may be a set: the same record must give
+        the same answer in every process)."""
         if not self._by_code:
             object.__setattr__(self, "_by_code", _index(self.observations))
-        found = {id(o): o for c in codes for o in self._by_code.get(c, ())}
-        return sorted(found.values(), key=lambda o: o.when, reverse=True)
+        found = sorted({p for c in codes for p in self._by_code.get(c, ())})
+        # sorted() is stable with reverse=True too: same-day results keep record order.
+        return sorted((self.observations[p] for p in found), key=lambda o: o.when, reverse=True)
 
     def as_of(self, day: date) -> "PatientRecord":
         """The record as it stood on ``day``: anything dated after it is dropped."""
@@ -301,9 +304,10 @@ class PatientRecord:
         )
 
 
-def _index(observations: Iterable[Observation]) -> dict[Coding, tuple[Observation, ...]]:
-    index: defaultdict[Coding, list[Observation]] = defaultdict(list)
-    for obs in observations:
+def _index(observations: Iterable[Observation]) -> dict[Coding, tuple[int, ...]]:
+    """Each code's observations, as positions in the record."""
+    index: defaultdict[Coding, list[int]] = defaultdict(list)
+    for position, obs in enumerate(observations):
         for coding in obs.codes:
-            index[coding].append(obs)
+            index[coding].append(position)
     return {k: tuple(v) for k, v in index.items()}

@@ -24,6 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.core.base_url import public_base
 from app.store import audit
 from app.ui.oidc import OidcClient, SignInFailed
+from app.ui.rendering import CSP
 from app.ui.session import (
     LOGIN_PATH,
     CsrfRejected,
@@ -48,13 +49,8 @@ log = logging.getLogger("trialscreen.ui")
 _SCREENING_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 router = APIRouter(prefix="/ui", include_in_schema=False)
 HOME = "/ui/"
-CONTENT_SECURITY_POLICY = (
-    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-    "font-src 'self'; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; "
-    "base-uri 'none'; object-src 'none'"
-)
 _SECURITY_HEADERS = {
-    b"content-security-policy": CONTENT_SECURITY_POLICY.encode(),
+    b"content-security-policy": CSP.encode(),
     b"x-content-type-options": b"nosniff",
     b"referrer-policy": b"same-origin",
     b"x-frame-options": b"DENY",

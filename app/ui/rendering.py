@@ -5,6 +5,7 @@ code), so text quoted from a record can never run in the reader's browser."""
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from fastapi import Request
 from fastapi.responses import HTMLResponse
@@ -45,6 +46,21 @@ CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
 )
+"""Every page's Content-Security-Policy (app/ui/auth_routes.py adds it to /ui responses that
+set none)."""
+
+
+def page_csp(request: Request) -> str:
+    """:data:`CSP`, with the sign-in provider's origin as a form destination: signing out posts
+    to /ui/logout, which redirects to the provider's end-session endpoint, and browsers hold a
+    form's redirects to ``form-action`` too."""
+    issuer = request.app.state.settings.ui_oidc_issuer
+    if not issuer:
+        return CSP
+    parts = urlsplit(str(issuer))
+    return CSP.replace("form-action 'self'", f"form-action 'self' {parts.scheme}://{parts.netloc}")
+
+
 PAGE_HEADERS = {
     "Content-Security-Policy": CSP,
     "X-Content-Type-Options": "nosniff",
@@ -74,6 +90,10 @@ def render(
         "nav": request.url.path,
     }
     response = templates.TemplateResponse(
-        request, template, context, status_code=status_code, headers=PAGE_HEADERS
+        request,
+        template,
+        context,
+        status_code=status_code,
+        headers=PAGE_HEADERS | {"Content-Security-Policy": page_csp(request)},
     )
     return response
