@@ -6,6 +6,7 @@ and shown beside the report; a population run progresses to its funnel and candi
 CSV downloads; the main flow works by keyboard alone. Screenshots of every page go to
 ``var/screenshots/`` (not committed) for people to look at."""
 
+import csv
 import json
 import os
 import re
@@ -18,10 +19,12 @@ from typing import Any
 import httpx
 import pytest
 from axe_playwright_python.sync_playwright import Axe
+from fastapi import FastAPI
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from app.core.settings import Settings
 from app.main import create_app
+from app.population.runs import RunService
 from app.store.database import Store
 from app.ui.report_view import chip
 from tests.loopback import free_port, serving
@@ -42,24 +45,34 @@ pytestmark = pytest.mark.skipif(
 
 
 class Service:
-    def __init__(self, base: str, store: Store, population: FakeRunService) -> None:
+    def __init__(
+        self, base: str, app: FastAPI, population: FakeRunService, real: RunService
+    ) -> None:
         self.base = base
-        self.store = store
+        self.app = app
+        self.store: Store = app.state.store
         self.population = population
+        self.real_population = real
 
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     work = tmp_path_factory.mktemp("ui")
     settings = Settings(
-        allow_unauthenticated=True, database_url=f"sqlite:///{work / 'trialscreen.db'}"
+        allow_unauthenticated=True,
+        database_url=f"sqlite:///{work / 'trialscreen.db'}",
+        data_dir=work,
+        population_workers=1,
     )
     app = create_app(settings)
     port = free_port()
     with serving(app, port):
-        # After start-up, so the fake stands in for whatever the lifespan set.
+        # After start-up, so the fake (a run that advances one patient per status read, to
+        # watch the progress bar move) stands in for the service's own; that one is kept for
+        # the test that runs a real population run from the page.
+        real = app.state.population
         app.state.population = FakeRunService(app.state.catalog, work / "runs")
-        yield Service(f"http://127.0.0.1:{port}", app.state.store, app.state.population)
+        yield Service(f"http://127.0.0.1:{port}", app, app.state.population, real)
 
 
 @pytest.fixture(scope="module")
@@ -244,6 +257,37 @@ def test_a_population_run_progresses_to_its_funnel_table_and_csv(
     rows.first.get_by_role("link").click()
     expect(p.locator(".verdict.machine .overall")).to_have_text("Not eligible")
     expect(p.locator("table.results tbody tr").first).to_be_visible()
+
+
+def test_a_real_population_run_from_the_page_matches_its_outputs(
+    page: Watched, service: Service
+) -> None:
+    """The service's own RunService (DuckDB, worker processes) behind the same page."""
+    faked = service.app.state.population
+    service.app.state.population = service.real_population
+    try:
+        p = page.page
+        p.goto(f"{service.base}/ui/population")
+        p.get_by_label("As of").fill(AS_OF)
+        p.get_by_role("button", name="Start run").click()
+        p.wait_for_url(re.compile(r"/ui/population/[0-9a-f]+$"))
+        expect(p.locator("#run-status")).to_have_text("completed", timeout=180_000)
+        run = p.url.rsplit("/", 1)[1]
+        funnel = service.real_population.funnel(run)
+        funnels = p.locator("svg.funnel-chart")
+        expect(funnels).to_have_count(len(funnel))
+        expect(funnels.first.locator("rect")).to_have_count(len(funnel[0]["steps"]) + 1)
+        with service.real_population.candidates_csv_path(run).open() as f:
+            listed = list(csv.DictReader(f))
+        rows = p.locator("table.candidates tbody tr")
+        expect(rows).to_have_count(len(listed))
+        first = listed[0]
+        expect(rows.first).to_contain_text(first["patient"].removeprefix("Patient/"))
+        rows.first.get_by_role("link").click()
+        expect(p.locator(".verdict.machine .overall")).to_be_visible()
+        expect(p.locator("table.results tbody tr").first).to_be_visible()
+    finally:
+        service.app.state.population = faked
 
 
 def _tab_to(page: Page, selector: str, limit: int = 60) -> None:
