@@ -5,10 +5,9 @@ security block; and ``.well-known/smart-configuration``."""
 from typing import Any
 
 from app.api.history_search import AUDIT, GUIDANCE
-from app.api.prescreen import PRESCREEN_ID
 from app.api.search import SearchSpec
 from app.api.study_search import STUDY
-from app.catalog.publication import SCREEN_ID
+from app.catalog.publication import PRESCREEN_ID, SCREEN_ID
 from app.core.settings import Settings
 
 Json = dict[str, Any]

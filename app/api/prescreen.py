@@ -31,6 +31,7 @@ from app.api.common import (
     trial_named,
 )
 from app.api.screen_request import _as_of
+from app.catalog.publication import PRESCREEN_ID, prescreen_operation_definition
 from app.core.base_url import public_base
 from app.core.errors import Forbidden, InvalidInput, NotFound
 from app.core.settings import zone_of
@@ -271,80 +272,6 @@ async def group(gid: str, request: Request, who: Screener) -> Response:
         raise NotFound(f"No Group {gid!r}.")
     path = await asyncio.to_thread(_service(request).output_path, run.id, f"Group-{parts[2]}.json")
     return Response(path.read_bytes(), media_type=FHIR_JSON)
-
-
-PRESCREEN_ID = "ResearchStudy-prescreen"
-
-
-def prescreen_operation_definition(base: str) -> dict[str, Any]:
-    """``$prescreen`` on ResearchStudy, type level (every trial, or those named by 'study') and
-    instance level (one trial); asynchronous only."""
-
-    def param(name: str, use: str, low: int, high: str, kind: str, doc: str) -> dict[str, Any]:
-        return {
-            "name": name,
-            "use": use,
-            "min": low,
-            "max": high,
-            "documentation": doc,
-            "type": kind,
-        }
-
-    return {
-        "resourceType": "OperationDefinition",
-        "id": PRESCREEN_ID,
-        "url": f"{base}/OperationDefinition/{PRESCREEN_ID}",
-        "version": "1.0.0",
-        "name": "PrescreenResearchStudy",
-        "title": "Pre-screen a population against clinical-trial eligibility criteria",
-        "status": "active",
-        "kind": "operation",
-        "affectsState": True,
-        "description": "Screens every patient of a population (the bundled demo cohort, a "
-        "folder of FHIR Bulk Data NDJSON under a configured root, or the configured EHR's "
-        "Bulk Data export of a Group or of every Patient) against one trial (instance level) "
-        "or every trial (type level), with the same engine as $screen. Asynchronous only "
-        "(Prefer: respond-async): the answer is 202 with Content-Location, the run's status "
-        "URL; polling it gives 202 with X-Progress, then 200 with a Parameters naming the "
-        "outputs (a Group of candidates per trial, the attrition funnel, the ranked candidate "
-        "list, the GuidanceResponses as NDJSON). DELETE on the status URL cancels.",
-        "code": "prescreen",
-        "resource": ["ResearchStudy"],
-        "system": False,
-        "type": True,
-        "instance": True,
-        "parameter": [
-            param(
-                "source",
-                "in",
-                1,
-                "1",
-                "string",
-                "demo, an absolute folder path under a configured population root, or the "
-                "configured EHR's [base]/Group/{id} or [base]/Patient.",
-            ),
-            param("asOf", "in", 0, "1", "date", "The date to screen as of (default: today)."),
-            param(
-                "study",
-                "in",
-                0,
-                "*",
-                "string",
-                "Type level only: a ResearchStudy id to screen against (repeat for several; "
-                "default every trial).",
-            ),
-            param(
-                "return",
-                "out",
-                1,
-                "1",
-                "Parameters",
-                "At the status URL once the run is done: run, status, asOf, patients, the "
-                "outputs' URLs (screenings, candidates, funnel, funnelParameters, errors) and "
-                "per trial its Group and outcome counts.",
-            ),
-        ],
-    }
 
 
 @router.get(f"/OperationDefinition/{PRESCREEN_ID}", response_class=FhirResponse)

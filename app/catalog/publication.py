@@ -1,7 +1,8 @@
 """What the service publishes about itself and its trials.
 
 ResearchStudy, PlanDefinition (the criteria, one action per criterion), ValueSet (each code set),
-CodeSystem (SLE activity scores), OperationDefinition (``$screen``) and CapabilityStatement.
+CodeSystem (SLE activity scores), OperationDefinition (``$screen``, ``$prescreen``) and
+CapabilityStatement.
 """
 
 from collections.abc import Iterable, Iterator
@@ -294,43 +295,72 @@ def capability_statement(
 SCREEN_ID = "ResearchStudy-screen"
 
 
-def screen_operation_definition(base: str) -> Json:
-    """``$screen`` on ResearchStudy, at type level (every trial, or those named by 'study')
-    and instance level (one trial)."""
+PRESCREEN_ID = "ResearchStudy-prescreen"
 
-    def param(name: str, use: str, low: int, high: str, kind: str, doc: str, **more: Any) -> Json:
-        return {
-            "name": name,
-            "use": use,
-            "min": low,
-            "max": high,
-            "documentation": doc,
-            "type": kind,
-            **more,
-        }
 
+def _parameter(name: str, use: str, low: int, high: str, kind: str, doc: str, **more: Any) -> Json:
+    return {
+        "name": name,
+        "use": use,
+        "min": low,
+        "max": high,
+        "documentation": doc,
+        "type": kind,
+        **more,
+    }
+
+
+_STUDY = _parameter(
+    "study",
+    "in",
+    0,
+    "*",
+    "string",
+    "Type level only: a ResearchStudy id to screen against (repeat for several; "
+    "default every trial).",
+)
+
+
+def _operation(
+    base: str, id_: str, name: str, title: str, code: str, description: str, parameters: list[Json]
+) -> Json:
+    """An operation on ResearchStudy at type level (every trial, or those named by 'study')
+    and instance level (one trial); it keeps what it does and audits it, so it affects state."""
     return {
         "resourceType": "OperationDefinition",
-        "id": SCREEN_ID,
-        "url": f"{base}/OperationDefinition/{SCREEN_ID}",
+        "id": id_,
+        "url": f"{base}/OperationDefinition/{id_}",
         "version": "1.0.0",
-        "name": "ScreenResearchStudy",
-        "title": "Screen a patient against clinical-trial eligibility criteria",
+        "name": name,
+        "title": title,
         "status": "active",
         "kind": "operation",
         "affectsState": True,
-        "description": "Evaluates one patient's record against the eligibility criteria of one "
-        "trial (instance level: POST ResearchStudy/{id}/$screen) or of every trial (type "
-        "level: POST ResearchStudy/$screen). Each screening is kept and audited, so the "
-        "operation changes state and is called with POST only. Give the record either as "
-        "'bundle' or as 'patient' (then it is read from the EHR).",
-        "code": "screen",
+        "description": description,
+        "code": code,
         "resource": ["ResearchStudy"],
         "system": False,
         "type": True,
         "instance": True,
-        "parameter": [
-            param(
+        "parameter": parameters,
+    }
+
+
+def screen_operation_definition(base: str) -> Json:
+    """``$screen`` on ResearchStudy."""
+    return _operation(
+        base,
+        SCREEN_ID,
+        "ScreenResearchStudy",
+        "Screen a patient against clinical-trial eligibility criteria",
+        "screen",
+        "Evaluates one patient's record against the eligibility criteria of one "
+        "trial (instance level: POST ResearchStudy/{id}/$screen) or of every trial (type "
+        "level: POST ResearchStudy/$screen). Each screening is kept and audited, so the "
+        "operation changes state and is called with POST only. Give the record either as "
+        "'bundle' or as 'patient' (then it is read from the EHR).",
+        [
+            _parameter(
                 "bundle",
                 "in",
                 0,
@@ -339,7 +369,7 @@ def screen_operation_definition(base: str) -> Json:
                 "The patient's record: a Bundle holding exactly one Patient and the resources "
                 "to screen. Either bundle or patient, not both.",
             ),
-            param(
+            _parameter(
                 "patient",
                 "in",
                 0,
@@ -349,7 +379,7 @@ def screen_operation_definition(base: str) -> Json:
                 "holding the id is accepted too). Either bundle or patient, not both.",
                 targetProfile=["http://hl7.org/fhir/StructureDefinition/Patient"],
             ),
-            param(
+            _parameter(
                 "asOf",
                 "in",
                 0,
@@ -358,16 +388,8 @@ def screen_operation_definition(base: str) -> Json:
                 "The date to screen as of (default: today in the service's time zone). Data "
                 "dated after it is ignored.",
             ),
-            param(
-                "study",
-                "in",
-                0,
-                "*",
-                "string",
-                "Type level only: a ResearchStudy id to screen against (repeat for several; "
-                "default every trial).",
-            ),
-            param(
+            _STUDY,
+            _parameter(
                 "return",
                 "out",
                 1,
@@ -380,7 +402,49 @@ def screen_operation_definition(base: str) -> Json:
                 "OperationOutcome naming what was stored.",
             ),
         ],
-    }
+    )
+
+
+def prescreen_operation_definition(base: str) -> Json:
+    """``$prescreen`` on ResearchStudy; asynchronous only."""
+    return _operation(
+        base,
+        PRESCREEN_ID,
+        "PrescreenResearchStudy",
+        "Pre-screen a population against clinical-trial eligibility criteria",
+        "prescreen",
+        "Screens every patient of a population (the bundled demo cohort, a "
+        "folder of FHIR Bulk Data NDJSON under a configured root, or the configured EHR's "
+        "Bulk Data export of a Group or of every Patient) against one trial (instance level) "
+        "or every trial (type level), with the same engine as $screen. Asynchronous only "
+        "(Prefer: respond-async): the answer is 202 with Content-Location, the run's status "
+        "URL; polling it gives 202 with X-Progress, then 200 with a Parameters naming the "
+        "outputs (a Group of candidates per trial, the attrition funnel, the ranked candidate "
+        "list, the GuidanceResponses as NDJSON). DELETE on the status URL cancels.",
+        [
+            _parameter(
+                "source",
+                "in",
+                1,
+                "1",
+                "string",
+                "demo, an absolute folder path under a configured population root, or the "
+                "configured EHR's [base]/Group/{id} or [base]/Patient.",
+            ),
+            _parameter("asOf", "in", 0, "1", "date", "The date to screen as of (default: today)."),
+            _STUDY,
+            _parameter(
+                "return",
+                "out",
+                1,
+                "1",
+                "Parameters",
+                "At the status URL once the run is done: run, status, asOf, patients, the "
+                "outputs' URLs (screenings, candidates, funnel, funnelParameters, errors) and "
+                "per trial its Group and outcome counts.",
+            ),
+        ],
+    )
 
 
 def value_set_id(code_set: str) -> str:
