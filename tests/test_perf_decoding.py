@@ -1,5 +1,5 @@
 """A posted record's Observations that cannot bear on any check are not decoded
-(bundle_reader._beyond_criteria, with the fetch plan's Observation codes). No answer may change:
+(bundle_reader.beyond_criteria, with the fetch plan's Observation codes). No answer may change:
 every golden case, every demo patient and the large Synthea record give the same results, reasons,
 evidence and review items either way."""
 

@@ -267,7 +267,7 @@ def rules(catalog: Catalog) -> LineRules:
         names=("Observation.ndjson", "Condition.ndjson", "Patient.ndjson"),
         types=("Observation", "Condition", "Patient"),
         needed_types=frozenset(needed.resource_types),
-        wanted_codes=frozenset(c for _, c in needed.observation_codes),
+        wanted_codes=frozenset(needed.observation_codes),
     )
 
 
@@ -300,7 +300,7 @@ def test_a_resource_is_filed_under_the_patient_it_names(
 
 def test_observations_are_kept_when_a_criterion_may_read_them(rules: LineRules) -> None:
     haemoglobin = "718-7"
-    assert haemoglobin in rules.wanted_codes
+    assert ("http://loinc.org", haemoglobin) in rules.wanted_codes
     assert classify(rules, 0, 1, _observation(haemoglobin))[0][0] == KEEP
     # No code at all: it may bear on anything, so the reader must see it.
     assert classify(rules, 0, 2, _observation(None))[0][0] == KEEP
@@ -309,6 +309,11 @@ def test_observations_are_kept_when_a_criterion_may_read_them(rules: LineRules) 
     assert classify(rules, 0, 3, _observation("0000-0", component=[component]))[0][0] == KEEP
     # A code no criterion reads (body height): not handed to the engine.
     assert classify(rules, 0, 4, _observation("8302-2")) == []
+    # Known only by its name (a local code, no LOINC): the name safety net reads it.
+    local = {"coding": [{"system": "http://lab.example.org", "code": "HGB"}], "text": "Hemoglobin"}
+    named = json.loads(_observation(None))
+    named["code"] = local
+    assert classify(rules, 0, 5, json.dumps(named))[0][0] == KEEP
 
 
 def test_an_invalid_line_is_reported_and_held_against_whom_it_names(rules: LineRules) -> None:

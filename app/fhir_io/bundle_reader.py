@@ -190,7 +190,7 @@ def read_bundle(
 ) -> PatientRecord:
     """The record of the one patient the Bundle is about. With ``observation_codes`` (every
     code the loaded criteria look Observations up by: the fetch plan's), an Observation that
-    provably cannot bear on any check is not decoded (see :func:`_beyond_criteria`)."""
+    provably cannot bear on any check is not decoded (see :func:`beyond_criteria`)."""
     if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
         raise InvalidInput("The 'bundle' parameter must hold a FHIR Bundle resource.")
     resources: list[tuple[_Reader, Json]] = []
@@ -209,7 +209,7 @@ def read_bundle(
         if (
             observation_codes is not None
             and resource["resourceType"] == "Observation"
-            and _beyond_criteria(resource, observation_codes)
+            and beyond_criteria(resource, observation_codes)
         ):
             continue
         full_url = entry.get("fullUrl") if isinstance(entry.get("fullUrl"), str) else None
@@ -778,7 +778,7 @@ def record_digest(bundle: dict[str, Any]) -> str:
 _LOINC = "http://loinc.org"
 
 
-def _beyond_criteria(resource: Json, wanted: frozenset[tuple[str, str]]) -> bool:
+def beyond_criteria(resource: Json, wanted: frozenset[tuple[str, str]]) -> bool:
     """Whether an Observation cannot bear on any check: its code and every component's code
     carry a LOINC coding (so it is not a result known only by its name, which the name safety
     net reads) and no coding the criteria look results up by (so no check finds it, and were it

@@ -6,9 +6,11 @@ a memory limit, so a population larger than memory spills to disk), keeps per pa
 the loaded criteria can read, and sorts by patient. Only those lines reach Python:
 
 - files of a type no criterion reads (Encounter, Claim, ...) are not opened at all;
-- Observations are kept when one of their codes (or a component's) is one the criteria read, or
-  when they carry no code that could be read (an unreadable one may be about anything, and the
-  reader must see it to hold back the checks it may bear on);
+- Observations are left out only when they provably cannot bear on any check, by the rule
+  ``$screen``'s reader applies (``bundle_reader.beyond_criteria``): the code and every
+  component's code carry a LOINC coding and no code the criteria read. One known only by its
+  name (text, a local code) is kept for the name safety net; one whose code cannot be read is
+  kept, for it may be about anything and holds back the checks it may bear on;
 - every Condition, Procedure, AllergyIntolerance, Immunization and medication use is kept, coded
   or not: what codes do not recognise goes to review by its words (the issue-10 safety net), so
   the answer is the one ``$screen`` gives for the whole record;
@@ -192,6 +194,8 @@ class NdjsonSource:
         db = self.db
         codes = sorted({c for _, c in self.needed.observation_codes})
         db.execute("CREATE OR REPLACE TEMP TABLE wanted_codes AS SELECT unnest(?) AS code", [codes])
+        for macro in _MACROS:
+            db.execute(macro)
         if not self.files:
             return
         scans = " UNION ALL ".join(self._scan(i, f) for i, f in enumerate(self.files))
@@ -233,21 +237,15 @@ class NdjsonSource:
                     WHEN rt NOT IN ({", ".join(f"'{t}'" for t in self.needed.resource_types)})
                         THEN 'unread'
                     WHEN patient IS NULL OR patient = '' THEN 'no-patient'
-                    WHEN rt = 'Observation' AND NOT (
-                        len(list_filter(json_extract_string(j, '$.code.coding[*].code'),
-                            lambda x: x IS NOT NULL)) = 0
-                        OR list_has_any(json_extract_string(j, '$.code.coding[*].code'),
-                            (SELECT list(code) FROM wanted_codes))
-                        OR list_has_any(
-                            json_extract_string(j, '$.component[*].code.coding[*].code'),
-                            (SELECT list(code) FROM wanted_codes))
-                    ) THEN 'not-needed'
+                    WHEN rt = 'Observation'
+                        AND beyond_criteria(j, w.wanted)
+                        THEN 'not-needed'
                     ELSE 'keep'
                 END AS status,
                 CASE WHEN NOT ok OR rt = 'Medication'
                     OR (rt IN ({", ".join(f"'{t}'" for t in self.needed.resource_types)})
                         AND patient IS NOT NULL AND patient <> '') THEN j END AS j
-            FROM keyed
+            FROM keyed, (SELECT coalesce(list(code), []) AS wanted FROM wanted_codes) AS w
             """
         )
         self.lines_total = _one(db, "SELECT count(*) FROM lines")
@@ -383,6 +381,34 @@ class NdjsonSource:
                         wanted[ref.decode()] = None
             p.lines += [medications[r] for r in wanted if r in medications]
         return p
+
+
+_MACROS = (
+    # A CodeableConcept that cannot bear on any check: a non-empty coding list, every coding an
+    # object with a string system and code, none of them a code the criteria read (by code
+    # string alone: a wider net than the reader's system-and-code pairs), one of them LOINC.
+    """CREATE OR REPLACE TEMP MACRO coded_beyond(cc, wanted) AS (
+        coalesce(json_type(cc, '$.coding') = 'ARRAY', false)
+        AND coalesce(json_array_length(cc, '$.coding') > 0, false)
+        AND coalesce(list_bool_and(list_transform(json_extract(cc, '$.coding[*]'), lambda x:
+            json_type(x) = 'OBJECT'
+            AND coalesce(json_type(x, '$.system') = 'VARCHAR', false)
+            AND coalesce(json_type(x, '$.code') = 'VARCHAR', false)
+            AND NOT list_contains(wanted, json_extract_string(x, '$.code')))), false)
+        AND coalesce(list_contains(json_extract_string(cc, '$.coding[*].system'),
+                                   'http://loinc.org'), false))""",
+    # An Observation that cannot bear on any check: its code and every component's code are
+    # such concepts. The rule $screen's reader applies (bundle_reader.beyond_criteria): an
+    # Observation known by its name only (a local code, text) or one whose code cannot be read
+    # is kept, for the name safety net and the unreadable-resource rule read it.
+    """CREATE OR REPLACE TEMP MACRO beyond_criteria(j, wanted) AS (
+        coded_beyond(json_extract(j, '$.code'), wanted)
+        AND (coalesce(json_type(j, '$.component'), 'NULL') = 'NULL'
+             OR (json_type(j, '$.component') = 'ARRAY'
+                 AND coalesce(list_bool_and(list_transform(json_extract(j, '$.component[*]'),
+                     lambda c: json_type(c) = 'OBJECT'
+                     AND coded_beyond(json_extract(c, '$.code'), wanted))), true))))""",
+)
 
 
 def _one(db: duckdb.DuckDBPyConnection, sql: str) -> int:

@@ -43,6 +43,7 @@ from pydantic import SecretStr
 
 from app.catalog.trial import LoadedTrial
 from app.core.settings import Settings, get_settings
+from app.fhir_io.bundle_reader import beyond_criteria
 from app.population.ndjson_source import BulkFile, SourceError, discover
 from app.population.outputs import OutputWriter
 from app.population.patient_run import (
@@ -125,7 +126,8 @@ class LineRules:
     types: tuple[str, ...]
     """Resource type by file index (from the file name)."""
     needed_types: frozenset[str]
-    wanted_codes: frozenset[str]
+    wanted_codes: frozenset[tuple[str, str]]
+    """(system, code) of every Observation a criterion reads."""
 
 
 def classify(rules: LineRules, f: int, n: int, text: str) -> list[Classified]:
@@ -153,7 +155,7 @@ def classify(rules: LineRules, f: int, n: int, text: str) -> list[Classified]:
     patient = rid if rt == "Patient" else _patient_of(resource)
     if not isinstance(patient, str) or not patient:
         return [(ERROR, None, (f, n, f"{rt}/{rid} names no patient (subject or patient)", None))]
-    if rt == "Observation" and not _observation_needed(resource, rules.wanted_codes):
+    if rt == "Observation" and beyond_criteria(resource, rules.wanted_codes):
         return []
     del name, file_type
     return [(KEEP, patient, (f, n, raw, rt == "Patient"))]
@@ -188,26 +190,6 @@ def _patient_of(resource: Json) -> str | None:
         return None
     m = _PATIENT_KEY.search(reference) or _URN.match(reference)
     return m.group(1) if m else None
-
-
-def _codes(concept: object) -> list[str]:
-    if not isinstance(concept, dict) or not isinstance(concept.get("coding"), list):
-        return []
-    return [
-        c["code"]
-        for c in concept["coding"]
-        if isinstance(c, dict) and isinstance(c.get("code"), str)
-    ]
-
-
-def _observation_needed(resource: Json, wanted: frozenset[str]) -> bool:
-    codes = _codes(resource.get("code"))
-    if not codes or wanted.intersection(codes):
-        return True
-    components = resource.get("component")
-    return isinstance(components, list) and any(
-        wanted.intersection(_codes(c.get("code"))) for c in components if isinstance(c, dict)
-    )
 
 
 # --- one patient -------------------------------------------------------------------------------
@@ -364,7 +346,7 @@ def spark_results(
         names=tuple(f.path.name for f in files),
         types=tuple(f.resource_type for f in files),
         needed_types=frozenset(needed.resource_types),
-        wanted_codes=frozenset(c for _, c in needed.observation_codes),
+        wanted_codes=frozenset(needed.observation_codes),
     )
     try:
         rules_bc = sc.broadcast(rules)
