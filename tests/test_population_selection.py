@@ -29,7 +29,10 @@ def _answer(guidance: Json) -> Json:
     """The report without its id, and with Bundle positions (which differ when lines are left
     out: a problem is also named by its resource's reference) made alike."""
     kept = {k: v for k, v in guidance.items() if k not in {"id", "identifier", "meta"}}
-    return orjson.loads(re.sub(rb"Bundle\.entry\[\d+\]", b"Bundle.entry[*]", orjson.dumps(kept)))
+    same: Json = orjson.loads(
+        re.sub(rb"Bundle\.entry\[\d+\]", b"Bundle.entry[*]", orjson.dumps(kept))
+    )
+    return same
 
 
 def _obs(oid: str, pid: str, code: Json, **extra: Any) -> Json:
