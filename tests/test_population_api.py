@@ -19,6 +19,7 @@ from app.main import create_app
 from app.population.cohort import write_cohort
 from app.population.runs import STALE, RunService
 from app.store.database import PopulationRun, Store, get_run, save_run
+from tests.loopback import free_port, serving
 from tests.test_api import validate_r4
 
 ASYNC = {"Prefer": "respond-async"}
@@ -208,3 +209,55 @@ def test_runs_survive_a_restart_and_an_interrupted_one_is_failed(
     assert done is not None and done.status == "completed"
     assert {r.id for r in service.list()} == {"aaaaaaaaaaaa", "bbbbbbbbbbbb", "cccccccccccc"}
     store.close()
+
+
+def test_delete_stops_a_bulk_export_in_progress_and_deletes_the_job(tmp_path: Path) -> None:
+    """A run whose source is the EHR spends its first minutes (or hours) in the export: DELETE
+    must stop it there, and the EHR's job must be deleted, not left running."""
+    seen: list[str] = []
+
+    async def ehr(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        assert scope["type"] == "http"
+        path, method = scope["path"], scope["method"]
+        seen.append(f"{method} {path}")
+        headers = [(b"content-type", b"application/fhir+json")]
+        if path.endswith("/$export"):
+            status = f"http://127.0.0.1:{port}/fhir/bulk-status/job-1".encode()
+            headers += [(b"content-location", status)]
+        elif path.endswith("/bulk-status/job-1") and method == "GET":
+            headers += [(b"retry-after", b"1"), (b"x-progress", b"exporting")]
+        else:
+            await send({"type": "http.response.start", "status": 202, "headers": headers})
+            await send({"type": "http.response.body", "body": b""})
+            return
+        await send({"type": "http.response.start", "status": 202, "headers": headers})
+        await send({"type": "http.response.body", "body": b""})
+
+    port = free_port()
+    settings = Settings(
+        allow_unauthenticated=True,
+        database_url=f"sqlite:///{tmp_path / 'db.sqlite'}",
+        data_dir=tmp_path / "data",
+        ehr_base_url=f"http://127.0.0.1:{port}/fhir",
+        population_workers=1,
+    )
+    with serving(ehr, port), TestClient(create_app(settings)) as api:
+        started = api.post(
+            "/fhir/ResearchStudy/NCT06801119/$prescreen",
+            json=_params(f"http://127.0.0.1:{port}/fhir/Group/lupus"),
+            headers=ASYNC,
+        )
+        assert started.status_code == 202, started.text
+        url = started.headers["Content-Location"]
+        deadline = time.monotonic() + 30
+        while not any(s.startswith("GET /fhir/bulk-status") for s in seen):
+            assert time.monotonic() < deadline, seen
+            time.sleep(0.05)
+        assert api.delete(url).status_code == 202
+        service: RunService = api.app.state.population  # type: ignore[attr-defined]
+        run_id = url.rsplit("/", 1)[1]
+        service.wait(run_id, 10)  # the export polls every second or more: stopped, not finished
+        summary = service.get(run_id)
+        assert summary is not None and summary.status == "cancelled"
+    assert seen[0] == "GET /fhir/Group/lupus/$export"
+    assert seen[-1] == "DELETE /fhir/bulk-status/job-1"

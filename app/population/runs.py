@@ -12,15 +12,16 @@ its heartbeat; the next start of the service marks it failed.
 
 import asyncio
 import builtins
+import contextlib
 import re
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
@@ -50,6 +51,9 @@ HEARTBEAT = 10.0
 """Seconds between two heartbeats of a running run."""
 STALE = 6 * HEARTBEAT
 """A run whose heartbeat is older than this at start-up was interrupted."""
+CANCEL_POLL = 0.25
+"""Seconds between two looks at a run's cancel flag while its Bulk export runs."""
+_T = TypeVar("_T")
 _RUN_ID = re.compile(r"[a-f0-9]{12}")
 
 
@@ -309,7 +313,7 @@ class RunService:
 
         try:
             update_run(self.store, run_id, status="running", heartbeat=time.time())
-            source = self._prepare(kind, where, folder / "input", trials)
+            source = self._prepare(kind, where, folder / "input", trials, cancel)
             report = self.runner(
                 trials,
                 as_of,
@@ -351,7 +355,12 @@ class RunService:
             self._cancel.pop(run_id, None)
 
     def _prepare(
-        self, kind: str, where: Any, dest: Path, trials: builtins.list[LoadedTrial]
+        self,
+        kind: str,
+        where: Any,
+        dest: Path,
+        trials: builtins.list[LoadedTrial],
+        cancel: threading.Event,
     ) -> Path:
         if kind == "demo":
             return write_demo(dest)
@@ -359,13 +368,16 @@ class RunService:
             assert isinstance(where, Path)
             return where
         result = asyncio.run(
-            bulk_export.export_to_folder(
-                self.settings,
-                group_id=where.group_id,
-                system=where.system,
-                since=None,
-                types=needed_data(trials).resource_types,
-                dest=dest,
+            _unless_cancelled(
+                bulk_export.export_to_folder(
+                    self.settings,
+                    group_id=where.group_id,
+                    system=where.system,
+                    since=None,
+                    types=needed_data(trials).resource_types,
+                    dest=dest,
+                ),
+                cancel,
             )
         )
         if not result.complete:
@@ -386,6 +398,19 @@ class RunService:
                 entities=entities,
             )
         )
+
+
+async def _unless_cancelled(work: Coroutine[Any, Any, _T], cancel: threading.Event) -> _T:
+    """``work``, cancelled as soon as ``cancel`` is set (checked every quarter second); then
+    Cancelled. A cancelled export still DELETEs its job at the EHR on the way out."""
+    task = asyncio.ensure_future(work)
+    while not (await asyncio.wait({task}, timeout=CANCEL_POLL))[0]:
+        if cancel.is_set():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            raise Cancelled
+    return task.result()
 
 
 def _words(exc: Exception) -> str:
