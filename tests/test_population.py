@@ -122,8 +122,8 @@ def test_numbered_and_gzipped_files_read_as_one(
 
 
 def test_only_what_the_criteria_read_reaches_the_engine(catalog: Catalog, tmp_path: Path) -> None:
-    """Unread types are not opened; Observations of codes no criterion reads are dropped; every
-    Condition, coded or not, is kept (the text safety net reads the uncoded ones)."""
+    """Unread types are not opened; Observations of codes no criterion reads are dropped, and
+    Conditions no check knows; one named only in words is kept (the text safety net reads it)."""
     folder = write_demo(tmp_path / "in")
     (folder / "Encounter.ndjson").write_text('{"resourceType": "Encounter", "id": "e"}\n')
     with (folder / "Condition.ndjson").open("a") as f:
@@ -151,9 +151,13 @@ def test_only_what_the_criteria_read_reaches_the_engine(catalog: Catalog, tmp_pa
             c["code"] for comp in o.get("component", []) for c in comp["code"]["coding"]
         }
         assert codes & wanted
+    # Conditions no check knows (by code or by words) are left out; one named only in words is
+    # kept for the safety net (test_population_selection.py proves no answer changes).
     conditions = (folder / "Condition.ndjson").read_text().splitlines()
-    assert sum(r["resourceType"] == "Condition" for rs in kept.values() for r in rs) == len(
-        conditions
+    assert (
+        0
+        < sum(r["resourceType"] == "Condition" for rs in kept.values() for r in rs)
+        < len(conditions)
     )
     assert "text-only" in {r.get("id") for r in kept["b6446621-f1b9-4a74-bd09-7ec2410b27cf"]}
 

@@ -14,6 +14,8 @@ import pytest
 
 from app.catalog.loader import Catalog
 from app.core.settings import Settings
+from app.ehr.fetch_plan import plan_for
+from app.fhir_io.bundle_reader import read_bundle
 from app.population.cohort import demo_records
 from app.population.ndjson_source import NdjsonSource
 from app.population.patient_run import needed_data, screen_patient
@@ -169,3 +171,160 @@ def test_the_awkward_resources_are_all_kept(
     kept = {orjson.loads(line).get("id") for line in patient.lines}
     assert {r["id"] for r in _awkward(pid)} <= kept
     assert _beyond(pid)["id"] not in kept
+
+
+# --- the history selection at its edges -------------------------------------------------------
+
+BAD = [7, 2.5, True, "not a date", "2024-02-30", "0000-01-01", "2024-13", {"x": 1}, [1], [], ""]
+"""Values of the wrong shape for some element or other (and a few dates that are no dates)."""
+GOOD_DATES = ["2024", "2024-05", "2024-05-06", "2024-05-06T10:00:00+02:00", "2024-05-06T10:00Z"]
+SNOMED = "http://snomed.info/sct"
+PID = "fuzz"
+
+
+def _bases() -> dict[str, Json]:
+    """One resource of each selected type that no check knows (the controls show it is left out
+    as it stands)."""
+    subject = {"reference": f"Patient/{PID}"}
+    concept = {"coding": [{"system": SNOMED, "code": "314529007"}], "text": "Medication review due"}
+    return {
+        "Condition": {
+            "resourceType": "Condition",
+            "clinicalStatus": {"coding": [{"system": "x", "code": "active"}]},
+            "verificationStatus": {"coding": [{"system": "x", "code": "confirmed"}]},
+            "code": concept,
+            "subject": subject,
+            "onsetDateTime": "2020-01-01",
+            "recordedDate": "2020-01-01",
+        },
+        "Procedure": {
+            "resourceType": "Procedure",
+            "status": "completed",
+            "code": {"coding": [{"system": SNOMED, "code": "430193006"}], "text": "Reconciliation"},
+            "subject": subject,
+            "performedPeriod": {"start": "2020-01-01", "end": "2020-01-01"},
+        },
+        "Immunization": {
+            "resourceType": "Immunization",
+            "status": "completed",
+            "vaccineCode": {"coding": [{"system": "http://hl7.org/fhir/sid/cvx", "code": "140"}]},
+            "patient": subject,
+            "occurrenceDateTime": "2020-01-01",
+        },
+    }
+
+
+def _mutations(kind: str, base: Json) -> list[Json]:
+    """The base with each element of the FHIR R4B model, and each part of the concepts and
+    periods it carries, given a wrong or an unusual value."""
+    from fhir.resources.R4B import get_fhir_model_class
+
+    out = []
+    elements = [
+        e
+        for e in get_fhir_model_class(kind).elements_sequence()
+        if e not in {"id", "subject", "patient"}
+    ]
+    for element in elements:
+        out += [{**base, element: v} for v in (*BAD, *GOOD_DATES, None)]
+    for key, value in base.items():
+        if (isinstance(value, dict) and "coding" in value) or key in {"code", "vaccineCode"}:
+            for v in BAD:
+                out += [
+                    {**base, key: {"coding": v}},
+                    {**base, key: {"coding": [v]}},
+                    {**base, key: {"text": v, "coding": value.get("coding", [])}},
+                    {**base, key: {"coding": [{"system": v, "code": "x"}]}},
+                    {**base, key: {"coding": [{"system": SNOMED, "code": v}]}},
+                    {**base, key: {"coding": [{"system": SNOMED, "code": "1", "display": v}]}},
+                ]
+    for key in ("onsetPeriod", "abatementPeriod", "performedPeriod"):
+        for v in (*BAD, *GOOD_DATES, None):
+            out += [{**base, key: {"start": v}}, {**base, key: {"end": v}}]
+    return out
+
+
+def _kept_ids(catalog: Catalog, tmp_path: Path, resources: list[Json]) -> set[str]:
+    folder = tmp_path / "fuzz"
+    folder.mkdir()
+    by_type: dict[str, list[bytes]] = {"Patient": [orjson.dumps(_patient())]}
+    for r in resources:
+        by_type.setdefault(r["resourceType"], []).append(orjson.dumps(r))
+    for kind, lines in by_type.items():
+        (folder / f"{kind}.ndjson").write_bytes(b"\n".join(lines) + b"\n")
+    with NdjsonSource(folder, needed_data(catalog.trials.values())) as source:
+        (patient,) = source.patients()
+    return {orjson.loads(line)["id"] for line in patient.lines}
+
+
+def _patient() -> Json:
+    return {"resourceType": "Patient", "id": PID, "birthDate": "1990-01-01", "gender": "female"}
+
+
+def test_what_the_reader_cannot_read_is_never_left_out(catalog: Catalog, tmp_path: Path) -> None:
+    """A resource the reader fails on becomes an unreadable resource (it holds checks back and
+    the report names it): for every element of each type set wrong, left out only if read."""
+    resources = []
+    for kind, base in _bases().items():
+        resources.append({**base, "id": f"{kind}-base"})
+        for i, mutated in enumerate(_mutations(kind, base)):
+            resources.append({**mutated, "id": f"{kind}-{i}"})
+    kept = _kept_ids(catalog, tmp_path, resources)
+    assert not {f"{kind}-base" for kind in _bases()} & kept  # the controls: left out as they are
+    left_out = 0
+    for r in resources:
+        bundle = {"resourceType": "Bundle", "entry": [{"resource": _patient()}, {"resource": r}]}
+        if read_bundle(bundle).unreadable:
+            assert r["id"] in kept, r
+        left_out += r["id"] not in kept
+    assert left_out > 100  # the elements the reader does not read leave it out still
+
+
+def _known(catalog: Catalog, kind: str) -> list[Any]:
+    """The code sets of every check reading ``kind``."""
+    trial = next(iter(catalog.trials.values()))
+    names = dict(plan_for(list(catalog.trials.values()), trial.mappings, (), 1).history_code_sets)
+    return [trial.mappings.code_sets[n] for n in names[kind] or ()]
+
+
+def test_what_a_check_knows_is_never_left_out(catalog: Catalog, tmp_path: Path) -> None:
+    """Every code of every code set a history check reads (as listed, without its dot, in lower
+    case, a child of a listed prefix) and every term (as listed, in capitals, hyphenated): each
+    resource a check recognises, by code or by words, is kept."""
+    resources: list[Json] = []
+    truth: dict[str, bool] = {}
+    for kind, base in _bases().items():
+        key = "vaccineCode" if kind == "Immunization" else "code"
+        sets = _known(catalog, kind)
+        codings = {
+            (system, variant)
+            for s in sets
+            for system, code in (*s.matcher.exact, *s.matcher.excluded_exact)
+            for variant in (code, code.replace(".", ""), code.lower())
+        } | {
+            (system, prefix + suffix)
+            for s in sets
+            for system, prefix in (*s.matcher.prefixes, *s.matcher.excluded_prefixes)
+            for suffix in ("", "0", ".9")
+        }
+        concepts: list[Json] = [{"coding": [{"system": s, "code": c}]} for s, c in sorted(codings)]
+        terms = {t for s in sets for t in s.terms.terms}
+        for t in sorted(terms):
+            for text in (t, t.upper(), t.replace(" ", "-"), f"history of {t}, resolved"):
+                concepts.append({"coding": [{"system": SNOMED, "code": "0"}], "text": text})
+                concepts.append({"coding": [{"system": SNOMED, "code": "0", "display": text}]})
+        for i, concept in enumerate(concepts):
+            r = {**base, key: concept, "id": f"{kind}-{i}"}
+            resources.append(r)
+            codes = [(c.get("system", ""), c["code"]) for c in concept["coding"]]
+            labels = [concept.get("text") or "", *(c.get("display", "") for c in concept["coding"])]
+            truth[r["id"]] = any(
+                s.matcher.matches_any(codes)
+                or s.matcher.excludes_any(codes)
+                or s.terms.first_in(labels) is not None
+                for s in sets
+            )
+    kept = _kept_ids(catalog, tmp_path, resources)
+    known = {i for i, k in truth.items() if k}
+    assert len(known) > 5000
+    assert known <= kept, sorted(known - kept)[:10]

@@ -225,7 +225,10 @@ def test_spark_and_duckdb_write_the_same_outputs(
     )
     assert sparked.errors == duck.errors and len(duck.errors) == 3
     assert (sparked.patients, sparked.patients_total) == (duck.patients, len(bundles))
-    assert (sparked.resources, sparked.lines) == (duck.resources, duck.lines)
+    assert sparked.lines == duck.lines
+    # DuckDB also leaves out the Conditions, Procedures and Immunizations no check knows
+    # (selection.py); Spark hands them all to the engine. The answers are the same.
+    assert sparked.resources > duck.resources
     assert sparked.skipped_types == duck.skipped_types == ("Encounter",)
     assert sparked.funnel == duck.funnel and sparked.outcomes == duck.outcomes
     assert progress[0] == (0, len(bundles)) and progress[-1] == (len(bundles), len(bundles))

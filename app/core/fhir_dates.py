@@ -10,10 +10,12 @@ import calendar
 import re
 from datetime import date
 
-_DATE = re.compile(
+DATE_PATTERN = (
     r"(?P<y>[0-9]{4})(?:-(?P<m>0[1-9]|1[0-2])(?:-(?P<d>0[1-9]|[12][0-9]|3[01]))?)?"
     r"(?:T[0-9:.]+(?:Z|[+-][0-9]{2}:[0-9]{2})?)?"
 )
+"""What a FHIR date or dateTime looks like here (the population run's SQL uses it too)."""
+_DATE = re.compile(DATE_PATTERN)
 
 
 def parse_fhir_date(text: str) -> date:

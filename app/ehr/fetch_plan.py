@@ -14,8 +14,11 @@ from datetime import date
 from app.catalog.mappings import Mappings
 from app.catalog.schema import (
     Check,
+    ConditionCheck,
     Duration,
     GroupCheck,
+    ImmunizationCheck,
+    ProcedureCheck,
 )
 from app.catalog.trial import LoadedTrial
 from app.engine.sources import MEDICATIONS, analytes_of, source_of
@@ -52,6 +55,9 @@ class FetchPlan:
     resource_types: tuple[str, ...]
     medication_types: tuple[str, ...]
     codes_per_search: int
+    history_code_sets: tuple[tuple[str, tuple[str, ...] | None], ...] = ()
+    """Per history resource type: the code sets (``codes`` and ``except_codes``) of every check
+    reading it, or None when some check reads it otherwise than by code set (allergies)."""
 
     def searches(self, patient_id: str, as_of: date | None) -> list[Search]:
         """The searches for one patient; Observations from the longest window before ``as_of``
@@ -92,6 +98,7 @@ def plan_for(
     codes: dict[tuple[str, str], None] = {}
     lookback: list[Duration] = []
     types: dict[str, None] = {}
+    history: dict[str, dict[str, None] | None] = {}
     needs_medications = False
     for trial in trials:
         for check in (c for criterion in trial.spec.criteria for c in _walk(criterion.checks)):
@@ -107,13 +114,26 @@ def plan_for(
                 needs_medications = True
             elif source not in {None, "Patient", "Observation"}:
                 types[str(source)] = None
+                names = history.setdefault(str(source), {})
+                if isinstance(check, ConditionCheck | ProcedureCheck | ImmunizationCheck):
+                    if names is not None:
+                        names.update(dict.fromkeys((*check.codes, *_except_codes(check))))
+                else:
+                    history[str(source)] = None
     return FetchPlan(
         observation_codes=tuple(codes),
         observation_lookback=tuple(lookback),
         resource_types=tuple(types),
         medication_types=medication_types if needs_medications else (),
         codes_per_search=codes_per_search,
+        history_code_sets=tuple(
+            (kind, None if names is None else tuple(names)) for kind, names in history.items()
+        ),
     )
+
+
+def _except_codes(check: ConditionCheck | ProcedureCheck | ImmunizationCheck) -> tuple[str, ...]:
+    return getattr(check, "except_codes", ())
 
 
 def _key(resource_type: str) -> str:

@@ -38,6 +38,7 @@ import duckdb
 from app.core.errors import InvalidInput
 from app.population.patient_run import NeededData, source_of_type
 from app.population.resource_types import R4_RESOURCE_TYPES
+from app.population.selection import CODE_NORMAL, MACROS, leave_out
 
 _FILE = re.compile(r"^([A-Z][A-Za-z]+)(?:\.(\d+))?\.ndjson(?:\.gz)?$")
 _PATIENT_KEY = r"(?:^|/)Patient/([^/]+)(?:/_history/[^/]*)?$"
@@ -194,8 +195,25 @@ class NdjsonSource:
         db = self.db
         codes = sorted({c for _, c in self.needed.observation_codes})
         db.execute("CREATE OR REPLACE TEMP TABLE wanted_codes AS SELECT unnest(?) AS code", [codes])
-        for macro in _MACROS:
+        for macro in (*MACROS, CODE_NORMAL):
             db.execute(macro)
+        history = self.needed.history
+        db.execute(
+            "CREATE OR REPLACE TEMP TABLE wanted_history_codes AS "
+            "SELECT unnest(?) AS kind, unnest(?) AS code",
+            [
+                [h.resource_type for h in history for _ in h.codes],
+                [c for h in history for c in h.codes],
+            ],
+        )
+        db.execute(
+            "CREATE OR REPLACE TEMP TABLE wanted_history_prefixes AS "
+            "SELECT unnest(?) AS kind, unnest(?) AS prefix",
+            [
+                [h.resource_type for h in history for _ in h.prefixes],
+                [p for h in history for p in h.prefixes],
+            ],
+        )
         if not self.files:
             return
         scans = " UNION ALL ".join(self._scan(i, f) for i, f in enumerate(self.files))
@@ -248,6 +266,8 @@ class NdjsonSource:
             FROM keyed, (SELECT coalesce(list(code), []) AS wanted FROM wanted_codes) AS w
             """
         )
+        for statement, params in leave_out(history):
+            db.execute(statement, params)
         self.lines_total = _one(db, "SELECT count(*) FROM lines")
         self._report()
 
@@ -284,13 +304,15 @@ class NdjsonSource:
 
     def _orphans(self) -> list[str]:
         rows = self.db.execute(
-            """SELECT patient, count(*) FROM lines WHERE status = 'keep' AND patient NOT IN
+            """SELECT patient, count(*) FROM lines WHERE status IN ('keep', 'left-out')
+               AND patient NOT IN
                (SELECT patient FROM lines WHERE rt = 'Patient' AND status = 'keep')
                GROUP BY patient ORDER BY patient LIMIT 20"""
         ).fetchall()
         total = _one(
             self.db,
-            """SELECT count(DISTINCT patient) FROM lines WHERE status = 'keep' AND patient NOT IN
+            """SELECT count(DISTINCT patient) FROM lines WHERE status IN ('keep', 'left-out')
+               AND patient NOT IN
                (SELECT patient FROM lines WHERE rt = 'Patient' AND status = 'keep')""",
         )
         out = [
@@ -381,34 +403,6 @@ class NdjsonSource:
                         wanted[ref.decode()] = None
             p.lines += [medications[r] for r in wanted if r in medications]
         return p
-
-
-_MACROS = (
-    # A CodeableConcept that cannot bear on any check: a non-empty coding list, every coding an
-    # object with a string system and code, none of them a code the criteria read (by code
-    # string alone: a wider net than the reader's system-and-code pairs), one of them LOINC.
-    """CREATE OR REPLACE TEMP MACRO coded_beyond(cc, wanted) AS (
-        coalesce(json_type(cc, '$.coding') = 'ARRAY', false)
-        AND coalesce(json_array_length(cc, '$.coding') > 0, false)
-        AND coalesce(list_bool_and(list_transform(json_extract(cc, '$.coding[*]'), lambda x:
-            json_type(x) = 'OBJECT'
-            AND coalesce(json_type(x, '$.system') = 'VARCHAR', false)
-            AND coalesce(json_type(x, '$.code') = 'VARCHAR', false)
-            AND NOT list_contains(wanted, json_extract_string(x, '$.code')))), false)
-        AND coalesce(list_contains(json_extract_string(cc, '$.coding[*].system'),
-                                   'http://loinc.org'), false))""",
-    # An Observation that cannot bear on any check: its code and every component's code are
-    # such concepts. The rule $screen's reader applies (bundle_reader.beyond_criteria): an
-    # Observation known by its name only (a local code, text) or one whose code cannot be read
-    # is kept, for the name safety net and the unreadable-resource rule read it.
-    """CREATE OR REPLACE TEMP MACRO beyond_criteria(j, wanted) AS (
-        coded_beyond(json_extract(j, '$.code'), wanted)
-        AND (coalesce(json_type(j, '$.component'), 'NULL') = 'NULL'
-             OR (json_type(j, '$.component') = 'ARRAY'
-                 AND coalesce(list_bool_and(list_transform(json_extract(j, '$.component[*]'),
-                     lambda c: json_type(c) = 'OBJECT'
-                     AND coded_beyond(json_extract(c, '$.code'), wanted))), true))))""",
-)
 
 
 def _one(db: duckdb.DuckDBPyConnection, sql: str) -> int:

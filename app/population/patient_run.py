@@ -18,6 +18,7 @@ from app.engine.record import Patient, PatientRecord, Unreadable
 from app.engine.sources import MEDICATIONS
 from app.fhir_io.bundle_reader import read_bundle, record_digest
 from app.fhir_io.report import plausible
+from app.population.selection import HistorySelection, history_selections
 from app.screening.issued import describe
 
 Json = dict[str, Any]
@@ -154,9 +155,9 @@ class NeededData:
     Medication (what their medicationReference points to)."""
     observation_codes: tuple[tuple[str, str], ...]
     """(system, code) of every Observation a criterion reads (analyte codes and panels)."""
-    coded_types: tuple[str, ...] = ("Observation",)
-    """Types selected by code; every other listed type is taken whole (the text safety net
-    needs uncoded Conditions, Procedures and allergies; medications are matched by class)."""
+    history: tuple[HistorySelection, ...] = ()
+    """History types selected by what their checks know (``selection.py``); every other listed
+    type is taken whole (allergies and medications are matched by more than code sets)."""
 
 
 def needed_data(trials: Iterable[LoadedTrial]) -> NeededData:
@@ -173,7 +174,8 @@ def needed_data(trials: Iterable[LoadedTrial]) -> NeededData:
     if plan.medication_types:
         types.update(dict.fromkeys(plan.medication_types))
         types["Medication"] = None
-    return NeededData(tuple(types), plan.observation_codes)
+    history = history_selections(plan, trials[0].mappings)
+    return NeededData(tuple(types), plan.observation_codes, history)
 
 
 def source_of_type(resource_type: str) -> str:
