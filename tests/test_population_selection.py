@@ -15,7 +15,7 @@ import pytest
 from app.catalog.loader import Catalog
 from app.core.settings import Settings
 from app.ehr.fetch_plan import plan_for
-from app.fhir_io.bundle_reader import read_bundle
+from app.fhir_io.bundle_reader import beyond_criteria, read_bundle
 from app.population.cohort import demo_records
 from app.population.ndjson_source import NdjsonSource
 from app.population.patient_run import needed_data, screen_patient
@@ -328,3 +328,51 @@ def test_what_a_check_knows_is_never_left_out(catalog: Catalog, tmp_path: Path) 
     known = {i for i, k in truth.items() if k}
     assert len(known) > 5000
     assert known <= kept, sorted(known - kept)[:10]
+
+
+def test_an_observation_is_left_out_only_when_the_reader_would_skip_it(
+    catalog: Catalog, tmp_path: Path
+) -> None:
+    """Observations of every shape of code and component: each one the reader's own rule
+    (``beyond_criteria``) does not skip is kept."""
+    needed = needed_data(catalog.trials.values())
+    wanted = frozenset(needed.observation_codes)
+    height = {"system": LOINC, "code": "8302-2"}
+    codings: list[Any] = [
+        height,
+        {"system": LOINC, "code": "718-7"},
+        {"system": LOCAL, "code": "718-7"},
+        {"system": LOCAL, "code": "X"},
+        {"code": "8302-2"},
+        {"system": LOINC},
+        {"system": None, "code": "8302-2"},
+        *({"system": v, "code": "8302-2"} for v in BAD),
+        *({"system": LOINC, "code": v} for v in BAD),
+        *BAD,
+    ]
+    concepts: list[Any] = [
+        *({"coding": [c]} for c in codings),
+        *({"coding": [height, c]} for c in codings),
+        *({"coding": v} for v in BAD),
+        *BAD,
+        None,
+        {"text": "Hemoglobin"},
+    ]
+    resources = []
+    for i, concept in enumerate(concepts):
+        resources.append(_obs(f"code-{i}", PID, concept))
+        parts = [{"code": concept}, concept, [{"code": concept}]]
+        for k, component in enumerate([*parts, *BAD]):
+            resources.append(_obs(f"part-{i}-{k}", PID, {"coding": [height]}, component=component))
+            resources.append(
+                _obs(
+                    f"parts-{i}-{k}",
+                    PID,
+                    {"coding": [height]},
+                    component=[{"code": {"coding": [height]}}, component],
+                )
+            )
+    kept = _kept_ids(catalog, tmp_path, resources)
+    skipped = [r["id"] for r in resources if beyond_criteria(r, wanted)]
+    assert {r["id"] for r in resources} - set(skipped) <= kept
+    assert 10 < len(set(skipped) - kept)  # some are left out

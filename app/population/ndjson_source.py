@@ -38,7 +38,7 @@ import duckdb
 from app.core.errors import InvalidInput
 from app.population.patient_run import NeededData, source_of_type
 from app.population.resource_types import R4_RESOURCE_TYPES
-from app.population.selection import CODE_NORMAL, MACROS, leave_out
+from app.population.selection import CODE_NORMAL, MACROS, leave_out, observations_beyond
 
 _FILE = re.compile(r"^([A-Z][A-Za-z]+)(?:\.(\d+))?\.ndjson(?:\.gz)?$")
 _PATIENT_KEY = r"(?:^|/)Patient/([^/]+)(?:/_history/[^/]*)?$"
@@ -194,7 +194,6 @@ class NdjsonSource:
         """One scan of every file read: the lines kept (with their patient), and the problems."""
         db = self.db
         codes = sorted({c for _, c in self.needed.observation_codes})
-        db.execute("CREATE OR REPLACE TEMP TABLE wanted_codes AS SELECT unnest(?) AS code", [codes])
         for macro in (*MACROS, CODE_NORMAL):
             db.execute(macro)
         history = self.needed.history
@@ -222,7 +221,7 @@ class NdjsonSource:
         )
         db.execute(
             f"""
-            CREATE OR REPLACE TABLE lines AS
+            CREATE OR REPLACE TABLE scanned AS
             WITH raw AS ({scans}),
             typed AS (
                 SELECT f, n, j, CASE f {file_types} END AS file_type, json_valid(j) AS ok
@@ -255,19 +254,26 @@ class NdjsonSource:
                     WHEN rt NOT IN ({", ".join(f"'{t}'" for t in self.needed.resource_types)})
                         THEN 'unread'
                     WHEN patient IS NULL OR patient = '' THEN 'no-patient'
-                    WHEN rt = 'Observation'
-                        AND beyond_criteria(j, w.wanted)
-                        THEN 'not-needed'
                     ELSE 'keep'
                 END AS status,
                 CASE WHEN NOT ok OR rt = 'Medication'
                     OR (rt IN ({", ".join(f"'{t}'" for t in self.needed.resource_types)})
                         AND patient IS NOT NULL AND patient <> '') THEN j END AS j
-            FROM keyed, (SELECT coalesce(list(code), []) AS wanted FROM wanted_codes) AS w
+            FROM keyed
             """
         )
-        for statement, params in leave_out(history):
+        for statement, params in (*observations_beyond(codes), *leave_out(history)):
             db.execute(statement, params)
+        # Observations beyond the criteria are not-needed (as Spark's reader drops them); the
+        # history lines left out still count as the patient's in the report of orphans.
+        db.execute(
+            """CREATE OR REPLACE TEMP VIEW lines AS
+               SELECT s.* REPLACE (CASE WHEN h.f IS NOT NULL THEN 'left-out'
+                                        WHEN o.f IS NOT NULL THEN 'not-needed'
+                                        ELSE s.status END AS status)
+               FROM scanned s LEFT JOIN left_out h ON s.f = h.f AND s.n = h.n
+                   LEFT JOIN observations_out o ON s.f = o.f AND s.n = o.n"""
+        )
         self.lines_total = _one(db, "SELECT count(*) FROM lines")
         self._report()
 

@@ -3,7 +3,8 @@ cannot change the patient's screening, so that the answer is the one ``$screen``
 whole record (tests/test_population_selection.py proves it on every golden case and fuzzes every
 element of each type).
 
-- An Observation: the rule ``$screen``'s reader applies (``bundle_reader.beyond_criteria``).
+- An Observation: by the rule ``$screen``'s reader applies (``bundle_reader.beyond_criteria``):
+  :func:`observations_beyond`.
 - A Condition, Procedure or Immunization, when every check reading its type matches by code set
   (``fetch_plan.history_code_sets``): left out only when all three hold:
 
@@ -25,6 +26,7 @@ Every other type is kept whole.
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from app.catalog.mappings import Mappings
 from app.core.fhir_dates import DATE_PATTERN
@@ -123,16 +125,6 @@ MACROS = (
             AND NOT list_contains(wanted, json_extract_string(x, '$.code')))), false)
         AND coalesce(list_contains(json_extract_string(cc, '$.coding[*].system'),
                                    'http://loinc.org'), false))""",
-    # An Observation that cannot bear on any check: its code and every component's code are
-    # such concepts. One known only by its name (text, a local code) is kept for the name
-    # safety net; one whose code cannot be read is kept: it may be about anything.
-    """CREATE OR REPLACE TEMP MACRO beyond_criteria(j, wanted) AS (
-        coded_beyond(json_extract(j, '$.code'), wanted)
-        AND (coalesce(json_type(j, '$.component'), 'NULL') = 'NULL'
-             OR (json_type(j, '$.component') = 'ARRAY'
-                 AND coalesce(list_bool_and(list_transform(json_extract(j, '$.component[*]'),
-                     lambda c: json_type(c) = 'OBJECT'
-                     AND coded_beyond(json_extract(c, '$.code'), wanted))), true))))""",
     # A date or dateTime parse_fhir_date takes: its pattern, a year from 1, a real calendar day.
     f"""CREATE OR REPLACE TEMP MACRO day_ok(s) AS (
         regexp_full_match(s, '{DATE_PATTERN}')
@@ -142,9 +134,52 @@ MACROS = (
 )
 
 
+def observations_beyond(wanted: list[str]) -> list[tuple[str, list[Any]]]:
+    """SQL statements listing in table ``observations_out(f, n)`` the Observations of table
+    ``scanned`` that cannot bear on any check, by the rule ``$screen``'s reader applies
+    (``bundle_reader.beyond_criteria``): the code and every component's code carry a non-empty
+    coding list of objects with a string system and code, one of them LOINC, none a code the
+    criteria read (``wanted``, by code string alone: a wider net than the reader's pairs). One
+    known only by its name (text, a local code) is kept for the name safety net; one whose code
+    cannot be read is kept, for it may be about anything. The parts of each line are computed
+    once (a handful of JSON parses), then tested."""
+    every = "list_bool_and(list_transform({}, lambda x: x = '{}')) IS NOT false"
+    return [
+        (
+            """CREATE OR REPLACE TEMP TABLE observation_shape AS
+            SELECT f, n, json_type(j, ['$.code', '$.code.coding', '$.component']) AS t,
+                json_type(j, '$.code.coding[*]') AS items,
+                json_type(j, '$.code.coding[*].system') AS systems,
+                json_type(j, '$.code.coding[*].code') AS code_types,
+                json_extract_string(j, '$.code.coding[*].system') AS system_values,
+                json_extract_string(j, '$.code.coding[*].code') AS code_values,
+                json_keys(j) AS keys,
+                CASE WHEN json_type(j, '$.component') = 'ARRAY' THEN coalesce(list_bool_and(
+                    list_transform(json_extract(j, '$.component[*]'), lambda c:
+                        json_type(c) = 'OBJECT' AND coded_beyond(json_extract(c, '$.code'), ?))),
+                    true) END AS parts_beyond
+            FROM scanned WHERE status = 'keep' AND rt = 'Observation'""",
+            [wanted],
+        ),
+        (
+            f"""CREATE OR REPLACE TEMP TABLE observations_out AS
+            SELECT f, n FROM observation_shape
+            WHERE t[1] = 'OBJECT' AND t[2] = 'ARRAY' AND len(items) > 0
+                AND {every.format("items", "OBJECT")}
+                AND len(systems) = len(items) AND {every.format("systems", "VARCHAR")}
+                AND len(code_types) = len(items) AND {every.format("code_types", "VARCHAR")}
+                AND list_contains(system_values, 'http://loinc.org')
+                AND NOT list_has_any(code_values, ?)
+                AND (coalesce(t[3], 'NULL') = 'NULL' OR coalesce(parts_beyond, false))
+                AND len(keys) = len(list_distinct(keys))""",
+            [wanted],
+        ),
+    ]
+
+
 def leave_out(selections: Iterable[HistorySelection]) -> list[tuple[str, list[str]]]:
-    """SQL statements (with their parameters) marking ``left-out`` the history lines of table
-    ``lines`` (columns f, n, rt, status, j) that may be left out; tables
+    """SQL statements (with their parameters) listing in table ``left_out(f, n)`` the history
+    lines of table ``scanned`` (columns f, n, rt, status, j) that may be left out; tables
     ``wanted_history_codes(kind, code)`` and ``wanted_history_prefixes(kind, prefix)`` hold the
     selections' codes and prefixes."""
     statements: list[tuple[str, list[str]]] = [
@@ -171,9 +206,8 @@ def leave_out(selections: Iterable[HistorySelection]) -> list[tuple[str, list[st
     )
     statements.append(
         (
-            """UPDATE lines SET status = 'left-out'
-            FROM (SELECT f, n FROM history_out EXCEPT SELECT f, n FROM history_known) AS o
-            WHERE lines.f = o.f AND lines.n = o.n""",
+            """CREATE OR REPLACE TEMP TABLE left_out AS
+            SELECT f, n FROM history_out EXCEPT SELECT f, n FROM history_known""",
             [],
         )
     )
@@ -236,16 +270,13 @@ def _read_without_fault(selection: HistorySelection) -> list[tuple[str, list[str
         SELECT f, n, rt, json_type(j, {_paths(paths)}) AS t,
             json_extract_string(j, {_paths(dates)}) AS s, json_keys(j) AS keys,
             {", ".join(items)},
-            regexp_matches(j, '{_BEYOND_ASCII}') AS wide, {named} AS named,
+            strlen(j) <> length(j) AS wide, {named} AS named,
             coalesce(json_extract_string(j, '$.{key}.coding[*].code'), []) AS codes
-        FROM lines WHERE status = 'keep' AND rt = '{kind}'"""
+        FROM scanned WHERE status = 'keep' AND rt = '{kind}'"""
     out = f"""INSERT INTO history_out SELECT f, n, rt, codes FROM history_shape
         WHERE NOT wide AND NOT named AND len(keys) = len(list_distinct(keys))
             AND {" AND ".join(tests)}"""
     return [(shape, [] if selection.words is None else [selection.words]), (out, [])]
-
-
-_BEYOND_ASCII = r"[^\x00-\x7F]"
 
 
 def _paths(paths: list[str]) -> str:
