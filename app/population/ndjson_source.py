@@ -158,6 +158,8 @@ class NdjsonSource:
         self.db.execute(f"SET memory_limit = '{memory_limit}'")
         self.db.execute(f"SET temp_directory = '{self.scratch / 'spill'}'")
         self.db.execute("SET preserve_insertion_order = false")
+        # A scratch database, deleted at close: nothing to checkpoint.
+        self.db.execute("PRAGMA disable_checkpoint_on_shutdown")
         if threads:
             self.db.execute(f"SET threads = {int(threads)}")
         self.patients_total = 0
