@@ -147,18 +147,23 @@ def observations_beyond(wanted: list[str]) -> list[tuple[str, list[Any]]]:
     return [
         (
             """CREATE OR REPLACE TEMP TABLE observation_shape AS
-            SELECT f, n, json_type(j, ['$.code', '$.code.coding', '$.component']) AS t,
-                json_type(j, '$.code.coding[*]') AS items,
-                json_type(j, '$.code.coding[*].system') AS systems,
-                json_type(j, '$.code.coding[*].code') AS code_types,
-                json_extract_string(j, '$.code.coding[*].system') AS system_values,
-                json_extract_string(j, '$.code.coding[*].code') AS code_values,
-                json_keys(j) AS keys,
-                CASE WHEN json_type(j, '$.component') = 'ARRAY' THEN coalesce(list_bool_and(
-                    list_transform(json_extract(j, '$.component[*]'), lambda c:
+            WITH parts AS (
+                SELECT f, n, json_keys(j) AS keys,
+                    json_extract(j, ['$.code', '$.component']) AS p
+                FROM scanned WHERE status = 'keep' AND rt = 'Observation'
+            )
+            SELECT f, n, keys,
+                [json_type(p[1]), json_type(p[1], '$.coding'), json_type(p[2])] AS t,
+                json_type(p[1], '$.coding[*]') AS items,
+                json_type(p[1], '$.coding[*].system') AS systems,
+                json_type(p[1], '$.coding[*].code') AS code_types,
+                json_extract_string(p[1], '$.coding[*].system') AS system_values,
+                json_extract_string(p[1], '$.coding[*].code') AS code_values,
+                CASE WHEN json_type(p[2]) = 'ARRAY' THEN coalesce(list_bool_and(
+                    list_transform(json_extract(p[2], '$[*]'), lambda c:
                         json_type(c) = 'OBJECT' AND coded_beyond(json_extract(c, '$.code'), ?))),
                     true) END AS parts_beyond
-            FROM scanned WHERE status = 'keep' AND rt = 'Observation'""",
+            FROM parts""",
             [wanted],
         ),
         (
