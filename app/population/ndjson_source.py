@@ -38,7 +38,7 @@ import duckdb
 from app.core.errors import InvalidInput
 from app.population.patient_run import NeededData, source_of_type
 from app.population.resource_types import R4_RESOURCE_TYPES
-from app.population.selection import CODE_NORMAL, MACROS, leave_out, observations_beyond
+from app.population.selection import MACROS, Selection
 
 _FILE = re.compile(r"^([A-Z][A-Za-z]+)(?:\.(\d+))?\.ndjson(?:\.gz)?$")
 _PATIENT_KEY = r"(?:^|/)Patient/([^/]+)(?:/_history/[^/]*)?$"
@@ -195,25 +195,10 @@ class NdjsonSource:
     def _load(self) -> None:
         """One scan of every file read: the lines kept (with their patient), and the problems."""
         db = self.db
-        codes = sorted({c for _, c in self.needed.observation_codes})
-        for macro in (*MACROS, CODE_NORMAL):
+        for macro in MACROS:
             db.execute(macro)
-        history = self.needed.history
-        db.execute(
-            "CREATE OR REPLACE TEMP TABLE wanted_history_codes AS "
-            "SELECT unnest(?) AS kind, unnest(?) AS code",
-            [
-                [h.resource_type for h in history for _ in h.codes],
-                [c for h in history for c in h.codes],
-            ],
-        )
-        db.execute(
-            "CREATE OR REPLACE TEMP TABLE wanted_history_prefixes AS "
-            "SELECT unnest(?) AS kind, unnest(?) AS prefix",
-            [
-                [h.resource_type for h in history for _ in h.prefixes],
-                [p for h in history for p in h.prefixes],
-            ],
+        selection = Selection(
+            tuple(sorted({c for _, c in self.needed.observation_codes})), self.needed.history
         )
         if not self.files:
             return
@@ -223,7 +208,7 @@ class NdjsonSource:
         )
         db.execute(
             f"""
-            CREATE OR REPLACE TABLE scanned AS
+            CREATE OR REPLACE TABLE lines AS
             WITH raw AS ({scans}),
             typed AS (
                 SELECT f, n, j, CASE f {file_types} END AS file_type, json_valid(j) AS ok
@@ -245,8 +230,12 @@ class NdjsonSource:
                             nullif(regexp_extract(coalesce(p[3], p[4]), '{_URN}', 1), ''))
                     END AS patient
                 FROM parsed
-            )
-            SELECT f, n, file_type, ok, rt, rid, nullif(patient, '') AS patient,
+            ),
+            shaped AS (
+                SELECT *, {", ".join(selection.columns())} FROM keyed
+            ),
+            classified AS (
+                SELECT f, n, j, file_type, ok, rt, rid, nullif(patient, '') AS patient,
                 CASE
                     WHEN NOT ok THEN 'invalid'
                     WHEN rt IS NULL THEN 'no-type'
@@ -256,25 +245,15 @@ class NdjsonSource:
                     WHEN rt NOT IN ({", ".join(f"'{t}'" for t in self.needed.resource_types)})
                         THEN 'unread'
                     WHEN patient IS NULL OR patient = '' THEN 'no-patient'
+                    {" ".join(selection.status())}
                     ELSE 'keep'
-                END AS status,
-                CASE WHEN NOT ok OR rt = 'Medication'
-                    OR (rt IN ({", ".join(f"'{t}'" for t in self.needed.resource_types)})
-                        AND patient IS NOT NULL AND patient <> '') THEN j END AS j
-            FROM keyed
+                END AS status
+                FROM shaped
+            )
+            SELECT f, n, file_type, ok, rt, rid, patient, status,
+                CASE WHEN status IN ('keep', 'medication', 'invalid', 'no-type') THEN j END AS j
+            FROM classified
             """
-        )
-        for statement, params in (*observations_beyond(codes), *leave_out(history)):
-            db.execute(statement, params)
-        # Observations beyond the criteria are not-needed (as Spark's reader drops them); the
-        # history lines left out still count as the patient's in the report of orphans.
-        db.execute(
-            """CREATE OR REPLACE TEMP VIEW lines AS
-               SELECT s.* REPLACE (CASE WHEN h.f IS NOT NULL THEN 'left-out'
-                                        WHEN o.f IS NOT NULL THEN 'not-needed'
-                                        ELSE s.status END AS status)
-               FROM scanned s LEFT JOIN left_out h ON s.f = h.f AND s.n = h.n
-                   LEFT JOIN observations_out o ON s.f = o.f AND s.n = o.n"""
         )
         self.lines_total = _one(db, "SELECT count(*) FROM lines")
         self._report()

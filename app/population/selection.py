@@ -3,8 +3,11 @@ cannot change the patient's screening, so that the answer is the one ``$screen``
 whole record (tests/test_population_selection.py proves it on every golden case and fuzzes every
 element of each type).
 
-- An Observation: by the rule ``$screen``'s reader applies (``bundle_reader.beyond_criteria``):
-  :func:`observations_beyond`.
+- An Observation, by the rule ``$screen``'s reader applies (``bundle_reader.beyond_criteria``):
+  its code and every component's code carry a non-empty list of codings, each an object with a
+  string system and code, one of them LOINC, none a code the criteria read (by code string: a
+  wider net than the reader's pairs). One known only by its name (text, a local code) is kept
+  for the name safety net; one whose code cannot be read is kept: it may be about anything.
 - A Condition, Procedure or Immunization, when every check reading its type matches by code set
   (``fetch_plan.history_code_sets``): left out only when all three hold:
 
@@ -20,13 +23,14 @@ element of each type).
      finds it (RE2 here; any line holding a character beyond ASCII is kept, for Unicode case
      folding and word characters differ between the two engines).
 
-Every other type is kept whole.
+Every other type is kept whole. A line with a key twice is kept (DuckDB reads the first, the
+reader the last). All of it is one scan: :class:`Selection` gives the columns and the status
+branches of the query that reads the files (``ndjson_source``).
 """
 
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
 
 from app.catalog.mappings import Mappings
 from app.core.fhir_dates import DATE_PATTERN
@@ -131,167 +135,168 @@ MACROS = (
         AND left(s, 4) <> '0000'
         AND try_cast(left(s, 4) || '-' || coalesce(nullif(substr(s, 6, 2), ''), '01') || '-'
                      || coalesce(nullif(substr(s, 9, 2), ''), '01') AS DATE) IS NOT NULL)""",
+    f"""CREATE OR REPLACE TEMP MACRO code_normal(c) AS
+        (upper(regexp_replace(c, '[{_ASCII_SPACE}.*†+!]', '', 'g')))""",
 )
+"""Run once per connection, before :func:`Selection.columns` and :func:`Selection.status`."""
 
 
-def observations_beyond(wanted: list[str]) -> list[tuple[str, list[Any]]]:
-    """SQL statements listing in table ``observations_out(f, n)`` the Observations of table
-    ``scanned`` that cannot bear on any check, by the rule ``$screen``'s reader applies
-    (``bundle_reader.beyond_criteria``): the code and every component's code carry a non-empty
-    coding list of objects with a string system and code, one of them LOINC, none a code the
-    criteria read (``wanted``, by code string alone: a wider net than the reader's pairs). One
-    known only by its name (text, a local code) is kept for the name safety net; one whose code
-    cannot be read is kept, for it may be about anything. The parts of each line are computed
-    once (a handful of JSON parses), then tested."""
-    every = "list_bool_and(list_transform({}, lambda x: x = '{}')) IS NOT false"
-    return [
-        (
-            """CREATE OR REPLACE TEMP TABLE observation_shape AS
-            WITH parts AS (
-                SELECT f, n, json_keys(j) AS keys,
-                    json_extract(j, ['$.code', '$.component']) AS p
-                FROM scanned WHERE status = 'keep' AND rt = 'Observation'
+@dataclass(frozen=True, slots=True)
+class Selection:
+    """The SQL of one scan over the lines (columns ``j``, ``rt``, ``ok``): :meth:`columns` are
+    computed per line (each JSON function once: DuckDB would compute an expression again for
+    each place a subquery's column is used), :meth:`status` then says, per line of a selected
+    type, whether it may be left out. Patterns are SQL literals (RE2 compiles them once)."""
+
+    observation_codes: tuple[str, ...]
+    history: tuple[HistorySelection, ...]
+
+    def columns(self) -> list[str]:
+        out = [
+            "CASE WHEN ok THEN json_keys(j) END AS sel_keys",
+            "strlen(j) <> length(j) AS sel_wide",
+            *self._observation_columns(),
+        ]
+        for h in self.history:
+            out += _history_columns(h)
+        return out
+
+    def status(self) -> list[str]:
+        """``WHEN ... THEN ...`` branches of the line's status (after the type and patient
+        tests): 'not-needed' for an Observation beyond the criteria, 'left-out' for a history
+        line no check knows."""
+        distinct = "len(sel_keys) = list_unique(sel_keys)"
+        every = "list_bool_and(list_transform({}, lambda x: x = '{}')) IS NOT false"
+        wanted = _sql_list(self.observation_codes)
+        observation = f"""WHEN rt = 'Observation' AND {distinct}
+            AND regexp_full_match(obs_t, 'OBJECT,ARRAY,(NULL|ARRAY)')
+            AND len(obs_items) > 0 AND {every.format("obs_items", "OBJECT")}
+            AND len(obs_systems) = len(obs_items) AND {every.format("obs_systems", "VARCHAR")}
+            AND len(obs_code_types) = len(obs_items)
+            AND {every.format("obs_code_types", "VARCHAR")}
+            AND list_contains(obs_system_values, 'http://loinc.org')
+            AND NOT list_has_any(obs_code_values, {wanted})
+            AND coalesce(obs_parts_beyond, true)
+            THEN 'not-needed'"""
+        return [observation, *(_history_status(h, distinct) for h in self.history)]
+
+    def _observation_columns(self) -> list[str]:
+        only = "CASE WHEN rt = 'Observation' AND ok THEN {} END"
+        wanted = _sql_list(self.observation_codes)
+        return [
+            only.format(
+                "array_to_string(list_transform(json_type(j, ['$.code', '$.code.coding', "
+                "'$.component']), lambda x: coalesce(x, 'NULL')), ',')"
             )
-            SELECT f, n, keys,
-                [json_type(p[1]), json_type(p[1], '$.coding'), json_type(p[2])] AS t,
-                json_type(p[1], '$.coding[*]') AS items,
-                json_type(p[1], '$.coding[*].system') AS systems,
-                json_type(p[1], '$.coding[*].code') AS code_types,
-                json_extract_string(p[1], '$.coding[*].system') AS system_values,
-                json_extract_string(p[1], '$.coding[*].code') AS code_values,
-                CASE WHEN json_type(p[2]) = 'ARRAY' THEN coalesce(list_bool_and(
-                    list_transform(json_extract(p[2], '$[*]'), lambda c:
-                        json_type(c) = 'OBJECT' AND coded_beyond(json_extract(c, '$.code'), ?))),
-                    true) END AS parts_beyond
-            FROM parts""",
-            [wanted],
-        ),
-        (
-            f"""CREATE OR REPLACE TEMP TABLE observations_out AS
-            SELECT f, n FROM observation_shape
-            WHERE t[1] = 'OBJECT' AND t[2] = 'ARRAY' AND len(items) > 0
-                AND {every.format("items", "OBJECT")}
-                AND len(systems) = len(items) AND {every.format("systems", "VARCHAR")}
-                AND len(code_types) = len(items) AND {every.format("code_types", "VARCHAR")}
-                AND list_contains(system_values, 'http://loinc.org')
-                AND NOT list_has_any(code_values, ?)
-                AND (coalesce(t[3], 'NULL') = 'NULL' OR coalesce(parts_beyond, false))
-                AND len(keys) = len(list_distinct(keys))""",
-            [wanted],
-        ),
-    ]
+            + " AS obs_t",
+            only.format("json_type(j, '$.code.coding[*]')") + " AS obs_items",
+            only.format("json_type(j, '$.code.coding[*].system')") + " AS obs_systems",
+            only.format("json_type(j, '$.code.coding[*].code')") + " AS obs_code_types",
+            only.format("json_extract_string(j, '$.code.coding[*].system')")
+            + " AS obs_system_values",
+            only.format("json_extract_string(j, '$.code.coding[*].code')") + " AS obs_code_values",
+            only.format(
+                "CASE WHEN json_type(j, '$.component') = 'ARRAY' THEN coalesce(list_bool_and("
+                "list_transform(json_extract(j, '$.component[*]'), lambda c: "
+                f"json_type(c) = 'OBJECT' AND coded_beyond(json_extract(c, '$.code'), {wanted}))"
+                "), true) END"
+            )
+            + " AS obs_parts_beyond",
+        ]
 
 
-def leave_out(selections: Iterable[HistorySelection]) -> list[tuple[str, list[str]]]:
-    """SQL statements (with their parameters) listing in table ``left_out(f, n)`` the history
-    lines of table ``scanned`` (columns f, n, rt, status, j) that may be left out; tables
-    ``wanted_history_codes(kind, code)`` and ``wanted_history_prefixes(kind, prefix)`` hold the
-    selections' codes and prefixes."""
-    statements: list[tuple[str, list[str]]] = [
-        (
-            "CREATE OR REPLACE TEMP TABLE history_out "
-            "(f INTEGER, n BIGINT, rt VARCHAR, codes VARCHAR[])",
-            [],
-        )
-    ]
-    for selection in selections:
-        statements += _read_without_fault(selection)
-    statements.append(
-        (
-            """CREATE OR REPLACE TEMP TABLE history_known AS
-            WITH codes AS (SELECT f, n, rt, code_normal(unnest(codes)) AS code FROM history_out)
-            SELECT f, n FROM codes JOIN wanted_history_codes w
-                ON w.kind = codes.rt AND w.code = codes.code
-            UNION
-            SELECT f, n FROM (SELECT f, n, rt, code, unnest(range(1, length(code) + 1)) AS k
-                              FROM codes) AS p
-                JOIN wanted_history_prefixes w ON w.kind = p.rt AND w.prefix = left(p.code, p.k)""",
-            [],
-        )
+def _prefix(h: HistorySelection) -> str:
+    return f"sel_{h.resource_type.lower()}"
+
+
+def _history_columns(h: HistorySelection) -> list[str]:
+    """Per line of the type: the JSON type of each element the reader reads (one string), the
+    date strings, each CodeableConcept's coding types and system types, the words found, the
+    codes known."""
+    kind, read, key, c = (
+        h.resource_type,
+        _READ[h.resource_type],
+        _CODE_KEY[h.resource_type],
+        _prefix(h),
     )
-    statements.append(
-        (
-            """CREATE OR REPLACE TEMP TABLE left_out AS
-            SELECT f, n FROM history_out EXCEPT SELECT f, n FROM history_known""",
-            [],
-        )
-    )
-    return statements
-
-
-def _read_without_fault(selection: HistorySelection) -> list[tuple[str, list[str]]]:
-    """The lines of the selection's type that the reader reads without fault and whose words no
-    check knows, with their codes (matched against the code sets in the next statement). First
-    what each line is made of, computed once (one JSON parse for the types of every element read,
-    one for the date strings, two per CodeableConcept for its codings), then the tests on it."""
-    kind = selection.resource_type
-    read = _READ[kind]
-    key = _CODE_KEY[kind]
-    paths: list[str] = []
-    dates: list[str] = []
-    items: list[str] = []
-    tests: list[str] = []
-
-    def typed(path: str, *allowed: str) -> str:
-        paths.append(path)
-        i = len(paths)
-        return f"coalesce(t[{i}], 'NULL') IN ({', '.join(repr(a) for a in ('NULL', *allowed))})"
-
-    def day(path: str) -> str:
-        dates.append(path)
-        return f"(coalesce(t[{len(paths)}], 'NULL') <> 'VARCHAR' OR day_ok(s[{len(dates)}]))"
-
-    def every(path: str, *allowed: str) -> str:
-        items.append(f"json_type(j, '{path}') AS w{len(items) + 1}")
-        listed = ", ".join(repr(a) for a in allowed)
-        return (
-            f"list_bool_and(list_transform(w{len(items)}, lambda x: x IN ({listed}))) IS NOT false"
-        )
-
+    only = f"CASE WHEN rt = '{kind}' AND ok THEN {{}} END"
+    paths, dates, out = [], [], []
     for k in read["concepts"]:
-        tests += [typed(f"$.{k}", "OBJECT"), typed(f"$.{k}.text", "VARCHAR")]
-        tests.append(typed(f"$.{k}.coding", "ARRAY"))
-        tests.append(every(f"$.{k}.coding[*]", "OBJECT"))
-        tests.append(every(f"$.{k}.coding[*].system", "VARCHAR", "NULL"))
+        paths += [f"$.{k}", f"$.{k}.text", f"$.{k}.coding"]
+        out.append(only.format(f"json_type(j, '$.{k}.coding[*]')") + f" AS {c}_{k}_items")
+        out.append(only.format(f"json_type(j, '$.{k}.coding[*].system')") + f" AS {c}_{k}_systems")
     for k in read["dates"]:
-        tests.append(typed(f"$.{k}", "VARCHAR"))
-        tests.append(day(f"$.{k}"))
+        paths.append(f"$.{k}")
+        dates.append(f"$.{k}")
     for k in read["periods"]:
-        tests.append(typed(f"$.{k}", "OBJECT"))
-        for end in ("start", "end"):
-            tests.append(typed(f"$.{k}.{end}", "VARCHAR"))
-            tests.append(day(f"$.{k}.{end}"))
-    for k in read["strings"]:
-        tests.append(typed(f"$.{k}", "VARCHAR"))
+        paths += [f"$.{k}", f"$.{k}.start", f"$.{k}.end"]
+        dates += [f"$.{k}.start", f"$.{k}.end"]
+    paths += [f"$.{k}" for k in read["strings"]]
+    out.append(
+        only.format(
+            f"array_to_string(list_transform(json_type(j, {_sql_list(paths)}), "
+            "lambda x: coalesce(x, 'NULL')), ',')"
+        )
+        + f" AS {c}_t"
+    )
+    out.append(only.format(f"json_extract_string(j, {_sql_list(dates)})") + f" AS {c}_dates")
     named = (
         "false"
-        if selection.words is None
+        if h.words is None
         else f"""regexp_matches(
-        coalesce(json_extract_string(j, '$.{key}.text'), '') || chr(1) ||
-        coalesce(array_to_string(json_extract_string(j, '$.{key}.coding[*].display'),
-                                 chr(1)), ''), ?)"""
+            coalesce(json_extract_string(j, '$.{key}.text'), '') || chr(1) ||
+            coalesce(array_to_string(json_extract_string(j, '$.{key}.coding[*].display'),
+                                     chr(1)), ''), '{_sql_string(h.words)}')"""
     )
-    shape = f"""CREATE OR REPLACE TEMP TABLE history_shape AS
-        SELECT f, n, rt, json_type(j, {_paths(paths)}) AS t,
-            json_extract_string(j, {_paths(dates)}) AS s, json_keys(j) AS keys,
-            {", ".join(items)},
-            strlen(j) <> length(j) AS wide, {named} AS named,
-            coalesce(json_extract_string(j, '$.{key}.coding[*].code'), []) AS codes
-        FROM scanned WHERE status = 'keep' AND rt = '{kind}'"""
-    out = f"""INSERT INTO history_out SELECT f, n, rt, codes FROM history_shape
-        WHERE NOT wide AND NOT named AND len(keys) = len(list_distinct(keys))
-            AND {" AND ".join(tests)}"""
-    return [(shape, [] if selection.words is None else [selection.words]), (out, [])]
+    out.append(only.format(named) + f" AS {c}_named")
+    known = [
+        f"regexp_full_match(code_normal(x), '{_sql_string(_alternatives(h.codes))}')"
+        if h.codes
+        else "false",
+        f"regexp_matches(code_normal(x), '^{_sql_string(_alternatives(h.prefixes))}')"
+        if h.prefixes
+        else "false",
+    ]
+    out.append(
+        only.format(
+            "list_bool_or(list_transform(coalesce(json_extract_string(j, "
+            f"'$.{key}.coding[*].code'), []), lambda x: x IS NOT NULL AND ({' OR '.join(known)})))"
+        )
+        + f" AS {c}_known"
+    )
+    return out
 
 
-def _paths(paths: list[str]) -> str:
-    return "[" + ", ".join(f"'{p}'" for p in paths) + "]" if paths else "['$.none']"
+def _history_status(h: HistorySelection, distinct: str) -> str:
+    kind, read, c = h.resource_type, _READ[h.resource_type], _prefix(h)
+    shape: list[str] = []
+    for _ in read["concepts"]:
+        shape += ["(NULL|OBJECT)", "(NULL|VARCHAR)", "(NULL|ARRAY)"]
+    shape += ["(NULL|VARCHAR)"] * len(read["dates"])
+    for _ in read["periods"]:
+        shape += ["(NULL|OBJECT)", "(NULL|VARCHAR)", "(NULL|VARCHAR)"]
+    shape += ["(NULL|VARCHAR)"] * len(read["strings"])
+    codings = " AND ".join(
+        f"list_bool_and(list_transform({c}_{k}_items, lambda x: x = 'OBJECT')) IS NOT false "
+        f"AND list_bool_and(list_transform({c}_{k}_systems, lambda x: x IN ('VARCHAR', 'NULL'))) "
+        "IS NOT false"
+        for k in read["concepts"]
+    )
+    return f"""WHEN rt = '{kind}' AND NOT sel_wide AND {distinct}
+            AND regexp_full_match({c}_t, '{",".join(shape)}')
+            AND {codings}
+            AND list_bool_and(list_transform({c}_dates, lambda x: x IS NULL OR day_ok(x)))
+                IS NOT false
+            AND NOT {c}_named AND NOT coalesce({c}_known, false)
+            THEN 'left-out'"""
 
 
-CODE_NORMAL = (
-    "CREATE OR REPLACE TEMP MACRO code_normal(c) AS "
-    f"(upper(regexp_replace(c, '[{_ASCII_SPACE}.*†+!]', '', 'g')))"
-)
+def _alternatives(items: Iterable[str]) -> str:
+    return "(?:" + "|".join(re.escape(i) for i in items) + ")"
+
+
+def _sql_list(items: Iterable[str]) -> str:
+    return "[" + ", ".join(f"'{_sql_string(i)}'" for i in items) + "]::VARCHAR[]"
 
 
 def _sql_string(text: str) -> str:
