@@ -35,6 +35,7 @@ from app.catalog.loader import Catalog, load_catalog
 from app.core.errors import ServerBusy
 from app.core.settings import Settings
 from app.ehr.connection import fetch_plan
+from app.ehr.fetch_plan import FetchPlan
 
 log = logging.getLogger(__name__)
 
@@ -43,18 +44,20 @@ R = TypeVar("R")
 
 @dataclass(frozen=True, slots=True)
 class WorkerEnv:
-    """What every job receives: the service's settings, its loaded trials, and the codes they
+    """What every job receives: the service's settings, its loaded trials, the searches that
+    fetch a record for them (a CDS hook's prefetch is read against these), and the codes they
     look Observations up by (the fetch plan's: a posted record's other Observations are not
     decoded, see bundle_reader.read_bundle)."""
 
     settings: Settings
     catalog: Catalog
     observation_codes: frozenset[tuple[str, str]]
+    plan: FetchPlan
 
     @classmethod
     def of(cls, settings: Settings, catalog: Catalog) -> "WorkerEnv":
         plan = fetch_plan(settings, catalog)
-        return cls(settings, catalog, frozenset(plan.observation_codes))
+        return cls(settings, catalog, frozenset(plan.observation_codes), plan)
 
 
 _ENV: WorkerEnv | None = None
