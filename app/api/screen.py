@@ -16,7 +16,7 @@ from app.api.common import (
     FhirResponse,
     Screener,
     SettingsDep,
-    read_body,
+    read_screen_body,
     trial_named,
 )
 from app.api.screen_request import parse_screen_request
@@ -33,6 +33,7 @@ from app.fhir_io.bundle_reader import read_bundle
 from app.screening.issued import counted, describe
 from app.screening.learned import TrialRef, recognised_refs, trial_of
 from app.screening.pool import ScreenPool, WorkerEnv
+from app.screening.spool import Body, Spool, body_bytes
 from app.store import audit
 from app.store.database import NewScreening, Store
 
@@ -94,7 +95,7 @@ class _Posted:
 
 def screen_posted(
     env: WorkerEnv,
-    body: bytes,
+    received: Body,
     study_id: str | None,
     today: date,
     now: datetime,
@@ -105,6 +106,7 @@ def screen_posted(
     is parsed), parse it, read the record, and (unless the terminology server must see the
     record first) evaluate it against each trial."""
     catalog = env.catalog
+    body = body_bytes(received)
     # Counted here, not on the event loop: a scan of a large body holds the GIL for milliseconds.
     limits.resource_count(body, env.settings.max_resources)
     parsed = parse_screen_request(body)
@@ -186,7 +188,7 @@ def _evaluated(
 
 
 async def _screen(
-    study_id: str | None, body: bytes, settings: Settings, request: Request, who: Principal
+    study_id: str | None, body: bytes | Spool, settings: Settings, request: Request, who: Principal
 ) -> list[Any]:
     """One GuidanceResponse per trial (one study, else every trial or those named by 'study'),
     from one reading (or one fetch) of the record; each is stored, and the screening audited,
@@ -289,7 +291,7 @@ async def screen(
     """Screen one patient's record (a Bundle in a Parameters) against one trial; answer with a
     GuidanceResponse."""
     trial_named(catalog, study_id)  # an unknown trial is a 404 before the body is read
-    body = await read_body(request, settings.max_body_bytes)
+    body = await read_screen_body(request, settings.max_body_bytes, _spools(request))
     (response,) = await _screen(study_id, body, settings, request, who)
     return _answer(request, settings, [response], response)
 
@@ -304,7 +306,7 @@ async def screen_all(
 ) -> Response:
     """Screen one patient's record against every trial (or those named by 'study' parameters);
     answer with a collection Bundle of GuidanceResponses, one per trial."""
-    body = await read_body(request, settings.max_body_bytes)
+    body = await read_screen_body(request, settings.max_body_bytes, _spools(request))
     responses = await _screen(None, body, settings, request, who)
     bundle = {
         "resourceType": "Bundle",
@@ -312,6 +314,11 @@ async def screen_all(
         "entry": [{"fullUrl": f"urn:uuid:{r['id']}", "resource": r} for r in responses],
     }
     return _answer(request, settings, responses, bundle)
+
+
+def _spools(request: Request) -> bool:
+    pool: ScreenPool = request.app.state.screen_pool
+    return pool.spools
 
 
 def _answer(

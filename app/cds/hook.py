@@ -26,6 +26,7 @@ from app.fhir_io.report import plausible
 from app.screening.issued import describe
 from app.screening.learned import TrialRef, trial_of
 from app.screening.pool import WorkerEnv
+from app.screening.spool import Body, body_bytes
 from app.store.database import NewScreening
 
 Json = dict[str, Any]
@@ -80,12 +81,14 @@ class Hook:
     token: str | None = None
 
 
-def read_hook(env: WorkerEnv, body: bytes, as_of: date, order: ScreenOrder | None) -> Hook:
+def read_hook(env: WorkerEnv, received: Body, as_of: date, order: ScreenOrder | None) -> Hook:
     """Runs in a screening worker: the hook call counted (413 above the resource limit, before it
     is parsed), parsed, checked, and its prefetch read; screened for ``order`` when prefetch held
     the whole record (read only when ``order`` is None)."""
+    body = body_bytes(received)
     limits.resource_count(body, env.settings.max_resources, "The hook call")
     hook = parse_json(body)
+    del body
     if hook.get("hook") != "patient-view":
         raise InvalidInput("This service answers the patient-view hook.", expression="hook")
     instance = hook.get("hookInstance")

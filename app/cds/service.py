@@ -52,6 +52,7 @@ from app.ehr.terminology import TerminologyServer
 from app.screening.issued import counted
 from app.screening.learned import recognised_refs
 from app.screening.pool import ScreenPool
+from app.screening.spool import collect
 from app.store import audit
 from app.store.database import (
     CardQuiet,
@@ -104,10 +105,10 @@ async def patient_view(service_id: str, request: Request) -> JSONResponse:
     settings: Settings = request.app.state.settings
     caller = await _authenticate(request, settings)
     await fail_interrupted(request.app.state.store)
-    body = await request.body()
+    pool: ScreenPool = request.app.state.screen_pool
+    body = await collect(request.stream(), settings.max_body_bytes, pool.spools)
     now = datetime.now(UTC)
     as_of = now.astimezone(zone_of(settings)).date()
-    pool: ScreenPool = request.app.state.screen_pool
     order = _order(request, as_of, now, caller)
     # Parsed, checked and (with full prefetch) screened in a worker: see app/cds/hook.py.
     hook = await pool.run(read_hook, body, as_of, None if _terminology(request) else order)

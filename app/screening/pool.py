@@ -36,6 +36,7 @@ from app.core.errors import ServerBusy
 from app.core.settings import Settings
 from app.ehr.connection import fetch_plan
 from app.ehr.fetch_plan import FetchPlan
+from app.screening import spool
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +138,8 @@ class ScreenPool:
         self._env = WorkerEnv.of(settings, catalog)
         self._in_flight = 0
         self._executor = self._new_executor()
+        self.spools = workers > 0 and spool.available()
+        """Whether large bodies should come as a Spool (a pool of processes, on Linux)."""
 
     def _new_executor(self) -> Executor:
         if self.workers == 0:
@@ -162,8 +165,12 @@ class ScreenPool:
                 self._executor.submit(_ready)
 
     async def run(self, job: Callable[..., R], *args: object) -> R:
-        """``job(env, *args)`` in a worker; 503 at once when the pool is full."""
+        """``job(env, *args)`` in a worker; 503 at once when the pool is full. A :class:`Spool`
+        among the arguments is the pool's to close, once the job has ended."""
+        spools = [a for a in args if isinstance(a, spool.Spool)]
         if self._in_flight >= self.limit:
+            for s in spools:
+                s.close()
             raise ServerBusy(
                 f"All {self.limit} screening places are taken; retry in {self.retry_after} s.",
                 retry_after=self.retry_after,
@@ -179,6 +186,8 @@ class ScreenPool:
         # disconnects does not stop the worker).
         self._in_flight += 1
         future.add_done_callback(lambda _: _call_soon(loop, self._freed))
+        for s in spools:
+            future.add_done_callback(_closing(s))
         try:
             return await asyncio.wrap_future(future)
         except BrokenProcessPool:
@@ -199,6 +208,10 @@ class ScreenPool:
     def close(self) -> None:
         """Cancel what waits, let running jobs end, and wait for the workers to exit."""
         self._executor.shutdown(wait=True, cancel_futures=True)
+
+
+def _closing(body: spool.Spool) -> Callable[[object], None]:
+    return lambda _: body.close()
 
 
 def _call_soon(loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) -> None:
