@@ -4,7 +4,8 @@ Reading a record and evaluating it is pure CPU work (``orjson`` holds the GIL fo
 so done on the event loop it stalls every other request, ``/healthz`` included, for as long as
 the largest screening takes. Each worker process loads the trial catalog once at start and then
 runs jobs: module-level functions called as ``job(env, *args)`` with picklable arguments (the
-received bytes rather than parsed dicts, which cost more to pickle than to parse). The workers
+received bytes rather than parsed dicts, which cost more to pickle than to parse; a large body
+as a Spool, handed over by file descriptor: app/screening/spool.py). The workers
 take jobs from one shared queue, so every core is used without the accept imbalance of several
 server processes on one socket.
 
@@ -178,10 +179,15 @@ class ScreenPool:
         loop = asyncio.get_running_loop()
         executor = self._executor
         future: Future[R]
-        if isinstance(executor, ProcessPoolExecutor):
-            future = executor.submit(_in_worker, job, *args)
-        else:
-            future = executor.submit(job, self._env, *args)
+        try:
+            if isinstance(executor, ProcessPoolExecutor):
+                future = executor.submit(_in_worker, job, *args)
+            else:
+                future = executor.submit(job, self._env, *args)
+        except BaseException:
+            for s in spools:  # never handed over
+                s.close()
+            raise
         # A place is freed when the job ends, not when its caller stops waiting (a client that
         # disconnects does not stop the worker).
         self._in_flight += 1
