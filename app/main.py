@@ -128,7 +128,6 @@ def create_app(
         docs_url="/docs" if settings.docs_enabled else None,
         redoc_url="/redoc" if settings.docs_enabled else None,
     )
-    app.dependency_overrides[get_settings] = lambda: settings
     fhir_json = [Depends(negotiate)]
     app.include_router(screen_router, dependencies=fhir_json)
     app.include_router(published_router, dependencies=fhir_json)

@@ -6,7 +6,11 @@ database, builds the prefetch the service advertises at ``GET /cds-services`` fr
 the hook with aiohttp at concurrency 1, 4 and 16. Prints the prefetch size, then p50 / p99 / max
 latency and throughput per level, and whether p50 at concurrency 1 is within the 500 ms CDS Hooks
 budget; then the same hook at concurrency 1 with a small record (the Patient and its conditions,
-every other prefetch key null) for contrast.
+every other prefetch key null) for contrast. Under each level: the CPU milliseconds one call cost
+the service process, its screening workers and this client (from /proc, Linux), which, unlike
+latency, does not depend on what else the machine runs. (The screening workers run at nice 10: on
+a machine shared with other busy processes they get a small share of the CPU, and latencies
+grow far more than these costs.)
 
     .venv/bin/python -m bench.cds_bench [--requests 40] [--time-limit 300]
 
@@ -17,6 +21,7 @@ import argparse
 import asyncio
 import gzip
 import os
+import resource
 import socket
 import statistics
 import subprocess
@@ -270,6 +275,48 @@ async def run_level(
     return Level(concurrency, latencies, wall, max(cards, default=0), len(latencies) < requests)
 
 
+@dataclass(frozen=True, slots=True)
+class CpuTimes:
+    """CPU seconds used so far by the service process, its worker processes and this client."""
+
+    server: float
+    workers: float
+    client: float
+
+    @classmethod
+    def now(cls, pid: int) -> "CpuTimes | None":
+        """None where /proc cannot be read (not Linux)."""
+        try:
+            workers = sum(_cpu_seconds(child) for child in _children(pid))
+            server = _cpu_seconds(pid)
+        except OSError:
+            return None
+        used = resource.getrusage(resource.RUSAGE_SELF)
+        return cls(server, workers, used.ru_utime + used.ru_stime)
+
+    def per_call(self, later: "CpuTimes", calls: int) -> str:
+        """CPU ms per call by process between this reading and ``later``: what a call costs
+        whatever else the machine runs (latencies on a shared machine do not say that)."""
+        parts = (
+            ("server", later.server - self.server),
+            ("workers", later.workers - self.workers),
+            ("client", later.client - self.client),
+        )
+        return "CPU per call: " + ", ".join(f"{k} {v / calls * 1e3:.1f} ms" for k, v in parts)
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _children(pid: int) -> list[int]:
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
 def _ms(seconds: float) -> str:
     return f"{seconds * 1e3:.0f} ms"
 
@@ -319,8 +366,12 @@ async def bench(requests: int, time_limit: float) -> None:
                 await run_level(session, url, full, 1, 2, deadline)  # warm up, not counted
                 levels = []
                 for concurrency in _LEVELS:
+                    before = CpuTimes.now(process.pid)
                     level = await run_level(session, url, full, concurrency, requests, deadline)
+                    after = CpuTimes.now(process.pid)
                     report(f"full prefetch, concurrency {concurrency:>2}", level)
+                    if before and after and level.latencies:
+                        print("  " + before.per_call(after, len(level.latencies)))
                     levels.append(level)
                 if levels[0].latencies:
                     p50 = statistics.median(levels[0].latencies) * 1e3
@@ -334,8 +385,12 @@ async def bench(requests: int, time_limit: float) -> None:
                     f"{len(orjson.dumps(small)) / 1e6:.3f} MB"
                 )
                 await run_level(session, url, small_body, 1, 2, deadline)
+                before = CpuTimes.now(process.pid)
                 level = await run_level(session, url, small_body, 1, requests, deadline)
+                after = CpuTimes.now(process.pid)
                 report("small prefetch, concurrency  1", level)
+                if before and after and level.latencies:
+                    print("  " + before.per_call(after, len(level.latencies)))
         finally:
             stop_server(process)
             print(f"service stopped (exit status {process.returncode}; -15 is SIGTERM)")

@@ -832,7 +832,7 @@ def test_a_prefetched_order_keeps_the_medication_its_bundle_carries() -> None:
     """Prefetch templates carry no _include, but an EHR may add the referenced Medication to the
     MedicationRequest Bundle: it is kept, so the order's product is known; without it the
     reference stays unresolved (an unknown drug, reviewed) rather than the order being dropped."""
-    from app.cds.service import _from_prefetch
+    from app.cds.hook import from_prefetch
     from app.ehr.fetch_plan import Search
     from app.engine.sources import MEDICATIONS
     from app.fhir_io.bundle_reader import read_bundle
@@ -866,7 +866,7 @@ def test_a_prefetched_order_keeps_the_medication_its_bundle_carries() -> None:
     prefetch = {
         "medication-requests": {"resourceType": "Bundle", "type": "searchset", "entry": entries}
     }
-    _, parts, to_fetch = _from_prefetch(prefetch, [search])
+    _, parts, to_fetch = from_prefetch(prefetch, [search])
     assert to_fetch == [] and [r["resourceType"] for r in parts[0][1]] == [
         "MedicationRequest",
         "Medication",

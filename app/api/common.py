@@ -11,7 +11,8 @@ from app.access.inbound import Principal, require
 from app.catalog.loader import Catalog
 from app.catalog.trial import LoadedTrial
 from app.core.errors import NotFound, PayloadTooLarge, UnsupportedMediaType
-from app.core.settings import Settings, get_settings
+from app.core.settings import Settings
+from app.screening.spool import Spool, collect
 
 FHIR_JSON = "application/fhir+json"
 _ACCEPTED_TYPES = {"application/fhir+json", "application/json"}
@@ -22,7 +23,15 @@ def get_catalog(request: Request) -> Catalog:
     return catalog
 
 
-SettingsDep = Annotated[Settings, Depends(get_settings)]
+def settings_of(request: Request) -> Settings:
+    """The settings the app was created with (create_app puts them in app.state)."""
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+# Read from app.state rather than by overriding get_settings: with any dependency override in
+# place, FastAPI rebuilds every dependency (inspect.signature and all) on every request.
+SettingsDep = Annotated[Settings, Depends(settings_of)]
 CatalogDep = Annotated[Catalog, Depends(get_catalog)]
 Screener = Annotated[Principal, Depends(require("GuidanceResponse", "create"))]
 Reader = Annotated[Principal, Depends(require("GuidanceResponse", "read"))]
@@ -38,6 +47,14 @@ class FhirResponse(Response):
 
 async def read_body(request: Request, limit: int) -> bytes:
     """The request body, refusing anything over ``limit`` bytes before it is all read."""
+    body = await read_screen_body(request, limit, spool=False)
+    assert isinstance(body, bytes)  # never spooled when not asked to
+    return body
+
+
+async def read_screen_body(request: Request, limit: int, spool: bool) -> bytes | Spool:
+    """:func:`read_body` for a screening pool: with ``spool`` (a pool of processes) a large body
+    comes as a :class:`Spool` (see app/screening/spool.py)."""
     content_type = request.headers.get("content-type", FHIR_JSON).split(";")[0].strip().lower()
     if content_type not in _ACCEPTED_TYPES:
         raise UnsupportedMediaType(
@@ -46,14 +63,7 @@ async def read_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"The request body exceeds the limit of {limit} bytes.")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"The request body exceeds the limit of {limit} bytes.")
-        chunks.append(chunk)
-    return b"".join(chunks)
+    return await collect(request.stream(), limit, spool)
 
 
 def trial_named(catalog: Catalog, study_id: str) -> LoadedTrial:

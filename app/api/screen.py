@@ -16,7 +16,7 @@ from app.api.common import (
     FhirResponse,
     Screener,
     SettingsDep,
-    read_body,
+    read_screen_body,
     trial_named,
 )
 from app.api.screen_request import parse_screen_request
@@ -26,13 +26,14 @@ from app.core import limits
 from app.core.base_url import public_base
 from app.core.errors import InvalidInput, TrialscreenError
 from app.core.settings import Settings, zone_of
-from app.ehr.record_source import FetchedRecord, RecordSource
-from app.ehr.terminology import recognised
+from app.ehr.record_source import FetchedRecord, ReceivedRecord, RecordSource
 from app.engine import evaluate
 from app.engine.record import PatientRecord
 from app.fhir_io.bundle_reader import read_bundle
 from app.screening.issued import counted, describe
+from app.screening.learned import TrialRef, recognised_refs, trial_of
 from app.screening.pool import ScreenPool, WorkerEnv
+from app.screening.spool import Body, Spool, body_bytes
 from app.store import audit
 from app.store.database import NewScreening, Store
 
@@ -94,7 +95,7 @@ class _Posted:
 
 def screen_posted(
     env: WorkerEnv,
-    body: bytes,
+    received: Body,
     study_id: str | None,
     today: date,
     now: datetime,
@@ -105,6 +106,7 @@ def screen_posted(
     is parsed), parse it, read the record, and (unless the terminology server must see the
     record first) evaluate it against each trial."""
     catalog = env.catalog
+    body = body_bytes(received)
     # Counted here, not on the event loop: a scan of a large body holds the GIL for milliseconds.
     limits.resource_count(body, env.settings.max_resources)
     parsed = parse_screen_request(body)
@@ -131,17 +133,36 @@ def _bare(fetched: FetchedRecord) -> FetchedRecord:
     return replace(fetched, record=record)
 
 
+def _screen_received(
+    env: WorkerEnv,
+    received: ReceivedRecord,
+    trials: list[str],
+    as_of: date,
+    now: datetime,
+    requested_by: str,
+    evaluate_now: bool,
+) -> _Posted:
+    """Runs in a screening worker: a record fetched by patient id read, and (unless the
+    terminology server must see it first) evaluated against each trial."""
+    fetched = received.read()
+    if not evaluate_now:
+        return _Posted(trials, as_of, fetched=fetched)
+    loaded = [env.catalog.trials[t] for t in trials]
+    screenings = _evaluated(env, fetched, loaded, as_of, now, requested_by)
+    return _Posted(trials, as_of, fetched=_bare(fetched), screenings=screenings)
+
+
 def _evaluate_fetched(
     env: WorkerEnv,
     fetched: FetchedRecord,
-    trials: list[str | LoadedTrial],
+    trials: list[TrialRef],
     as_of: date,
     now: datetime,
     requested_by: str,
 ) -> list[NewScreening]:
-    """Runs in a screening worker: a record already read (fetched, or completed by the
-    terminology server) evaluated against each trial (named, or as the server completed it)."""
-    loaded = [env.catalog.trials[t] if isinstance(t, str) else t for t in trials]
+    """Runs in a screening worker: a record already read evaluated against each trial as the
+    terminology server completed it."""
+    loaded = [trial_of(env.catalog, t) for t in trials]
     return _evaluated(env, fetched, loaded, as_of, now, requested_by)
 
 
@@ -167,7 +188,7 @@ def _evaluated(
 
 
 async def _screen(
-    study_id: str | None, body: bytes, settings: Settings, request: Request, who: Principal
+    study_id: str | None, body: bytes | Spool, settings: Settings, request: Request, who: Principal
 ) -> list[Any]:
     """One GuidanceResponse per trial (one study, else every trial or those named by 'study'),
     from one reading (or one fetch) of the record; each is stored, and the screening audited,
@@ -183,26 +204,32 @@ async def _screen(
             screen_posted, body, study_id, today, now, who.client_id, terminology is None
         )
         as_of = posted.as_of
-        fetched = posted.fetched
-        if fetched is None:
+        if posted.fetched is None:
             assert posted.patient_id is not None  # parse_screen_request: bundle or patient
             patient = f"Patient/{posted.patient_id}"
             confine(who, patient)  # before anything is fetched
             source: RecordSource = request.app.state.record_source
-            fetched = await source.fetch(posted.patient_id, as_of)
+            received = await source.receive(posted.patient_id, as_of)
+            posted = await pool.run(
+                _screen_received,
+                received,
+                posted.trials,
+                as_of,
+                now,
+                who.client_id,
+                terminology is None,
+            )
+        fetched = posted.fetched
+        assert fetched is not None
         patient = fetched.record.patient.ref or patient
         if patient:  # stored and indexed: bounded, no control characters
             limits.text_value(patient, "the Patient's id or fullUrl", limits.MAX_REFERENCE)
         confine(who, patient)
         screenings = posted.screenings
         if screenings is None:
-            trials = [catalog.trials[t] for t in posted.trials]
-            known = [await recognised(terminology, t, fetched.record) for t in trials]
-            named: list[str | LoadedTrial] = [
-                k.id if k is t else k for k, t in zip(known, trials, strict=True)
-            ]
+            trials = await recognised_refs(terminology, catalog, posted.trials, fetched.record)
             screenings = await pool.run(
-                _evaluate_fetched, fetched, named, as_of, now, who.client_id
+                _evaluate_fetched, fetched, trials, as_of, now, who.client_id
             )
         counted(screenings)
         for s in screenings:  # kept once, never updated: version 1 for good
@@ -264,7 +291,7 @@ async def screen(
     """Screen one patient's record (a Bundle in a Parameters) against one trial; answer with a
     GuidanceResponse."""
     trial_named(catalog, study_id)  # an unknown trial is a 404 before the body is read
-    body = await read_body(request, settings.max_body_bytes)
+    body = await read_screen_body(request, settings.max_body_bytes, _spools(request))
     (response,) = await _screen(study_id, body, settings, request, who)
     return _answer(request, settings, [response], response)
 
@@ -279,7 +306,7 @@ async def screen_all(
 ) -> Response:
     """Screen one patient's record against every trial (or those named by 'study' parameters);
     answer with a collection Bundle of GuidanceResponses, one per trial."""
-    body = await read_body(request, settings.max_body_bytes)
+    body = await read_screen_body(request, settings.max_body_bytes, _spools(request))
     responses = await _screen(None, body, settings, request, who)
     bundle = {
         "resourceType": "Bundle",
@@ -287,6 +314,11 @@ async def screen_all(
         "entry": [{"fullUrl": f"urn:uuid:{r['id']}", "resource": r} for r in responses],
     }
     return _answer(request, settings, responses, bundle)
+
+
+def _spools(request: Request) -> bool:
+    pool: ScreenPool = request.app.state.screen_pool
+    return pool.spools
 
 
 def _answer(

@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 import uuid
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -20,15 +20,23 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from app.catalog.loader import Catalog
-from app.catalog.trial import LoadedTrial
 from app.cds.cards import (
-    card,
     card_uuid,
     override_reasons,
     pending_card,
-    shows_card,
     smart_link,
     suggestion_uuid,
+)
+from app.cds.hook import (
+    INSTANCE_LIMIT,
+    Hook,
+    Json,
+    Read,
+    ScreenOrder,
+    parse_json,
+    read_hook,
+    read_parts,
+    screen_read,
 )
 from app.cds.trust import Caller, JwtVerifier
 from app.core import limits
@@ -39,12 +47,12 @@ from app.ehr.auth import BearerAuth
 from app.ehr.client import Deadline, FhirClient, SearchOutcome
 from app.ehr.connection import fhir_client
 from app.ehr.fetch_plan import FetchPlan, Search
-from app.ehr.record_source import FetchedRecord, assemble, fetch_parts
-from app.ehr.terminology import recognised
-from app.engine import evaluate
-from app.fhir_io.report import plausible
-from app.screening.issued import counted, describe
-from app.screening.pool import ScreenPool, WorkerEnv
+from app.ehr.record_source import Parts, ReceivedRecord, fetch_parts
+from app.ehr.terminology import TerminologyServer
+from app.screening.issued import counted
+from app.screening.learned import recognised_refs
+from app.screening.pool import ScreenPool
+from app.screening.spool import collect
 from app.store import audit
 from app.store.database import (
     CardQuiet,
@@ -59,10 +67,6 @@ router = APIRouter(prefix="/cds-services")
 SERVICE_ID = "trial-eligibility"
 _PENDING_GRACE = 30.0
 """Seconds past the EHR deadline before a pending screening counts as interrupted."""
-_INSTANCE_LIMIT = 128
-"""hookInstance is a UUID (CDS Hooks 2.0); anything much longer is not one."""
-_ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-.")
-Json = dict[str, Any]
 
 
 class PreconditionFailed(TrialscreenError):
@@ -101,45 +105,42 @@ async def patient_view(service_id: str, request: Request) -> JSONResponse:
     settings: Settings = request.app.state.settings
     caller = await _authenticate(request, settings)
     await fail_interrupted(request.app.state.store)
-    body = await request.body()
-    limits.resource_count(body, settings.max_resources, "The hook call")  # before it is parsed
-    hook = _parse(body)
-    if hook.get("hook") != "patient-view":
-        raise InvalidInput("This service answers the patient-view hook.", expression="hook")
-    instance = hook.get("hookInstance")
-    context = hook.get("context")
-    patient_id = context.get("patientId") if isinstance(context, dict) else None
-    if not isinstance(instance, str) or not _is_id(patient_id):
-        raise InvalidInput("A hook call carries hookInstance and context.patientId.")
-    assert isinstance(patient_id, str)
-    limits.text_value(instance, "hookInstance", _INSTANCE_LIMIT)
+    pool: ScreenPool = request.app.state.screen_pool
+    body = await collect(request.stream(), settings.max_body_bytes, pool.spools)
     now = datetime.now(UTC)
     as_of = now.astimezone(zone_of(settings)).date()
-    plan: FetchPlan = request.app.state.fetch_plan
-    searches = plan.searches(patient_id, as_of)
-    prefetch = hook.get("prefetch") or {}
-    if not isinstance(prefetch, dict):
-        raise InvalidInput("prefetch must be an object.", expression="prefetch")
-    patient, parts, to_fetch = _from_prefetch(prefetch, searches)
-    _same_patient(patient_id, patient, parts)
-    fetched_parts: list[tuple[Search, SearchOutcome]] = []
-    if patient is None or to_fetch:
-        client = _fhir_client(hook, caller, request, settings)
+    order = _order(request, as_of, now, caller)
+    # Parsed, checked and (with full prefetch) screened in a worker: see app/cds/hook.py.
+    hook = await pool.run(read_hook, body, as_of, None if _terminology(request) else order)
+    del body
+    if hook.read is not None:
+        cards = await _issue(request, hook.read, order, caller, hook.instance)
+    else:
+        assert hook.prefetched is not None
+        client = _fhir_client(hook.fhir_server, hook.token, caller, request, settings)
         task = asyncio.ensure_future(
             fetch_parts(
-                client, patient_id, to_fetch, Deadline.after(settings.ehr_deadline), patient
+                client,
+                hook.patient_id,
+                list(hook.to_fetch),
+                Deadline.after(settings.ehr_deadline),
+                hook.patient,
             )
         )
         budget = max(0.0, settings.cds_fetch_budget - (time.monotonic() - started))
         try:
-            patient, fetched_parts = await asyncio.wait_for(asyncio.shield(task), budget)
+            patient, outcomes = await asyncio.wait_for(asyncio.shield(task), budget)
         except TimeoutError:
-            return await _pending(request, task, parts, as_of, now, caller, instance, patient_id)
-    assert patient is not None
-    fetched = parts + [(s, o.resources, o.problem) for s, o in fetched_parts]
-    cards = await _screen(request, patient, fetched, as_of, now, caller, instance)
+            return await _pending(request, task, hook, as_of, now, caller)
+        assert patient is not None
+        fetched = Parts.of([(s, o.resources, o.problem) for s, o in outcomes])
+        received = ReceivedRecord(patient=patient, parts=(hook.prefetched, fetched))
+        cards = await _screen(request, received, order, caller, hook)
     log.info(
-        "hook %s: %d card(s) in %.0f ms", instance, len(cards), (time.monotonic() - started) * 1e3
+        "hook %s: %d card(s) in %.0f ms",
+        hook.instance,
+        len(cards),
+        (time.monotonic() - started) * 1e3,
     )
     return JSONResponse({"cards": cards})
 
@@ -154,7 +155,7 @@ async def feedback(service_id: str, request: Request) -> Response:
     _known(service_id)
     settings: Settings = request.app.state.settings
     caller = await _authenticate(request, settings)
-    body = _parse(await request.body())
+    body = parse_json(await request.body())
     items = body.get("feedback")
     if not isinstance(items, list) or not items:
         raise InvalidInput("feedback must be a non-empty array.", expression="feedback")
@@ -167,9 +168,9 @@ async def feedback(service_id: str, request: Request) -> Response:
         if not isinstance(item, dict) or item.get("outcome") not in {"accepted", "overridden"}:
             raise InvalidInput("Each feedback names its card and an outcome.", expression=where)
         card_id = item.get("card")
-        if not isinstance(card_id, str) or not 0 < len(card_id) <= _INSTANCE_LIMIT:
+        if not isinstance(card_id, str) or not 0 < len(card_id) <= INSTANCE_LIMIT:
             raise InvalidInput("Each feedback names its card.", expression=f"{where}.card")
-        limits.text_value(card_id, f"{where}.card", _INSTANCE_LIMIT)
+        limits.text_value(card_id, f"{where}.card", INSTANCE_LIMIT)
         issued = await asyncio.to_thread(store.card_screening, card_id)
         # Only the client the card was shown by may answer it; to any other it does not exist.
         if issued is None or issued[1] != f"cds:{caller.client.iss}":
@@ -324,210 +325,83 @@ async def _authenticate(request: Request, settings: Settings) -> Caller:
     return await verifier.verify(request.headers.get("authorization"), audience)
 
 
-def _parse(body: bytes) -> Json:
-    try:
-        parsed = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidInput(f"The request body is not valid JSON: {exc}.") from None
-    if not isinstance(parsed, dict):
-        raise InvalidInput("The request body must be a JSON object.")
-    return parsed
-
-
-def _is_id(value: Any) -> bool:
-    return isinstance(value, str) and 0 < len(value) <= 64 and set(value) <= _ID_CHARS
-
-
-def _from_prefetch(
-    prefetch: Json, searches: list[Search]
-) -> tuple[Json | None, list[tuple[Search, list[Json], str | None]], list[Search]]:
-    """What prefetch supplied, and the searches still to run. A missing key means "fetch it",
-    null means "no data"; a Bundle with a next page, or anything but a Bundle, is fetched."""
-    patient = prefetch.get("patient")
-    if not (isinstance(patient, dict) and patient.get("resourceType") == "Patient"):
-        patient = None
-    parts: list[tuple[Search, list[Json], str | None]] = []
-    to_fetch: list[Search] = []
-    for search in searches:
-        if search.key in prefetch and prefetch[search.key] is None:
-            parts.append((search, [], None))
-            continue
-        bundle = prefetch.get(search.key)
-        if not (isinstance(bundle, dict) and bundle.get("resourceType") == "Bundle"):
-            to_fetch.append(search)
-            continue
-        links, entries = bundle.get("link") or [], bundle.get("entry") or []
-        if not isinstance(links, list) or not isinstance(entries, list):
-            # A Bundle whose parts have the wrong shape: that part of the record is incomplete
-            # (its checks unknown), the rest is screened.
-            parts.append(
-                (search, [], f"The prefetched {search.resource_type} Bundle is malformed.")
-            )
-            continue
-        if any(isinstance(link, dict) and link.get("relation") == "next" for link in links):
-            to_fetch.append(search)
-            continue
-        resources = [
-            e["resource"]
-            for e in entries
-            if isinstance(e, dict)
-            and isinstance(e.get("resource"), dict)
-            and e["resource"].get("resourceType") in {search.resource_type, *search.included_types}
-        ]
-        parts.append((search, resources, None))
-    return patient, parts, to_fetch
-
-
 def tenant_of(caller: Caller) -> str:
     """The tenant a CDS client's screenings carry: the one configured for it, else the JWT's
     tenant claim, else the issuer itself (each EHR its own tenant)."""
     return caller.client.tenant or caller.tenant or caller.client.iss
 
 
-def _same_patient(
-    patient_id: str, patient: Json | None, parts: list[tuple[Search, list[Json], str | None]]
-) -> None:
-    """400 when prefetch holds another patient than ``context.patientId``: screening it would
-    store one person's results under another's id."""
-    if patient is not None and patient.get("id") != patient_id:
-        raise InvalidInput(
-            "The prefetched Patient is not the patient in context.patientId.",
-            expression="prefetch.patient",
-        )
-    for search, resources, _ in parts:
-        for resource in resources:
-            for field in ("subject", "patient"):
-                named = _patient_named(resource.get(field))
-                if named is not None and named != patient_id:
-                    raise InvalidInput(
-                        f"The prefetched {search.resource_type} Bundle holds resources of "
-                        "another patient than context.patientId.",
-                        expression=f"prefetch.{search.key}",
-                    )
-
-
-def _patient_named(reference: Any) -> str | None:
-    """The id in a ``Patient/{id}`` reference (relative or absolute, with or without a version);
-    None when the reference names no Patient id (a urn:uuid, a display only)."""
-    text = reference.get("reference") if isinstance(reference, dict) else None
-    if not isinstance(text, str):
-        return None
-    segments = text.split("/_history/")[0].rstrip("/").split("/")
-    if len(segments) >= 2 and segments[-2] == "Patient":
-        return segments[-1]
-    return None
-
-
-def _fhir_client(hook: Json, caller: Caller, request: Request, settings: Settings) -> FhirClient:
-    """A client for the caller's fhirServer, or 412: only a server registered for the caller's
+def _fhir_client(
+    server: str | None, token: str | None, caller: Caller, request: Request, settings: Settings
+) -> FhirClient:
+    """A client for the hook's fhirServer, or 412: only a server registered for the caller's
     issuer is ever called (no SSRF), and only with the token the caller handed over."""
-    server = hook.get("fhirServer")
-    auth = hook.get("fhirAuthorization")
-    token = auth.get("access_token") if isinstance(auth, dict) else None
     allowed = {b.rstrip("/") for b in caller.client.fhir_bases}
-    if not isinstance(server, str) or server.rstrip("/") not in allowed:
+    if server is None or server.rstrip("/") not in allowed:
         raise PreconditionFailed(
             "Prefetch lacks data this service needs, and no FHIR server registered for the "
             "caller was given to fetch it from."
         )
-    if not isinstance(token, str) and caller.client.iss != "unauthenticated":
+    if token is None and caller.client.iss != "unauthenticated":
         raise PreconditionFailed("Prefetch lacks data and no fhirAuthorization was given.")
-    auth = BearerAuth(token) if isinstance(token, str) else request.app.state.ehr_auth
+    auth = BearerAuth(token) if token is not None else request.app.state.ehr_auth
     return fhir_client(settings, request.app.state.http, server, auth)
 
 
-@dataclass(frozen=True, slots=True)
-class _Screened:
-    stored: list[NewScreening]
-    cards: list[Json]
-    patient_ref: str
+def _terminology(request: Request) -> TerminologyServer | None:
+    server: TerminologyServer | None = getattr(request.app.state, "terminology", None)
+    return server
 
 
-def _screen_hook(
-    env: WorkerEnv,
-    parts_json: bytes,
-    searches: list[Search],
-    fetched: FetchedRecord | None,
-    trials: list[str | LoadedTrial],
-    as_of: date,
-    now: datetime,
-    requested_by: str,
-    ids: list[str] | None,
-    base: str,
-) -> _Screened:
-    """Runs in a screening worker: the record read from the Patient and the search parts (as
-    JSON bytes, cheaper to pass than dicts) unless already read, then every trial evaluated and
-    described, and the cards to show."""
-    settings = env.settings
-    if fetched is None:
-        patient, parts = orjson.loads(parts_json)
-        fetched = assemble(
-            patient,
-            [(s, r, problem) for s, (r, problem) in zip(searches, parts, strict=True)],
-        )
-    stored: list[NewScreening] = []
-    cards: list[Json] = []
-    for n, t in enumerate(trials):
-        trial = env.catalog.trials[t] if isinstance(t, str) else t
-        screening = plausible(evaluate(trial, fetched.record, as_of))
-        screening_id = ids[n] if ids else str(uuid.uuid4())
-        shown = shows_card(screening, settings.cds_show_ineligible)
-        stored.append(
-            describe(
-                screening,
-                fetched,
-                settings,
-                now,
-                requested_by=requested_by,
-                card_uuid=card_uuid(screening_id) if shown or ids else None,
-                screening_id=screening_id,
-                counted=False,
-            )
-        )
-        if shown:
-            cards.append(card(screening, screening_id, base, settings.canonical_base))
-    return _Screened(stored, cards, fetched.record.patient.ref)
-
-
-async def _screen(
+def _order(
     request: Request,
-    patient: Json,
-    parts: list[tuple[Search, list[Json], str | None]],
     as_of: date,
     now: datetime,
     caller: Caller,
-    instance: str,
-    ids: list[str] | None = None,
-) -> list[Json]:
-    """Screen against every trial (in the screening pool), store each screening, and return the
-    cards to show. With ``ids`` (the pending path) the screenings take those ids and each keeps a
-    card uuid, since the pending card already linked to them and feedback may refer to it."""
+    ids: tuple[str, ...] | None = None,
+) -> ScreenOrder:
+    """A screening against every trial, for this caller."""
     settings: Settings = request.app.state.settings
     catalog: Catalog = request.app.state.catalog
-    pool: ScreenPool = request.app.state.screen_pool
-    terminology = getattr(request.app.state, "terminology", None)
-    trials: list[str | LoadedTrial] = list(catalog.trials)
-    fetched = None
-    if terminology is not None:
-        # The terminology server must see the record before the trials are evaluated.
-        fetched = assemble(patient, parts)
-        known = [await recognised(terminology, t, fetched.record) for t in catalog.trials.values()]
-        trials = [k.id if k is catalog.trials[k.id] else k for k in known]
-    parts_json = b"" if fetched else orjson.dumps([patient, [[r, p] for _, r, p in parts]])
-    screened = await pool.run(
-        _screen_hook,
-        parts_json,
-        [search for search, _, _ in parts],
-        fetched,
-        trials,
-        as_of,
-        now,
-        f"cds:{caller.client.iss}",
-        ids,
-        public_base(request, settings),
+    return ScreenOrder(
+        trials=tuple(catalog.trials),
+        as_of=as_of,
+        now=now,
+        requested_by=f"cds:{caller.client.iss}",
+        base=public_base(request, settings),
+        ids=ids,
     )
+
+
+async def _screen(
+    request: Request, received: ReceivedRecord, order: ScreenOrder, caller: Caller, hook: Hook
+) -> list[Json]:
+    """The record from the Patient and the search parts (prefetched and fetched) screened in the
+    screening pool; the cards to show (see :func:`_issue`)."""
+    pool: ScreenPool = request.app.state.screen_pool
+    read = await pool.run(read_parts, received, None if _terminology(request) else order)
+    return await _issue(request, read, order, caller, hook.instance)
+
+
+async def _issue(
+    request: Request, read: Read, order: ScreenOrder, caller: Caller, instance: str
+) -> list[Json]:
+    """Store each screening of a record read in a worker (screened there, or first completed by
+    the terminology server and then screened), and return the cards to show."""
+    screened = read.screened
+    if screened is None:
+        # The terminology server must see the record before the trials are evaluated.
+        assert read.fetched is not None
+        catalog: Catalog = request.app.state.catalog
+        pool: ScreenPool = request.app.state.screen_pool
+        trials = await recognised_refs(
+            _terminology(request), catalog, list(catalog.trials), read.fetched.record
+        )
+        completed = replace(order, trials=tuple(trials))
+        screened = await pool.run(screen_read, read.fetched, completed)
     stored = [replace(s, tenant=tenant_of(caller)) for s in counted(screened.stored)]
-    cards = await as_shown(request, screened.cards, stored, caller, now)
+    cards = await as_shown(request, screened.cards, stored, caller, order.now)
+    ids = order.ids
     done = audit.event(
         action="E",
         interaction="cds-hook",
@@ -546,12 +420,10 @@ async def _screen(
 async def _pending(
     request: Request,
     task: "asyncio.Future[tuple[Json | None, list[tuple[Search, SearchOutcome]]]]",
-    parts: list[tuple[Search, list[Json], str | None]],
+    hook: Hook,
     as_of: date,
     now: datetime,
     caller: Caller,
-    instance: str,
-    patient_id: str,
 ) -> JSONResponse:
     """The EHR is slower than the hook's time: answer now, finish in the background, and store
     each trial's report under the id the card already links to. The pending screenings are
@@ -560,6 +432,9 @@ async def _pending(
     settings: Settings = request.app.state.settings
     catalog: Catalog = request.app.state.catalog
     store: Store = request.app.state.store
+    instance = hook.instance
+    assert hook.prefetched is not None
+    prefetched = hook.prefetched
     trials = list(catalog.trials.values())
     ids = [str(uuid.uuid4()) for _ in trials]
     expires = time.time() + settings.ehr_deadline + _PENDING_GRACE
@@ -570,7 +445,7 @@ async def _pending(
             criteria_version=t.spec.version,
             module=f"{settings.canonical_base}/PlanDefinition/{t.spec.id}|{t.spec.version}",
             as_of=as_of,
-            patient_ref=f"Patient/{patient_id}",
+            patient_ref=f"Patient/{hook.patient_id}",
             requested_by=f"cds:{caller.client.iss}",
             card_uuid=card_uuid(sid),
             tenant=tenant_of(caller),
@@ -584,8 +459,11 @@ async def _pending(
         try:
             patient, outcomes = await task
             assert patient is not None
-            fetched = parts + [(s, o.resources, o.problem) for s, o in outcomes]
-            await _screen(request, patient, fetched, as_of, now, caller, instance, ids)
+            fetched = Parts.of([(s, o.resources, o.problem) for s, o in outcomes])
+            received = ReceivedRecord(patient=patient, parts=(prefetched, fetched))
+            await _screen(
+                request, received, _order(request, as_of, now, caller, tuple(ids)), caller, hook
+            )
         except Exception as exc:
             log.warning("hook %s: background screening failed (%s)", instance, type(exc).__name__)
             await asyncio.to_thread(store.fail_pending, time.time(), interrupted, tuple(ids))

@@ -31,8 +31,52 @@ class FetchedRecord:
     against it in the GuidanceResponse); None for a posted Bundle."""
 
 
+Part = tuple[Search, list[Json], str | None]
+"""A search, the resources it found, and the problem that left it incomplete (or None)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Parts:
+    """Search results as JSON, ``[[resources, problem], ...]`` in the order of ``searches``: bytes
+    cost less to hand to a screening worker than the dicts they encode."""
+
+    searches: tuple[Search, ...]
+    json: bytes
+
+    @classmethod
+    def of(cls, parts: list[Part]) -> "Parts":
+        return cls(tuple(s for s, _, _ in parts), orjson.dumps([[r, p] for _, r, p in parts]))
+
+    def decoded(self) -> list[Part]:
+        found = orjson.loads(self.json)
+        return [(s, r, p) for s, (r, p) in zip(self.searches, found, strict=True)]
+
+
+@dataclass(frozen=True, slots=True)
+class ReceivedRecord:
+    """A record as received and not yet read: a whole Bundle's JSON (``bundle``), or the Patient
+    and the searches' results (``patient``, ``parts``). Reading it is CPU work, which the service
+    leaves to a screening worker (:meth:`read`)."""
+
+    bundle: bytes = b""
+    patient: Json | None = None
+    parts: tuple[Parts, ...] = ()
+    origin: str | None = None
+
+    def read(self) -> FetchedRecord:
+        if self.patient is None:
+            bundle = orjson.loads(self.bundle)
+            return FetchedRecord(read_bundle(bundle), digest=record_digest(bundle))
+        fetched = assemble(self.patient, [part for p in self.parts for part in p.decoded()])
+        return replace(fetched, origin=self.origin)
+
+
 class RecordSource(Protocol):
     async def fetch(self, patient_id: str, as_of: date) -> FetchedRecord: ...
+
+    async def receive(self, patient_id: str, as_of: date) -> ReceivedRecord:
+        """The record as received, to be read where the CPU time may be spent."""
+        ...
 
 
 class DemoRecordSource:
@@ -42,11 +86,13 @@ class DemoRecordSource:
         self.directory = directory
 
     async def fetch(self, patient_id: str, as_of: date) -> FetchedRecord:
+        return (await self.receive(patient_id, as_of)).read()
+
+    async def receive(self, patient_id: str, as_of: date) -> ReceivedRecord:
         path = self.directory / f"{patient_id}.json"
         if "/" in patient_id or not path.is_file():
             raise NotFound(f"No demo patient {patient_id!r} (see python -m app.demo).")
-        bundle = orjson.loads(await asyncio.to_thread(path.read_bytes))
-        return FetchedRecord(read_bundle(bundle), digest=record_digest(bundle))
+        return ReceivedRecord(bundle=await asyncio.to_thread(path.read_bytes))
 
 
 class EhrRecordSource:
@@ -58,12 +104,15 @@ class EhrRecordSource:
         self.deadline_seconds = deadline_seconds
 
     async def fetch(self, patient_id: str, as_of: date) -> FetchedRecord:
+        return (await self.receive(patient_id, as_of)).read()
+
+    async def receive(self, patient_id: str, as_of: date) -> ReceivedRecord:
         deadline = Deadline.after(self.deadline_seconds)
         searches = self.plan.searches(patient_id, as_of)
         patient, outcomes = await fetch_parts(self.client, patient_id, searches, deadline)
         assert patient is not None  # fetch_parts reads the Patient when none is given
-        fetched = assemble(patient, [(s, o.resources, o.problem) for s, o in outcomes])
-        return replace(fetched, origin=self.client.base_url)
+        parts = Parts.of([(s, o.resources, o.problem) for s, o in outcomes])
+        return ReceivedRecord(patient=patient, parts=(parts,), origin=self.client.base_url)
 
 
 async def fetch_parts(
@@ -96,7 +145,7 @@ async def fetch_parts(
     return patient, list(zip(searches, outcomes, strict=True))
 
 
-def assemble(patient: Json, parts: list[tuple[Search, list[Json], str | None]]) -> FetchedRecord:
+def assemble(patient: Json, parts: list[Part]) -> FetchedRecord:
     """One record from the Patient and the resources of each search (prefetched or fetched);
     a part with a problem makes its source incomplete."""
     entries: list[Json] = [{"resource": patient}]

@@ -4,7 +4,8 @@ Reading a record and evaluating it is pure CPU work (``orjson`` holds the GIL fo
 so done on the event loop it stalls every other request, ``/healthz`` included, for as long as
 the largest screening takes. Each worker process loads the trial catalog once at start and then
 runs jobs: module-level functions called as ``job(env, *args)`` with picklable arguments (the
-received bytes rather than parsed dicts, which cost more to pickle than to parse). The workers
+received bytes rather than parsed dicts, which cost more to pickle than to parse; a large body
+as a Spool, handed over by file descriptor: app/screening/spool.py). The workers
 take jobs from one shared queue, so every core is used without the accept imbalance of several
 server processes on one socket.
 
@@ -35,6 +36,8 @@ from app.catalog.loader import Catalog, load_catalog
 from app.core.errors import ServerBusy
 from app.core.settings import Settings
 from app.ehr.connection import fetch_plan
+from app.ehr.fetch_plan import FetchPlan
+from app.screening import spool
 
 log = logging.getLogger(__name__)
 
@@ -43,18 +46,20 @@ R = TypeVar("R")
 
 @dataclass(frozen=True, slots=True)
 class WorkerEnv:
-    """What every job receives: the service's settings, its loaded trials, and the codes they
+    """What every job receives: the service's settings, its loaded trials, the searches that
+    fetch a record for them (a CDS hook's prefetch is read against these), and the codes they
     look Observations up by (the fetch plan's: a posted record's other Observations are not
     decoded, see bundle_reader.read_bundle)."""
 
     settings: Settings
     catalog: Catalog
     observation_codes: frozenset[tuple[str, str]]
+    plan: FetchPlan
 
     @classmethod
     def of(cls, settings: Settings, catalog: Catalog) -> "WorkerEnv":
         plan = fetch_plan(settings, catalog)
-        return cls(settings, catalog, frozenset(plan.observation_codes))
+        return cls(settings, catalog, frozenset(plan.observation_codes), plan)
 
 
 _ENV: WorkerEnv | None = None
@@ -134,6 +139,8 @@ class ScreenPool:
         self._env = WorkerEnv.of(settings, catalog)
         self._in_flight = 0
         self._executor = self._new_executor()
+        self.spools = workers > 0 and spool.available()
+        """Whether large bodies should come as a Spool (a pool of processes, on Linux)."""
 
     def _new_executor(self) -> Executor:
         if self.workers == 0:
@@ -159,8 +166,12 @@ class ScreenPool:
                 self._executor.submit(_ready)
 
     async def run(self, job: Callable[..., R], *args: object) -> R:
-        """``job(env, *args)`` in a worker; 503 at once when the pool is full."""
+        """``job(env, *args)`` in a worker; 503 at once when the pool is full. A :class:`Spool`
+        among the arguments is the pool's to close, once the job has ended."""
+        spools = [a for a in args if isinstance(a, spool.Spool)]
         if self._in_flight >= self.limit:
+            for s in spools:
+                s.close()
             raise ServerBusy(
                 f"All {self.limit} screening places are taken; retry in {self.retry_after} s.",
                 retry_after=self.retry_after,
@@ -168,14 +179,21 @@ class ScreenPool:
         loop = asyncio.get_running_loop()
         executor = self._executor
         future: Future[R]
-        if isinstance(executor, ProcessPoolExecutor):
-            future = executor.submit(_in_worker, job, *args)
-        else:
-            future = executor.submit(job, self._env, *args)
+        try:
+            if isinstance(executor, ProcessPoolExecutor):
+                future = executor.submit(_in_worker, job, *args)
+            else:
+                future = executor.submit(job, self._env, *args)
+        except BaseException:
+            for s in spools:  # never handed over
+                s.close()
+            raise
         # A place is freed when the job ends, not when its caller stops waiting (a client that
         # disconnects does not stop the worker).
         self._in_flight += 1
         future.add_done_callback(lambda _: _call_soon(loop, self._freed))
+        for s in spools:
+            future.add_done_callback(_closing(s))
         try:
             return await asyncio.wrap_future(future)
         except BrokenProcessPool:
@@ -196,6 +214,10 @@ class ScreenPool:
     def close(self) -> None:
         """Cancel what waits, let running jobs end, and wait for the workers to exit."""
         self._executor.shutdown(wait=True, cancel_futures=True)
+
+
+def _closing(body: spool.Spool) -> Callable[[object], None]:
+    return lambda _: body.close()
 
 
 def _call_soon(loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) -> None:
