@@ -1,8 +1,9 @@
 """What every check sees: the trial, its terminology, the record as of the as-of date."""
 
-from collections.abc import Iterable
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
 from datetime import date
+from typing import Any, Literal, Protocol, TypeVar
 
 from app.catalog.mappings import Analyte, CodeSet, Mappings
 from app.catalog.schema import Duration
@@ -58,6 +59,41 @@ class RecognisedCodes:
         return None
 
 
+class _Entry(Protocol):
+    @property
+    def codes(self) -> tuple[Coding, ...]: ...
+    @property
+    def text(self) -> str: ...
+    @property
+    def displays(self) -> tuple[str, ...]: ...
+
+
+History = Literal["conditions", "procedures", "immunizations"]
+"""The parts of the record that :meth:`Context.recognised` and :meth:`Context.named` index."""
+_V = TypeVar("_V")
+
+
+class _Index:
+    """One part of the record, indexed once per evaluation by coding and by label (text and
+    coding displays), so that a check asks each distinct coding and label once instead of
+    scanning every entry. Entries are identified by ``id()``: the record holds them for the
+    whole evaluation."""
+
+    __slots__ = ("by_code", "by_label")
+
+    def __init__(self, entries: Iterable[_Entry]) -> None:
+        self.by_code: dict[Coding, list[int]] = {}
+        self.by_label: dict[str, list[int]] = {}
+        for entry in entries:
+            key = id(entry)
+            for coding in entry.codes:
+                self.by_code.setdefault(coding, []).append(key)
+            if entry.text:
+                self.by_label.setdefault(entry.text, []).append(key)
+            for label in entry.displays:
+                self.by_label.setdefault(label, []).append(key)
+
+
 @dataclass(frozen=True, slots=True)
 class Context:
     trial: LoadedTrial
@@ -65,6 +101,7 @@ class Context:
     """Already cut at the as-of date: nothing in it is dated later."""
     as_of: date
     _recognised: dict[str, RecognisedCodes] = field(default_factory=dict, compare=False, repr=False)
+    _memo: dict[Hashable, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def codes(self, code_set: str) -> RecognisedCodes:
         """The named code set's matcher, remembered for this evaluation."""
@@ -72,6 +109,68 @@ class Context:
         if found is None:
             found = self._recognised[code_set] = RecognisedCodes(self.mappings.code_sets[code_set])
         return found
+
+    def remembered(self, key: Hashable, compute: Callable[[], _V]) -> _V:
+        """``compute()``, once per evaluation for each key: for what depends only on the record,
+        the as-of date and the trial (the key must say everything else it depends on)."""
+        memo = self._memo
+        if key in memo:
+            found: _V = memo[key]
+            return found
+        value = memo[key] = compute()
+        return value
+
+    def _index(self, part: History) -> _Index:
+        return self.remembered(("index", part), lambda: _Index(getattr(self.record, part)))
+
+    def recognised(self, part: History, code_sets: Iterable[str]) -> frozenset[int]:
+        """``id()`` of each entry of that part of the record whose codes one of the named code
+        sets recognises (``RecognisedCodes.matches_any``)."""
+        names = tuple(code_sets)
+        if not names:
+            return frozenset()
+
+        def compute() -> frozenset[int]:
+            sets = [self.codes(n) for n in names]
+            return frozenset(
+                key
+                for coding, keys in self._index(part).by_code.items()
+                if any(s.matches_any((coding,)) for s in sets)
+                for key in keys
+            )
+
+        return self.remembered(("recognised", part, names), compute)
+
+    def excluded(self, part: History, code_sets: Iterable[str]) -> frozenset[int]:
+        """``id()`` of each entry with a coding one of the named code sets explicitly excludes."""
+        names = tuple(code_sets)
+
+        def compute() -> frozenset[int]:
+            sets = [self.codes(n) for n in names]
+            return frozenset(
+                key
+                for coding, keys in self._index(part).by_code.items()
+                if any(s.excludes_any((coding,)) for s in sets)
+                for key in keys
+            )
+
+        return self.remembered(("excluded", part, names), compute)
+
+    def named(self, part: History, code_sets: Iterable[str]) -> frozenset[int]:
+        """``id()`` of each entry whose text or a coding display holds one of the named code
+        sets' terms (``RecognisedCodes.term_in``)."""
+        names = tuple(code_sets)
+
+        def compute() -> frozenset[int]:
+            sets = [self.codes(n) for n in names]
+            return frozenset(
+                key
+                for label, keys in self._index(part).by_label.items()
+                if any(s.term_in((label,)) is not None for s in sets)
+                for key in keys
+            )
+
+        return self.remembered(("named", part, names), compute)
 
     @property
     def mappings(self) -> Mappings:
