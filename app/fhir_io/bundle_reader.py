@@ -46,15 +46,39 @@ Json = dict[str, Any]
 
 
 class _Reader:
-    """Field access with the path of the resource being read, for error messages."""
+    """Field access with the path of the resource being read, for error messages. The path is
+    put together only when a message needs it: most resources read without one."""
+
+    __slots__ = ("_key", "_parent", "_where", "ref")
 
     def __init__(self, where: str, ref: str = "") -> None:
-        self.where = where
+        self._where: str | None = where
+        self._parent: _Reader | None = None
+        self._key: str | int = ""
         self.ref = ref
         """How the results cite the resource: ``Type/id``, else the entry's fullUrl."""
 
+    @classmethod
+    def entry(cls, index: int, ref: str) -> "_Reader":
+        """The reader of ``Bundle.entry[index].resource``."""
+        read = cls.__new__(cls)
+        read._where, read._parent, read._key, read.ref = None, None, index, ref
+        return read
+
+    @property
+    def where(self) -> str:
+        if self._where is None:
+            parent = self._parent
+            if parent is None:
+                self._where = f"Bundle.entry[{self._key}].resource"
+            else:
+                self._where = f"{parent.where}.{self._key}"
+        return self._where
+
     def at(self, key: str) -> "_Reader":
-        return _Reader(f"{self.where}.{key}", self.ref)
+        read = _Reader.__new__(_Reader)
+        read._where, read._parent, read._key, read.ref = None, self, key, self.ref
+        return read
 
     def fail(self, field: str, expected: str) -> InvalidInput:
         return InvalidInput(
@@ -71,7 +95,10 @@ class _Reader:
         value = data.get(key)
         if value is None:
             return []
-        if isinstance(value, list) and all(isinstance(v, dict) for v in value):
+        if isinstance(value, list):
+            for v in value:
+                if not isinstance(v, dict):
+                    raise self.fail(key, "an array of objects")
             return value
         raise self.fail(key, "an array of objects")
 
@@ -119,20 +146,29 @@ class _Reader:
         return None if period is None else self.at(key).day(period, "end")
 
     def concept(self, data: Json, key: str) -> tuple[tuple[Coding, ...], str]:
+        """The codings that have a code, and the text (else the first coding display)."""
         cc = self.obj(data, key)
         if cc is None:
             return (), ""
-        inner = self.at(key)
-        codings = tuple(
-            (inner.text(c, "system") or "", c["code"])
-            for c in inner.objs(cc, "coding")
-            if isinstance(c.get("code"), str)
-        )
-        label = inner.text(cc, "text") or next(
-            (c["display"] for c in inner.objs(cc, "coding") if isinstance(c.get("display"), str)),
-            "",
-        )
-        return codings, label
+        items = cc.get("coding")
+        codings: list[Coding] = []
+        if items is not None:
+            items = self.at(key).objs(cc, "coding")
+            for c in items:
+                code = c.get("code")
+                if isinstance(code, str):
+                    system = c.get("system")
+                    if system is not None and not isinstance(system, str):
+                        raise self.at(key).fail("system", "a string")
+                    codings.append((system or "", code))
+        label = cc.get("text")
+        if label is not None and not isinstance(label, str):
+            raise self.at(key).fail("text", "a string")
+        if not label:
+            label = next(
+                (c["display"] for c in items or () if isinstance(c.get("display"), str)), ""
+            )
+        return tuple(codings), label
 
     def displays(self, data: Json, key: str) -> tuple[str, ...]:
         """Every coding display of a CodeableConcept (``concept`` keeps only one label): an EHR
@@ -197,13 +233,12 @@ def read_bundle(
     medications: dict[str, Json] = {}
     unreadable: list[Unreadable] = []
     for i, entry in enumerate(_Reader("Bundle").objs(bundle, "entry")):
-        where = f"Bundle.entry[{i}].resource"
         resource = entry.get("resource")
         if resource is None:
             continue
         if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
             # Not even its type is known: it may be about anything the criteria read.
-            problem = f"{where} is not a FHIR resource (no resourceType)."
+            problem = f"Bundle.entry[{i}].resource is not a FHIR resource (no resourceType)."
             unreadable.append(Unreadable("", None, (), "", problem))
             continue
         if (
@@ -216,7 +251,7 @@ def read_bundle(
         rid = resource.get("id")
         ref = f"{resource['resourceType']}/{rid}" if isinstance(rid, str) else full_url
         # A resource with neither id nor fullUrl cannot be cited; its results carry no reference.
-        resources.append((_Reader(where, ref or ""), resource))
+        resources.append((_Reader.entry(i, ref or ""), resource))
         if resource["resourceType"] == "Medication":
             for key in (ref, full_url):
                 if key:
