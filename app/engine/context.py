@@ -131,13 +131,15 @@ class Context:
             return frozenset()
 
         def compute() -> frozenset[int]:
-            sets = [self.codes(n) for n in names]
-            return frozenset(
-                key
-                for coding, keys in self._index(part).by_code.items()
-                if any(s.matches_any((coding,)) for s in sets)
-                for key in keys
-            )
+            # The matchers remember each coding's answer (CodeMatcher.matches).
+            matchers = [self.mappings.code_sets[n].matcher for n in names]
+            out: set[int] = set()
+            for (system, code), keys in self._index(part).by_code.items():
+                for m in matchers:
+                    if m.matches(system, code):
+                        out.update(keys)
+                        break
+            return frozenset(out)
 
         return self.remembered(("recognised", part, names), compute)
 
@@ -162,13 +164,15 @@ class Context:
         names = tuple(code_sets)
 
         def compute() -> frozenset[int]:
-            sets = [self.codes(n) for n in names]
-            return frozenset(
-                key
-                for label, keys in self._index(part).by_label.items()
-                if any(s.term_in((label,)) is not None for s in sets)
-                for key in keys
-            )
+            # The term matchers remember each label's answer (TermMatcher.first_in).
+            terms = [self.mappings.code_sets[n].terms for n in names]
+            out: set[int] = set()
+            for label, keys in self._index(part).by_label.items():
+                for t in terms:
+                    if t.first_in((label,)) is not None:
+                        out.update(keys)
+                        break
+            return frozenset(out)
 
         return self.remembered(("named", part, names), compute)
 

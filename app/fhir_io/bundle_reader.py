@@ -170,6 +170,20 @@ class _Reader:
             )
         return tuple(codings), label
 
+    def coded(self, data: Json, key: str) -> tuple[tuple[Coding, ...], str, tuple[str, ...]]:
+        """``concept`` and ``displays`` of one CodeableConcept, read in one pass (the same
+        answers and the same errors as the two)."""
+        codings, label = self.concept(data, key)
+        cc = data.get(key)
+        if not cc:
+            return codings, label, ()
+        items = cc.get("coding") or ()
+        return (
+            codings,
+            label,
+            tuple(d for c in items if isinstance(d := c.get("display"), str) and d),
+        )
+
     def displays(self, data: Json, key: str) -> tuple[str, ...]:
         """Every coding display of a CodeableConcept (``concept`` keeps only one label): an EHR
         may put the words that name the concept in any of them."""
@@ -414,9 +428,10 @@ def _observation(
 
 
 def _conditions(read: _Reader, r: Json) -> list[Condition]:
-    if read.status_code(r, "verificationStatus") in _CONDITION_VOID:
+    verification = read.status_code(r, "verificationStatus")
+    if verification in _CONDITION_VOID:
         return []
-    codes, text = read.concept(r, "code")
+    codes, text, displays = read.coded(r, "code")
     onset = read.day(r, "onsetDateTime") or read.period_start(r, "onsetPeriod")
     # A partial abatement ("2026") is not known to have come before any day of its span: it is
     # read as the span's last day, so the condition is not ended early on a guess.
@@ -441,8 +456,8 @@ def _conditions(read: _Reader, r: Json) -> list[Condition]:
             recorded=read.day(r, "recordedDate"),
             abated=abated,
             clinical_status=read.status_code(r, "clinicalStatus"),
-            verification=read.status_code(r, "verificationStatus"),
-            displays=read.displays(r, "code"),
+            verification=verification,
+            displays=displays,
             latest=latest,
         )
     ]
@@ -730,18 +745,17 @@ def _immunizations(read: _Reader, r: Json) -> list[Immunization]:
     # undated (a check with a window then asks for review), never dropped as if absent.
     when = read.day(r, "occurrenceDateTime") or read.day(r, "recorded")
     key = "occurrenceDateTime" if r.get("occurrenceDateTime") is not None else "recorded"
-    codes, text = read.concept(r, "vaccineCode")
-    displays = read.displays(r, "vaccineCode")
+    codes, text, displays = read.coded(r, "vaccineCode")
     return [Immunization(read.ref, codes, text, when, displays, read.last_day(r, key))]
 
 
 def _procedures(read: _Reader, r: Json) -> list[Procedure]:
-    if read.text(r, "status") in _EVENT_VOID:
+    status = read.text(r, "status")
+    if status in _EVENT_VOID:
         return []
     when = read.day(r, "performedDateTime") or read.period_start(r, "performedPeriod")
     end = read.period_end(r, "performedPeriod")
-    codes, text = read.concept(r, "code")
-    status = read.text(r, "status")
+    codes, text, displays = read.coded(r, "code")
     # The latest day it may have been going on, when the record does not say exactly: the end of
     # a partial date's span, or (a period with a start and no end) any day up to now.
     latest = read.last_day(r, "performedDateTime")
@@ -751,7 +765,6 @@ def _procedures(read: _Reader, r: Json) -> list[Procedure]:
         if when is not None and period.get("end") is None:
             spans.append(date.max)
         latest = max(spans, default=None)
-    displays = read.displays(r, "code")
     return [Procedure(read.ref, codes, text, when, end, status, displays, latest)]
 
 
