@@ -438,11 +438,22 @@ class DrugClass:
 
     name_pattern: "re.Pattern[str] | None" = field(default=None, compare=False)
     """The names as one word-bounded alternation (longest first), built by the loader."""
+    _named: dict[str, str | None] = field(
+        init=False, default_factory=dict, compare=False, repr=False
+    )
+    """text -> :meth:`named_in`, remembered (the same drug texts recur in every record)."""
 
     def named_in(self, text: str) -> str | None:
         """The first of the class's drug names that ``text`` (lower-case) contains as words."""
-        found = None if self.name_pattern is None else self.name_pattern.search(text)
-        return None if found is None else found.group(0)
+        if self.name_pattern is None:
+            return None
+        memo = self._named
+        if text in memo:
+            return memo[text]
+        found = self.name_pattern.search(text)
+        name = None if found is None else found.group(0)
+        _remember(memo, text, name)
+        return name
 
 
 @dataclass(frozen=True, slots=True)

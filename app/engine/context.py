@@ -73,25 +73,32 @@ History = Literal["conditions", "procedures", "immunizations"]
 _V = TypeVar("_V")
 
 
-class _Index:
-    """One part of the record, indexed once per evaluation by coding and by label (text and
-    coding displays), so that a check asks each distinct coding and label once instead of
-    scanning every entry. Entries are identified by ``id()``: the record holds them for the
-    whole evaluation."""
+def _by_code(entries: Iterable[_Entry]) -> dict[Coding, list[int]]:
+    """Each coding's entries of one part of the record, indexed once per evaluation so that a
+    check asks each distinct coding once instead of scanning every entry. Entries are
+    identified by ``id()``: the record holds them for the whole evaluation."""
+    index: dict[Coding, list[int]] = {}
+    for entry in entries:
+        key = id(entry)
+        for coding in entry.codes:
+            if coding in index:
+                index[coding].append(key)
+            else:
+                index[coding] = [key]
+    return index
 
-    __slots__ = ("by_code", "by_label")
 
-    def __init__(self, entries: Iterable[_Entry]) -> None:
-        self.by_code: dict[Coding, list[int]] = {}
-        self.by_label: dict[str, list[int]] = {}
-        for entry in entries:
-            key = id(entry)
-            for coding in entry.codes:
-                self.by_code.setdefault(coding, []).append(key)
-            if entry.text:
-                self.by_label.setdefault(entry.text, []).append(key)
-            for label in entry.displays:
-                self.by_label.setdefault(label, []).append(key)
+def _by_label(entries: Iterable[_Entry]) -> dict[str, list[int]]:
+    """Each label's (text, coding display) entries, as :func:`_by_code`."""
+    index: dict[str, list[int]] = {}
+    for entry in entries:
+        key = id(entry)
+        for label in (entry.text, *entry.displays) if entry.text else entry.displays:
+            if label in index:
+                index[label].append(key)
+            else:
+                index[label] = [key]
+    return index
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,8 +127,11 @@ class Context:
         value = memo[key] = compute()
         return value
 
-    def _index(self, part: History) -> _Index:
-        return self.remembered(("index", part), lambda: _Index(getattr(self.record, part)))
+    def _by_code(self, part: History) -> dict[Coding, list[int]]:
+        return self.remembered(("by code", part), lambda: _by_code(getattr(self.record, part)))
+
+    def _by_label(self, part: History) -> dict[str, list[int]]:
+        return self.remembered(("by label", part), lambda: _by_label(getattr(self.record, part)))
 
     def recognised(self, part: History, code_sets: Iterable[str]) -> frozenset[int]:
         """``id()`` of each entry of that part of the record whose codes one of the named code
@@ -134,7 +144,7 @@ class Context:
             # The matchers remember each coding's answer (CodeMatcher.matches).
             matchers = [self.mappings.code_sets[n].matcher for n in names]
             out: set[int] = set()
-            for (system, code), keys in self._index(part).by_code.items():
+            for (system, code), keys in self._by_code(part).items():
                 for m in matchers:
                     if m.matches(system, code):
                         out.update(keys)
@@ -151,7 +161,7 @@ class Context:
             sets = [self.codes(n) for n in names]
             return frozenset(
                 key
-                for coding, keys in self._index(part).by_code.items()
+                for coding, keys in self._by_code(part).items()
                 if any(s.excludes_any((coding,)) for s in sets)
                 for key in keys
             )
@@ -167,7 +177,7 @@ class Context:
             # The term matchers remember each label's answer (TermMatcher.first_in).
             terms = [self.mappings.code_sets[n].terms for n in names]
             out: set[int] = set()
-            for label, keys in self._index(part).by_label.items():
+            for label, keys in self._by_label(part).items():
                 for t in terms:
                     if t.first_in((label,)) is not None:
                         out.update(keys)

@@ -211,19 +211,17 @@ def condition(check: ConditionCheck, ctx: Context) -> Result:
     since = ctx.history_since(check.within)
     if check.current_within is not None:
         since = check.current_within.before(ctx.as_of)
-    pool = _condition_pool(ctx, check)
+    pool, confirmed, tentative = _condition_pool(ctx, check)
 
     def present_in_window(c: Condition) -> bool:
         # Still active, or abated inside the window: the condition was present during it.
         ended = c.abated is not None and since is not None and c.abated >= since
         return check.or_active and (c.active_on(ctx.as_of) or ended)
 
-    confirmed = [c for c in pool if not c.tentative]
     result = _condition_in(check, ctx, confirmed, since, present_in_window)
     if result.status is not Status.NOT_MET:
         return result
     # A provisional / differential / unconfirmed diagnosis neither establishes nor rules out.
-    tentative = [c for c in pool if c.tentative]
     # With onset_at_least an entry bears on the answer if it may be old enough: it may lengthen
     # the history the confirmed entries show.
     window = since if check.onset_at_least is None else None
@@ -254,17 +252,24 @@ def condition(check: ConditionCheck, ctx: Context) -> Result:
     return _safety_net(check, ctx, result, "conditions", [*inside, *undated])
 
 
-def _condition_pool(ctx: Context, check: ConditionCheck) -> tuple[Condition, ...]:
-    """The conditions the check looks at (active ones only if it says so, less its excepted
-    codes), in record order; worked out once per evaluation for checks that share them."""
+_Pool = tuple[tuple[Condition, ...], tuple[Condition, ...], tuple[Condition, ...]]
 
-    def compute() -> tuple[Condition, ...]:
+
+def _condition_pool(ctx: Context, check: ConditionCheck) -> _Pool:
+    """The conditions the check looks at (active ones only if it says so, less its excepted
+    codes), in record order, and those of them confirmed and tentative; worked out once per
+    evaluation for the checks that share them."""
+
+    def compute() -> _Pool:
         excepted = ctx.recognised("conditions", check.except_codes)
-        return tuple(
+        pool = tuple(
             c
             for c in ctx.record.conditions
             if (c.active_on(ctx.as_of) or not check.active_only) and id(c) not in excepted
         )
+        tentative = tuple(c for c in pool if c.tentative)
+        confirmed = tuple(c for c in pool if not c.tentative) if tentative else pool
+        return pool, confirmed, tentative
 
     return ctx.remembered(("condition pool", check.active_only, tuple(check.except_codes)), compute)
 
