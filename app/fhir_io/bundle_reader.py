@@ -255,6 +255,8 @@ def read_bundle(
             problem = f"Bundle.entry[{i}].resource is not a FHIR resource (no resourceType)."
             unreadable.append(Unreadable("", None, (), "", problem))
             continue
+        if resource["resourceType"] not in _READ:
+            continue  # an Encounter, a Claim...: nothing the criteria read
         if (
             observation_codes is not None
             and resource["resourceType"] == "Observation"
@@ -816,6 +818,10 @@ _READERS: dict[str, Callable[[_Reader, Json], list[Any]]] = {
     "Procedure": _procedures,
     "AllergyIntolerance": _allergies,
 }
+
+
+_READ = frozenset({"Patient", "Medication", *_MEDICATION_USES, *_READERS})
+"""The resource types read into the record; a Bundle's others are passed over."""
 
 
 def record_digest(bundle: dict[str, Any]) -> str:
