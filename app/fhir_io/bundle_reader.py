@@ -250,25 +250,28 @@ def read_bundle(
         resource = entry.get("resource")
         if resource is None:
             continue
-        if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
+        kind = resource.get("resourceType") if isinstance(resource, dict) else None
+        if not isinstance(kind, str):
             # Not even its type is known: it may be about anything the criteria read.
             problem = f"Bundle.entry[{i}].resource is not a FHIR resource (no resourceType)."
             unreadable.append(Unreadable("", None, (), "", problem))
             continue
-        if resource["resourceType"] not in _READ:
+        if kind not in _READ:
             continue  # an Encounter, a Claim...: nothing the criteria read
         if (
-            observation_codes is not None
-            and resource["resourceType"] == "Observation"
+            kind == "Observation"
+            and observation_codes is not None
             and _beyond_criteria(resource, observation_codes)
         ):
             continue
-        full_url = entry.get("fullUrl") if isinstance(entry.get("fullUrl"), str) else None
+        full_url = entry.get("fullUrl")
+        if not isinstance(full_url, str):
+            full_url = None
         rid = resource.get("id")
-        ref = f"{resource['resourceType']}/{rid}" if isinstance(rid, str) else full_url
+        ref = f"{kind}/{rid}" if isinstance(rid, str) else full_url
         # A resource with neither id nor fullUrl cannot be cited; its results carry no reference.
         resources.append((_Reader.entry(i, ref or ""), resource))
-        if resource["resourceType"] == "Medication":
+        if kind == "Medication":
             for key in (ref, full_url):
                 if key:
                     medications[key] = resource
@@ -840,21 +843,30 @@ def _beyond_criteria(resource: Json, wanted: frozenset[tuple[str, str]]) -> bool
     components = resource.get("component") or []
     if not isinstance(components, list):
         return False
-    for part in (resource, *components):
-        if not isinstance(part, dict):
-            return False
-        concept = part.get("code")
-        codings = concept.get("coding") if isinstance(concept, dict) else None
-        if not isinstance(codings, list) or not codings:
-            return False
-        loinc = False
-        for coding in codings:
-            if not isinstance(coding, dict):
-                return False
-            system, code = coding.get("system"), coding.get("code")
-            if not isinstance(system, str) or not isinstance(code, str) or (system, code) in wanted:
-                return False
-            loinc = loinc or system == _LOINC
-        if not loinc:
+    if not _coded_beyond(resource, wanted):
+        return False
+    for part in components:
+        if not _coded_beyond(part, wanted):
             return False
     return True
+
+
+def _coded_beyond(part: Any, wanted: frozenset[tuple[str, str]]) -> bool:
+    """Whether one code (an Observation's or a component's) has a LOINC coding and no coding
+    the criteria look results up by, every coding well-formed."""
+    if not isinstance(part, dict):
+        return False
+    concept = part.get("code")
+    codings = concept.get("coding") if isinstance(concept, dict) else None
+    if not isinstance(codings, list) or not codings:
+        return False
+    loinc = False
+    for coding in codings:
+        if not isinstance(coding, dict):
+            return False
+        system, code = coding.get("system"), coding.get("code")
+        if not isinstance(system, str) or not isinstance(code, str) or (system, code) in wanted:
+            return False
+        if system == _LOINC:
+            loinc = True
+    return loinc
