@@ -845,10 +845,7 @@ def _beyond_criteria(resource: Json, wanted: frozenset[tuple[str, str]]) -> bool
         return False
     if not _coded_beyond(resource, wanted):
         return False
-    for part in components:
-        if not _coded_beyond(part, wanted):
-            return False
-    return True
+    return all(_coded_beyond(part, wanted) for part in components)
 
 
 def _coded_beyond(part: Any, wanted: frozenset[tuple[str, str]]) -> bool:
