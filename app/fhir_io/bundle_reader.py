@@ -153,7 +153,12 @@ class _Reader:
         items = cc.get("coding")
         codings: list[Coding] = []
         if items is not None:
-            items = self.at(key).objs(cc, "coding")
+            # As objs(): every item an object, checked before any is read.
+            if not isinstance(items, list):
+                raise self.at(key).fail("coding", "an array of objects")
+            for c in items:
+                if not isinstance(c, dict):
+                    raise self.at(key).fail("coding", "an array of objects")
             for c in items:
                 code = c.get("code")
                 if isinstance(code, str):
@@ -197,6 +202,8 @@ class _Reader:
         )
 
     def concepts(self, data: Json, key: str) -> tuple[Coding, ...]:
+        if data.get(key) is None:
+            return ()
         out: list[Coding] = []
         inner = self.at(key)
         for cc in self.objs(data, key):
@@ -211,14 +218,24 @@ class _Reader:
         q = self.obj(data, key)
         if q is None:
             return None
-        inner = self.at(key)
-        value = inner.number(q, "value")
-        if value is None:
+        number = q.get("value")
+        if number is None:
             return None
-        code = inner.text(q, "code")
-        ucum = code is not None and q.get("system", _UCUM) == _UCUM
-        unit = code if ucum else inner.text(q, "unit")
-        return Quantity(value, unit or "", inner.text(q, "comparator"))
+        # The fields checked in the order, and with the messages, of number() and text().
+        if not isinstance(number, int | float) or isinstance(number, bool):
+            raise self.at(key).fail("value", "a number")
+        code = q.get("code")
+        if code is not None and not isinstance(code, str):
+            raise self.at(key).fail("code", "a string")
+        unit: str | None = code
+        if code is None or q.get("system", _UCUM) != _UCUM:
+            unit = q.get("unit")
+            if unit is not None and not isinstance(unit, str):
+                raise self.at(key).fail("unit", "a string")
+        comparator = q.get("comparator")
+        if comparator is not None and not isinstance(comparator, str):
+            raise self.at(key).fail("comparator", "a string")
+        return Quantity(float(number), unit or "", comparator)
 
     def status_code(self, data: Json, key: str) -> str | None:
         codings, _ = self.concept(data, key)
