@@ -190,12 +190,16 @@ WHO_MAX_LEN = 5
 short is read for a WHO ICD-10 coding too (see fhir_mappings/README.md, "WHO ICD-10")."""
 
 
-_MEMO_LIMIT = 50_000
+_MEMO_LIMIT = 10_000
 """Entries a matcher remembers before it starts afresh: the codes and labels of real records
 repeat, but a stream of made-up ones must not grow a worker's memory without end."""
+_MEMO_CHARS = 256
+"""Longer codes and labels are not remembered (nor held alive by the memory)."""
 
 
-def _remember(memo: dict[Any, Any], key: Any, value: Any) -> None:
+def _remember(memo: dict[Any, Any], key: Any, value: Any, chars: int) -> None:
+    if chars > _MEMO_CHARS:
+        return
     if len(memo) >= _MEMO_LIMIT:
         memo.clear()
     memo[key] = value
@@ -238,7 +242,7 @@ class CodeMatcher:
         found = self._matched.get(key)
         if found is None:
             found = self._matches(system, code)
-            _remember(self._matched, key, found)
+            _remember(self._matched, key, found, len(system) + len(code))
         return found
 
     def _matches(self, system: str, code: str) -> bool:
@@ -305,7 +309,7 @@ class TermMatcher:
             else:
                 found = self._pattern.search(label)
                 term = found.group(0) if found else None
-                _remember(memo, label, term)
+                _remember(memo, label, term, len(label))
             if term is not None:
                 return term
         return None
@@ -452,7 +456,7 @@ class DrugClass:
             return memo[text]
         found = self.name_pattern.search(text)
         name = None if found is None else found.group(0)
-        _remember(memo, text, name)
+        _remember(memo, text, name, len(text))
         return name
 
 
@@ -509,7 +513,7 @@ class Mappings:
         found = self._in_class.get(key)
         if found is None:
             found = self._in_class_of(ingredient, codings, cls)
-            _remember(self._in_class, key, found)
+            _remember(self._in_class, key, found, sum(len(s) + len(c) for s, c in codings))
         return found
 
     def _in_class_of(
