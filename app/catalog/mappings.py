@@ -197,6 +197,10 @@ _MEMO_CHARS = 256
 """Longer codes and labels are not remembered (nor held alive by the memory)."""
 
 
+_UNKNOWN: Any = object()
+"""Not remembered (``memo.get(key, _UNKNOWN)``: one lookup, safe while another thread clears)."""
+
+
 def _remember(memo: dict[Any, Any], key: Any, value: Any, chars: int) -> None:
     if chars > _MEMO_CHARS:
         return
@@ -304,9 +308,8 @@ class TermMatcher:
             return None
         memo = self._found
         for label in labels:
-            if label in memo:
-                term = memo[label]
-            else:
+            term: str | None = memo.get(label, _UNKNOWN)
+            if term is _UNKNOWN:
                 found = self._pattern.search(label)
                 term = found.group(0) if found else None
                 _remember(memo, label, term, len(label))
@@ -452,8 +455,9 @@ class DrugClass:
         if self.name_pattern is None:
             return None
         memo = self._named
-        if text in memo:
-            return memo[text]
+        known: str | None = memo.get(text, _UNKNOWN)
+        if known is not _UNKNOWN:
+            return known
         found = self.name_pattern.search(text)
         name = None if found is None else found.group(0)
         _remember(memo, text, name, len(text))
