@@ -190,6 +190,25 @@ WHO_MAX_LEN = 5
 short is read for a WHO ICD-10 coding too (see fhir_mappings/README.md, "WHO ICD-10")."""
 
 
+_MEMO_LIMIT = 10_000
+"""Entries a matcher remembers before it starts afresh: the codes and labels of real records
+repeat, but a stream of made-up ones must not grow a worker's memory without end."""
+_MEMO_CHARS = 256
+"""Longer codes and labels are not remembered (nor held alive by the memory)."""
+
+
+_UNKNOWN: Any = object()
+"""Not remembered (``memo.get(key, _UNKNOWN)``: one lookup, safe while another thread clears)."""
+
+
+def _remember(memo: dict[Any, Any], key: Any, value: Any, chars: int) -> None:
+    if chars > _MEMO_CHARS:
+        return
+    if len(memo) >= _MEMO_LIMIT:
+        memo.clear()
+    memo[key] = value
+
+
 def icd_code(code: str) -> str:
     """An ICD-10 / ICD-10-CM code as the code sets write it: upper case, dot after the category
     (``i509`` -> ``I50.9``), without the WHO dagger/asterisk marks (``G01*`` -> ``G01``)."""
@@ -208,6 +227,11 @@ class CodeMatcher:
     prefixes: tuple[tuple[str, str], ...]
     excluded_exact: frozenset[tuple[str, str]] = frozenset()
     excluded_prefixes: tuple[tuple[str, str], ...] = ()
+    _matched: dict[tuple[str, str], bool] = field(
+        init=False, default_factory=dict, compare=False, repr=False
+    )
+    """(system, code) -> :meth:`matches`, remembered: a matcher never changes (``with_codes``
+    builds a new one, with its own memory)."""
 
     def excluded(self, system: str, code: str) -> bool:
         """Whether an exclusion row removes the code (whatever includes it)."""
@@ -218,6 +242,14 @@ class CodeMatcher:
         )
 
     def matches(self, system: str, code: str) -> bool:
+        key = (system, code)
+        found = self._matched.get(key)
+        if found is None:
+            found = self._matches(system, code)
+            _remember(self._matched, key, found, len(system) + len(code))
+        return found
+
+    def _matches(self, system: str, code: str) -> bool:
         if self.excluded(system, code):
             return False
         if system in ICD_SYSTEMS:
@@ -251,6 +283,10 @@ class TermMatcher:
 
     terms: tuple[str, ...]
     _pattern: "re.Pattern[str] | None" = field(default=None, compare=False, repr=False)
+    _found: dict[str, str | None] = field(
+        init=False, default_factory=dict, compare=False, repr=False
+    )
+    """label -> the term found in it, remembered (the same labels recur in every record)."""
 
     @classmethod
     def of(cls, terms: Iterable[str], rows: Iterable[CodeRow] = ()) -> "TermMatcher":
@@ -270,10 +306,15 @@ class TermMatcher:
         """The first term found in any of the labels, as written there; None if none."""
         if self._pattern is None:
             return None
+        memo = self._found
         for label in labels:
-            found = self._pattern.search(label)
-            if found:
-                return found.group(0)
+            term: str | None = memo.get(label, _UNKNOWN)
+            if term is _UNKNOWN:
+                found = self._pattern.search(label)
+                term = found.group(0) if found else None
+                _remember(memo, label, term, len(label))
+            if term is not None:
+                return term
         return None
 
 
@@ -404,11 +445,23 @@ class DrugClass:
 
     name_pattern: "re.Pattern[str] | None" = field(default=None, compare=False)
     """The names as one word-bounded alternation (longest first), built by the loader."""
+    _named: dict[str, str | None] = field(
+        init=False, default_factory=dict, compare=False, repr=False
+    )
+    """text -> :meth:`named_in`, remembered (the same drug texts recur in every record)."""
 
     def named_in(self, text: str) -> str | None:
         """The first of the class's drug names that ``text`` (lower-case) contains as words."""
-        found = None if self.name_pattern is None else self.name_pattern.search(text)
-        return None if found is None else found.group(0)
+        if self.name_pattern is None:
+            return None
+        memo = self._named
+        known: str | None = memo.get(text, _UNKNOWN)
+        if known is not _UNKNOWN:
+            return known
+        found = self.name_pattern.search(text)
+        name = None if found is None else found.group(0)
+        _remember(memo, text, name, len(text))
+        return name
 
 
 @dataclass(frozen=True, slots=True)
@@ -424,6 +477,11 @@ class Mappings:
     """(system URI, code) of a route of administration (SNOMED CT, HL7 v3) -> route name."""
     value_sets: Mapping[str, ValueSet] = field(default_factory=dict)
     """Every checked-in expansion by id (fhir_mappings/valuesets/)."""
+    _in_class: dict[tuple[str | None, tuple[tuple[str, str], ...], str], bool] = field(
+        init=False, default_factory=dict, compare=False, repr=False
+    )
+    """:meth:`in_class` answers for tuples of codings, remembered (``with_codes`` and
+    ``replace`` build new mappings, with their own memory)."""
 
     def with_codes(self, learned: Mapping[str, frozenset[tuple[str, str]]]) -> "Mappings":
         """These mappings with more exact (system URI, code) members in the named code sets (codes
@@ -451,6 +509,18 @@ class Mappings:
         return None
 
     def in_class(
+        self, ingredient: str | None, codings: Iterable[tuple[str, str]], cls: str
+    ) -> bool:
+        if not isinstance(codings, tuple):
+            return self._in_class_of(ingredient, codings, cls)
+        key = (ingredient, codings, cls)
+        found = self._in_class.get(key)
+        if found is None:
+            found = self._in_class_of(ingredient, codings, cls)
+            _remember(self._in_class, key, found, sum(len(s) + len(c) for s, c in codings))
+        return found
+
+    def _in_class_of(
         self, ingredient: str | None, codings: Iterable[tuple[str, str]], cls: str
     ) -> bool:
         drug_class = self.drug_classes[cls]

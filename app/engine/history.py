@@ -20,7 +20,7 @@ from app.catalog.schema import (
     ImmunizationCheck,
     ProcedureCheck,
 )
-from app.engine.context import Context, RecognisedCodes
+from app.engine.context import Context, History, RecognisedCodes
 from app.engine.record import Allergy, Coding, Condition, Procedure
 from app.engine.results import Result, Status
 
@@ -102,12 +102,15 @@ def _to_review(check: _Check, items: Sequence[_Dated], why: str) -> Result:
 
 def _select_dated(
     items: Sequence[_T],
-    matchers: list[RecognisedCodes],
+    recognised: frozenset[int],
     since: date | None,
     counts_anyway: Callable[[_T], bool] = lambda _: False,
 ) -> tuple[list[_T], list[_T]]:
-    """(matches inside the window, matches without a date when a window applies)."""
-    coded = [i for i in items if any(m.matches_any(i.codes) for m in matchers)]
+    """(matches inside the window, matches without a date when a window applies); a match is
+    an item in ``recognised`` (:meth:`Context.recognised`)."""
+    if not recognised:
+        return [], []
+    coded = [i for i in items if id(i) in recognised]
     return _in_window(coded, since, counts_anyway)
 
 
@@ -148,15 +151,16 @@ def _labels(item: _Dated) -> tuple[str, ...]:
 def _named_in_words(
     ctx: Context,
     check: ConditionCheck | ProcedureCheck | ImmunizationCheck,
+    part: History,
     candidates: Iterable[_T],
 ) -> list[tuple[_T, str]]:
     """Entries the check's codes do not recognise whose text or a display names the concept,
-    with the words found."""
+    with the words found. ``candidates`` are entries of that part of the record."""
     sets = _matcher(ctx, check.codes)
+    words = _words_only(ctx, check, part)
     out = []
     for item in candidates:
-        # A code the set lists, or explicitly excludes, is recognised: words do not overrule it.
-        if any(s.matches_any(item.codes) or s.excludes_any(item.codes) for s in sets):
+        if id(item) not in words:
             continue
         labels = _labels(item)
         term = next((t for s in sets if (t := s.term_in(labels)) is not None), None)
@@ -165,16 +169,33 @@ def _named_in_words(
     return out
 
 
+def _words_only(
+    ctx: Context, check: ConditionCheck | ProcedureCheck | ImmunizationCheck, part: History
+) -> frozenset[int]:
+    """``id()`` of the entries of that part whose words name the check's concept and whose codes
+    the check does not recognise (a code the set lists, or explicitly excludes, is recognised:
+    words do not overrule it): the only ones :func:`_named_in_words` may return."""
+
+    def compute() -> frozenset[int]:
+        named = ctx.named(part, check.codes)
+        if not named:
+            return named
+        return named - ctx.recognised(part, check.codes) - ctx.excluded(part, check.codes)
+
+    return ctx.remembered(("words only", part, tuple(check.codes)), compute)
+
+
 def _safety_net(
     check: ConditionCheck | ProcedureCheck | ImmunizationCheck,
     ctx: Context,
     result: Result,
+    part: History,
     candidates: Sequence[_Dated],
 ) -> Result:
     """A not-met answer that an entry named only in words may overturn goes to review."""
     if result.status is not Status.NOT_MET:
         return result
-    named = _named_in_words(ctx, check, candidates)
+    named = _named_in_words(ctx, check, part, candidates)
     if not named:
         return result
     items = [i for i, _ in named]
@@ -190,25 +211,17 @@ def condition(check: ConditionCheck, ctx: Context) -> Result:
     since = ctx.history_since(check.within)
     if check.current_within is not None:
         since = check.current_within.before(ctx.as_of)
-    excepted = _matcher(ctx, check.except_codes)
-    pool = [
-        c
-        for c in ctx.record.conditions
-        if (c.active_on(ctx.as_of) or not check.active_only)
-        and not any(m.matches_any(c.codes) for m in excepted)
-    ]
+    pool, confirmed, tentative = _condition_pool(ctx, check)
 
     def present_in_window(c: Condition) -> bool:
         # Still active, or abated inside the window: the condition was present during it.
         ended = c.abated is not None and since is not None and c.abated >= since
         return check.or_active and (c.active_on(ctx.as_of) or ended)
 
-    confirmed = [c for c in pool if not c.tentative]
     result = _condition_in(check, ctx, confirmed, since, present_in_window)
     if result.status is not Status.NOT_MET:
         return result
     # A provisional / differential / unconfirmed diagnosis neither establishes nor rules out.
-    tentative = [c for c in pool if c.tentative]
     # With onset_at_least an entry bears on the answer if it may be old enough: it may lengthen
     # the history the confirmed entries show.
     window = since if check.onset_at_least is None else None
@@ -218,19 +231,47 @@ def condition(check: ConditionCheck, ctx: Context) -> Result:
         return c.when is None or c.when <= limit
 
     inside, undated = _select_dated(
-        tentative, _matcher(ctx, check.codes), window, present_in_window
+        tentative, ctx.recognised("conditions", check.codes), window, present_in_window
     )
     inside = [c for c in inside if may_count(c)]
     if inside or undated:
         why = f"{_what(check.codes)} is recorded only as a provisional or unconfirmed diagnosis"
         return _to_review(check, [*inside, *undated], why)
-    inside, undated = _in_window(pool, window, present_in_window)
+    # Only entries named in words can overturn "no record found" (each kept or dropped on its
+    # own, in record order, so narrowing the pool first changes nothing but the work).
+    words = _words_only(ctx, check, "conditions")
+    if not words:
+        return result
+    named = [c for c in pool if id(c) in words]
+    inside, undated = _in_window(named, window, present_in_window)
     inside = [c for c in inside if may_count(c)]
     if check.current_within is not None:
         # Still marked active though older than the window: as for coded entries, review.
         placed = {id(c) for c in (*inside, *undated)}
-        undated += [c for c in pool if c.clinical_status in _ACTIVE and id(c) not in placed]
-    return _safety_net(check, ctx, result, [*inside, *undated])
+        undated += [c for c in named if c.clinical_status in _ACTIVE and id(c) not in placed]
+    return _safety_net(check, ctx, result, "conditions", [*inside, *undated])
+
+
+_Pool = tuple[tuple[Condition, ...], tuple[Condition, ...], tuple[Condition, ...]]
+
+
+def _condition_pool(ctx: Context, check: ConditionCheck) -> _Pool:
+    """The conditions the check looks at (active ones only if it says so, less its excepted
+    codes), in record order, and those of them confirmed and tentative; worked out once per
+    evaluation for the checks that share them."""
+
+    def compute() -> _Pool:
+        excepted = ctx.recognised("conditions", check.except_codes)
+        pool = tuple(
+            c
+            for c in ctx.record.conditions
+            if (c.active_on(ctx.as_of) or not check.active_only) and id(c) not in excepted
+        )
+        tentative = tuple(c for c in pool if c.tentative)
+        confirmed = tuple(c for c in pool if not c.tentative) if tentative else pool
+        return pool, confirmed, tentative
+
+    return ctx.remembered(("condition pool", check.active_only, tuple(check.except_codes)), compute)
 
 
 def _condition_in(
@@ -240,9 +281,9 @@ def _condition_in(
     since: date | None,
     present_in_window: Callable[[Condition], bool],
 ) -> Result:
-    matchers = _matcher(ctx, check.codes)
+    recognised = ctx.recognised("conditions", check.codes)
     what = _what(check.codes)
-    inside, undated = _select_dated(pool, matchers, since, present_in_window)
+    inside, undated = _select_dated(pool, recognised, since, present_in_window)
     seen = {id(c) for c in (*inside, *undated)}
     if check.or_active and since is not None:
         # Ended (remission, resolved) without an abatement date, diagnosed before the window:
@@ -250,10 +291,7 @@ def _condition_in(
         undated += [
             c
             for c in pool
-            if id(c) not in seen
-            and c.abated is None
-            and c.when is not None
-            and any(m.matches_any(c.codes) for m in matchers)
+            if id(c) not in seen and c.abated is None and c.when is not None and id(c) in recognised
         ]
     if check.current_within is not None:
         # Older than the window yet still marked active: most likely never closed, but the
@@ -265,7 +303,7 @@ def _condition_in(
             if id(c) not in seen
             and c.when is not None
             and c.clinical_status in _ACTIVE
-            and any(m.matches_any(c.codes) for m in matchers)
+            and id(c) in recognised
         ]
         if not inside and not undated and stale:
             why = (
@@ -305,33 +343,44 @@ def _condition_in(
 
 def procedure(check: ProcedureCheck, ctx: Context) -> Result:
     since = ctx.history_since(check.within)
-    excepted = _matcher(ctx, check.except_codes)
-    pool = [p for p in ctx.record.procedures if not any(m.matches_any(p.codes) for m in excepted)]
+    excepted = ctx.recognised("procedures", check.except_codes)
+    pool = [p for p in ctx.record.procedures if id(p) not in excepted] if excepted else None
 
     def overlaps(p: Procedure) -> bool:
         # A performedPeriod counts over its whole length; in-progress means happening now.
         return p.ongoing() or (p.end is not None and since is not None and p.end >= since)
 
-    return _events(check, ctx, pool, since, overlaps)
+    return _events(
+        check, ctx, "procedures", ctx.record.procedures if pool is None else pool, since, overlaps
+    )
 
 
 def immunization(check: ImmunizationCheck, ctx: Context) -> Result:
     since = ctx.history_since(check.within)
-    return _events(check, ctx, ctx.record.immunizations, since, lambda _: False)
+    return _events(check, ctx, "immunizations", ctx.record.immunizations, since, lambda _: False)
 
 
 def _events(
     check: ProcedureCheck | ImmunizationCheck,
     ctx: Context,
+    part: History,
     items: Sequence[_T],
     since: date | None,
     counts_anyway: Callable[[_T], bool],
 ) -> Result:
+    """``items``: entries of that part of the record."""
     what = _what(check.codes)
-    inside, undated = _select_dated(items, _matcher(ctx, check.codes), since, counts_anyway)
+    recognised = ctx.recognised(part, check.codes)
+    inside, undated = _select_dated(items, recognised, since, counts_anyway)
     result = _verdict(check, what, inside, undated, since)
-    inside, undated = _in_window(items, since, counts_anyway)
-    return _safety_net(check, ctx, result, [*inside, *undated])
+    if result.status is not Status.NOT_MET:
+        return result
+    # As in :func:`condition`: only entries named in words can overturn "no record found".
+    words = _words_only(ctx, check, part)
+    if not words:
+        return result
+    inside, undated = _in_window([i for i in items if id(i) in words], since, counts_anyway)
+    return _safety_net(check, ctx, result, part, [*inside, *undated])
 
 
 def _verdict(

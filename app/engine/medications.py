@@ -56,30 +56,43 @@ class _Use:
     ingredient: str | None
 
 
-def _counted(ctx: Context) -> Iterable[tuple[MedicationUse, str | None]]:
+def _counted(ctx: Context) -> list[tuple[MedicationUse, str | None]]:
     """Every order or record of use (not a plan), with its ingredient; whether it was applied
-    locally is asked only of those a check selects (:func:`_is_local`)."""
-    for use in ctx.record.medications:
-        if use.is_order:
-            yield use, ctx.mappings.ingredient_of(use.codes)
+    locally is asked only of those a check selects (:func:`_is_local`). Once per evaluation."""
+
+    def compute() -> list[tuple[MedicationUse, str | None]]:
+        ingredient_of = ctx.mappings.ingredient_of
+        return [(u, ingredient_of(u.codes)) for u in ctx.record.medications if u.is_order]
+
+    return ctx.remembered("counted uses", compute)
 
 
 def _uses(ctx: Context, classes: Iterable[str]) -> list[_Use]:
-    mappings = ctx.mappings
+    """The uses of the classes (each class list worked out once per evaluation; a new list)."""
     wanted = tuple(classes)
-    return [
+    return list(ctx.remembered(("uses", wanted), lambda: _find_uses(ctx, wanted)))
+
+
+def _find_uses(ctx: Context, wanted: tuple[str, ...]) -> tuple[_Use, ...]:
+    mappings = ctx.mappings
+    return tuple(
         _Use(use, ingredient)
         for use, ingredient in _counted(ctx)
         if any(mappings.in_class(ingredient, use.codes, c) for c in wanted)
         and not _is_local(ctx, use, ingredient)
-    ]
+    )
 
 
 def _unplaced(ctx: Context, classes: Iterable[str]) -> list[tuple[_Use, str]]:
     """Uses that may be of the classes but that the codes cannot place, each with why: the
-    Medication they reference is not in the record, or their text names a drug of a class."""
-    mappings = ctx.mappings
+    Medication they reference is not in the record, or their text names a drug of a class.
+    Each class list worked out once per evaluation; a new list."""
     wanted = tuple(classes)
+    return list(ctx.remembered(("unplaced", wanted), lambda: _find_unplaced(ctx, wanted)))
+
+
+def _find_unplaced(ctx: Context, wanted: tuple[str, ...]) -> tuple[tuple[_Use, str], ...]:
+    mappings = ctx.mappings
     out = []
     for use, ingredient in _counted(ctx):
         if use.unresolved is not None:
@@ -93,7 +106,7 @@ def _unplaced(ctx: Context, classes: Iterable[str]) -> list[tuple[_Use, str]]:
             continue
         if not _is_local(ctx, use, ingredient):
             out.append((_Use(use, ingredient), why))
-    return out
+    return tuple(out)
 
 
 def _named(mappings: Mappings, use: MedicationUse, classes: tuple[str, ...]) -> str | None:

@@ -46,15 +46,39 @@ Json = dict[str, Any]
 
 
 class _Reader:
-    """Field access with the path of the resource being read, for error messages."""
+    """Field access with the path of the resource being read, for error messages. The path is
+    put together only when a message needs it: most resources read without one."""
+
+    __slots__ = ("_key", "_parent", "_where", "ref")
 
     def __init__(self, where: str, ref: str = "") -> None:
-        self.where = where
+        self._where: str | None = where
+        self._parent: _Reader | None = None
+        self._key: str | int = ""
         self.ref = ref
         """How the results cite the resource: ``Type/id``, else the entry's fullUrl."""
 
+    @classmethod
+    def entry(cls, index: int, ref: str) -> "_Reader":
+        """The reader of ``Bundle.entry[index].resource``."""
+        read = cls.__new__(cls)
+        read._where, read._parent, read._key, read.ref = None, None, index, ref
+        return read
+
+    @property
+    def where(self) -> str:
+        if self._where is None:
+            parent = self._parent
+            if parent is None:
+                self._where = f"Bundle.entry[{self._key}].resource"
+            else:
+                self._where = f"{parent.where}.{self._key}"
+        return self._where
+
     def at(self, key: str) -> "_Reader":
-        return _Reader(f"{self.where}.{key}", self.ref)
+        read = _Reader.__new__(_Reader)
+        read._where, read._parent, read._key, read.ref = None, self, key, self.ref
+        return read
 
     def fail(self, field: str, expected: str) -> InvalidInput:
         return InvalidInput(
@@ -71,7 +95,10 @@ class _Reader:
         value = data.get(key)
         if value is None:
             return []
-        if isinstance(value, list) and all(isinstance(v, dict) for v in value):
+        if isinstance(value, list):
+            for v in value:
+                if not isinstance(v, dict):
+                    raise self.fail(key, "an array of objects")
             return value
         raise self.fail(key, "an array of objects")
 
@@ -119,20 +146,48 @@ class _Reader:
         return None if period is None else self.at(key).day(period, "end")
 
     def concept(self, data: Json, key: str) -> tuple[tuple[Coding, ...], str]:
+        """The codings that have a code, and the text (else the first coding display)."""
         cc = self.obj(data, key)
         if cc is None:
             return (), ""
-        inner = self.at(key)
-        codings = tuple(
-            (inner.text(c, "system") or "", c["code"])
-            for c in inner.objs(cc, "coding")
-            if isinstance(c.get("code"), str)
+        items = cc.get("coding")
+        codings: list[Coding] = []
+        if items is not None:
+            # As objs(): every item an object, checked before any is read.
+            if not isinstance(items, list):
+                raise self.at(key).fail("coding", "an array of objects")
+            for c in items:
+                if not isinstance(c, dict):
+                    raise self.at(key).fail("coding", "an array of objects")
+            for c in items:
+                code = c.get("code")
+                if isinstance(code, str):
+                    system = c.get("system")
+                    if system is not None and not isinstance(system, str):
+                        raise self.at(key).fail("system", "a string")
+                    codings.append((system or "", code))
+        label = cc.get("text")
+        if label is not None and not isinstance(label, str):
+            raise self.at(key).fail("text", "a string")
+        if not label:
+            label = next(
+                (c["display"] for c in items or () if isinstance(c.get("display"), str)), ""
+            )
+        return tuple(codings), label
+
+    def coded(self, data: Json, key: str) -> tuple[tuple[Coding, ...], str, tuple[str, ...]]:
+        """``concept`` and ``displays`` of one CodeableConcept, read in one pass (the same
+        answers and the same errors as the two)."""
+        codings, label = self.concept(data, key)
+        cc = data.get(key)
+        if not cc:
+            return codings, label, ()
+        items = cc.get("coding") or ()
+        return (
+            codings,
+            label,
+            tuple(d for c in items if isinstance(d := c.get("display"), str) and d),
         )
-        label = inner.text(cc, "text") or next(
-            (c["display"] for c in inner.objs(cc, "coding") if isinstance(c.get("display"), str)),
-            "",
-        )
-        return codings, label
 
     def displays(self, data: Json, key: str) -> tuple[str, ...]:
         """Every coding display of a CodeableConcept (``concept`` keeps only one label): an EHR
@@ -147,6 +202,8 @@ class _Reader:
         )
 
     def concepts(self, data: Json, key: str) -> tuple[Coding, ...]:
+        if data.get(key) is None:
+            return ()
         out: list[Coding] = []
         inner = self.at(key)
         for cc in self.objs(data, key):
@@ -161,14 +218,24 @@ class _Reader:
         q = self.obj(data, key)
         if q is None:
             return None
-        inner = self.at(key)
-        value = inner.number(q, "value")
-        if value is None:
+        number = q.get("value")
+        if number is None:
             return None
-        code = inner.text(q, "code")
-        ucum = code is not None and q.get("system", _UCUM) == _UCUM
-        unit = code if ucum else inner.text(q, "unit")
-        return Quantity(value, unit or "", inner.text(q, "comparator"))
+        # The fields checked in the order, and with the messages, of number() and text().
+        if not isinstance(number, int | float) or isinstance(number, bool):
+            raise self.at(key).fail("value", "a number")
+        code = q.get("code")
+        if code is not None and not isinstance(code, str):
+            raise self.at(key).fail("code", "a string")
+        unit: str | None = code
+        if code is None or q.get("system", _UCUM) != _UCUM:
+            unit = q.get("unit")
+            if unit is not None and not isinstance(unit, str):
+                raise self.at(key).fail("unit", "a string")
+        comparator = q.get("comparator")
+        if comparator is not None and not isinstance(comparator, str):
+            raise self.at(key).fail("comparator", "a string")
+        return Quantity(float(number), unit or "", comparator)
 
     def status_code(self, data: Json, key: str) -> str | None:
         codings, _ = self.concept(data, key)
@@ -197,27 +264,31 @@ def read_bundle(
     medications: dict[str, Json] = {}
     unreadable: list[Unreadable] = []
     for i, entry in enumerate(_Reader("Bundle").objs(bundle, "entry")):
-        where = f"Bundle.entry[{i}].resource"
         resource = entry.get("resource")
         if resource is None:
             continue
-        if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
+        kind = resource.get("resourceType") if isinstance(resource, dict) else None
+        if not isinstance(kind, str):
             # Not even its type is known: it may be about anything the criteria read.
-            problem = f"{where} is not a FHIR resource (no resourceType)."
+            problem = f"Bundle.entry[{i}].resource is not a FHIR resource (no resourceType)."
             unreadable.append(Unreadable("", None, (), "", problem))
             continue
+        if kind not in _READ:
+            continue  # an Encounter, a Claim...: nothing the criteria read
         if (
-            observation_codes is not None
-            and resource["resourceType"] == "Observation"
+            kind == "Observation"
+            and observation_codes is not None
             and beyond_criteria(resource, observation_codes)
         ):
             continue
-        full_url = entry.get("fullUrl") if isinstance(entry.get("fullUrl"), str) else None
+        full_url = entry.get("fullUrl")
+        if not isinstance(full_url, str):
+            full_url = None
         rid = resource.get("id")
-        ref = f"{resource['resourceType']}/{rid}" if isinstance(rid, str) else full_url
+        ref = f"{kind}/{rid}" if isinstance(rid, str) else full_url
         # A resource with neither id nor fullUrl cannot be cited; its results carry no reference.
-        resources.append((_Reader(where, ref or ""), resource))
-        if resource["resourceType"] == "Medication":
+        resources.append((_Reader.entry(i, ref or ""), resource))
+        if kind == "Medication":
             for key in (ref, full_url):
                 if key:
                     medications[key] = resource
@@ -379,9 +450,10 @@ def _observation(
 
 
 def _conditions(read: _Reader, r: Json) -> list[Condition]:
-    if read.status_code(r, "verificationStatus") in _CONDITION_VOID:
+    verification = read.status_code(r, "verificationStatus")
+    if verification in _CONDITION_VOID:
         return []
-    codes, text = read.concept(r, "code")
+    codes, text, displays = read.coded(r, "code")
     onset = read.day(r, "onsetDateTime") or read.period_start(r, "onsetPeriod")
     # A partial abatement ("2026") is not known to have come before any day of its span: it is
     # read as the span's last day, so the condition is not ended early on a guess.
@@ -406,8 +478,8 @@ def _conditions(read: _Reader, r: Json) -> list[Condition]:
             recorded=read.day(r, "recordedDate"),
             abated=abated,
             clinical_status=read.status_code(r, "clinicalStatus"),
-            verification=read.status_code(r, "verificationStatus"),
-            displays=read.displays(r, "code"),
+            verification=verification,
+            displays=displays,
             latest=latest,
         )
     ]
@@ -695,18 +767,17 @@ def _immunizations(read: _Reader, r: Json) -> list[Immunization]:
     # undated (a check with a window then asks for review), never dropped as if absent.
     when = read.day(r, "occurrenceDateTime") or read.day(r, "recorded")
     key = "occurrenceDateTime" if r.get("occurrenceDateTime") is not None else "recorded"
-    codes, text = read.concept(r, "vaccineCode")
-    displays = read.displays(r, "vaccineCode")
+    codes, text, displays = read.coded(r, "vaccineCode")
     return [Immunization(read.ref, codes, text, when, displays, read.last_day(r, key))]
 
 
 def _procedures(read: _Reader, r: Json) -> list[Procedure]:
-    if read.text(r, "status") in _EVENT_VOID:
+    status = read.text(r, "status")
+    if status in _EVENT_VOID:
         return []
     when = read.day(r, "performedDateTime") or read.period_start(r, "performedPeriod")
     end = read.period_end(r, "performedPeriod")
-    codes, text = read.concept(r, "code")
-    status = read.text(r, "status")
+    codes, text, displays = read.coded(r, "code")
     # The latest day it may have been going on, when the record does not say exactly: the end of
     # a partial date's span, or (a period with a start and no end) any day up to now.
     latest = read.last_day(r, "performedDateTime")
@@ -716,7 +787,6 @@ def _procedures(read: _Reader, r: Json) -> list[Procedure]:
         if when is not None and period.get("end") is None:
             spans.append(date.max)
         latest = max(spans, default=None)
-    displays = read.displays(r, "code")
     return [Procedure(read.ref, codes, text, when, end, status, displays, latest)]
 
 
@@ -770,6 +840,10 @@ _READERS: dict[str, Callable[[_Reader, Json], list[Any]]] = {
 }
 
 
+_READ = frozenset({"Patient", "Medication", *_MEDICATION_USES, *_READERS})
+"""The resource types read into the record; a Bundle's others are passed over."""
+
+
 def record_digest(bundle: dict[str, Any]) -> str:
     """SHA-256 of the record as received (keys sorted), kept with each screening."""
     return hashlib.sha256(orjson.dumps(bundle, option=orjson.OPT_SORT_KEYS)).hexdigest()
@@ -786,21 +860,27 @@ def beyond_criteria(resource: Json, wanted: frozenset[tuple[str, str]]) -> bool:
     components = resource.get("component") or []
     if not isinstance(components, list):
         return False
-    for part in (resource, *components):
-        if not isinstance(part, dict):
+    if not _coded_beyond(resource, wanted):
+        return False
+    return all(_coded_beyond(part, wanted) for part in components)
+
+
+def _coded_beyond(part: Any, wanted: frozenset[tuple[str, str]]) -> bool:
+    """Whether one code (an Observation's or a component's) has a LOINC coding and no coding
+    the criteria look results up by, every coding well-formed."""
+    if not isinstance(part, dict):
+        return False
+    concept = part.get("code")
+    codings = concept.get("coding") if isinstance(concept, dict) else None
+    if not isinstance(codings, list) or not codings:
+        return False
+    loinc = False
+    for coding in codings:
+        if not isinstance(coding, dict):
             return False
-        concept = part.get("code")
-        codings = concept.get("coding") if isinstance(concept, dict) else None
-        if not isinstance(codings, list) or not codings:
+        system, code = coding.get("system"), coding.get("code")
+        if not isinstance(system, str) or not isinstance(code, str) or (system, code) in wanted:
             return False
-        loinc = False
-        for coding in codings:
-            if not isinstance(coding, dict):
-                return False
-            system, code = coding.get("system"), coding.get("code")
-            if not isinstance(system, str) or not isinstance(code, str) or (system, code) in wanted:
-                return False
-            loinc = loinc or system == _LOINC
-        if not loinc:
-            return False
-    return True
+        if system == _LOINC:
+            loinc = True
+    return loinc

@@ -312,7 +312,10 @@ def _cited(screening: Screening, record: PatientRecord | None) -> dict[str, list
     for o in record.observations:
         if o.ref in wanted:
             add(o.ref, _observation(o))
+    # Only the cited resources are summarised: a record holds hundreds a screening never cites.
     for c in record.conditions:
+        if c.ref not in wanted:
+            continue
         kind = "onset" if c.onset is not None else "recorded"
         add(
             c.ref,
@@ -326,13 +329,19 @@ def _cited(screening: Screening, record: PatientRecord | None) -> dict[str, list
             ),
         )
     for m in record.medications:
+        if m.ref not in wanted:
+            continue
         add(m.ref, _summary(m.kind, m.text, m.start, None, "start", _status(m.status)))
     for i in record.immunizations:
+        if i.ref not in wanted:
+            continue
         add(
             i.ref,
             _summary("Immunization", _label(i.text, i.displays), i.when, i.latest, "occurrence"),
         )
     for p in record.procedures:
+        if p.ref not in wanted:
+            continue
         add(
             p.ref,
             _summary(
@@ -345,6 +354,8 @@ def _cited(screening: Screening, record: PatientRecord | None) -> dict[str, list
             ),
         )
     for a in record.allergies:
+        if a.ref not in wanted:
+            continue
         add(
             a.ref,
             _summary(
@@ -357,6 +368,8 @@ def _cited(screening: Screening, record: PatientRecord | None) -> dict[str, list
             ),
         )
     for u in record.unreadable:
+        if u.ref not in wanted:
+            continue
         problem = {"name": "problem", "valueString": _short(f"Not read: {u.problem}")}
         typed = u.ref.split("/", 1)[0] if _RELATIVE.fullmatch(u.ref) else None
         add(u.ref, _summary(typed, u.text, None, None, None, (problem,)))
