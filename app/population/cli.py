@@ -27,6 +27,7 @@ from app.core.errors import TrialscreenError
 from app.core.settings import Settings, get_settings
 from app.population import bulk_export, spark_engine
 from app.population.cohort import write_cohort, write_demo
+from app.population.ndjson_source import MEMORY_LIMIT
 from app.population.outputs import RESULTS
 from app.population.patient_run import needed_data
 from app.population.runner import RunReport, run_population
@@ -70,7 +71,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--engine", choices=("duckdb", "spark"), default="duckdb")
     p.add_argument("--spark-master", default="local[*]", help="with --engine spark")
     p.add_argument("--workers", type=int, default=None, help="worker processes (all cores)")
-    p.add_argument("--memory-limit", default="512MB", help="DuckDB memory limit (spills beyond)")
+    p.add_argument(
+        "--memory-limit", default=MEMORY_LIMIT, help="DuckDB memory limit (spills beyond)"
+    )
     p.add_argument(
         "--prefilter",
         action="store_true",

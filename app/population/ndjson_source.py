@@ -52,6 +52,9 @@ MAX_LINE_BYTES = 16 * 1024 * 1024
 PATIENT_LEVEL = {"Observation", "Condition", "Procedure", "AllergyIntolerance", "Immunization"}
 MEDICATION_USES = {"MedicationRequest", "MedicationStatement", "MedicationAdministration"}
 MAX_LISTED_ERRORS = 1000
+MEMORY_LIMIT = "1GB"
+"""DuckDB's memory limit (it spills beyond). Scanning all eight files of 100,000 patients at once
+needs more than 512 MB (OutOfMemory); at 1 GB the main process peaks at ~1.2 GB."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,7 +140,7 @@ class NdjsonSource:
         folder: Path,
         needed: NeededData,
         *,
-        memory_limit: str = "512MB",
+        memory_limit: str = MEMORY_LIMIT,
         threads: int | None = None,
         scratch: Path | None = None,
     ) -> None:

@@ -19,7 +19,13 @@ import orjson
 
 from app.catalog.trial import LoadedTrial
 from app.core.settings import Settings, get_settings
-from app.population.ndjson_source import NdjsonSource, PatientLines, SourceError, patient_lines
+from app.population.ndjson_source import (
+    MEMORY_LIMIT,
+    NdjsonSource,
+    PatientLines,
+    SourceError,
+    patient_lines,
+)
 from app.population.outputs import OutputWriter
 from app.population.patient_run import PatientResult, needed_data, screen_patient
 from app.population.prefilter import Prefilter, needles_of, prefilters, turned_away
@@ -73,7 +79,7 @@ def run_population(
     progress: Progress | None = None,
     cancelled: Callable[[], bool] | None = None,
     run_id: str = "run",
-    memory_limit: str = "512MB",
+    memory_limit: str = MEMORY_LIMIT,
     prefilter: bool = False,
 ) -> RunReport:
     """Screen every patient of an NDJSON folder against ``trials``; outputs go to ``out``.
