@@ -6,14 +6,11 @@ a memory limit, so a population larger than memory spills to disk), keeps per pa
 the loaded criteria can read, and sorts by patient. Only those lines reach Python:
 
 - files of a type no criterion reads (Encounter, Claim, ...) are not opened at all;
-- Observations are left out only when they provably cannot bear on any check, by the rule
-  ``$screen``'s reader applies (``bundle_reader.beyond_criteria``): the code and every
-  component's code carry a LOINC coding and no code the criteria read. One known only by its
-  name (text, a local code) is kept for the name safety net; one whose code cannot be read is
-  kept, for it may be about anything and holds back the checks it may bear on;
-- every Condition, Procedure, AllergyIntolerance, Immunization and medication use is kept, coded
-  or not: what codes do not recognise goes to review by its words (the issue-10 safety net), so
-  the answer is the one ``$screen`` gives for the whole record;
+- in the same scan, what provably cannot change an answer is left out (``selection.py``):
+  Observations ``$screen``'s reader would skip, and Conditions, Procedures and Immunizations
+  that carry no code and no words any check knows and that the reader reads without fault;
+  what codes do not recognise but words name is kept for the safety net, so the answer is the
+  one ``$screen`` gives for the whole record. Allergies and medication uses are kept whole;
 - Medication resources (no patient of their own) are joined to the uses that reference them.
 
 A patient's lines reach the engine in file order (files in the order listed, then line order),

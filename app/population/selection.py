@@ -209,6 +209,20 @@ def _prefix(h: HistorySelection) -> str:
     return f"sel_{h.resource_type.lower()}"
 
 
+def _elements(kind: str) -> list[tuple[str, str]]:
+    """(JSON path, the JSON types the reader accepts there) of every element it reads of the
+    type, in one order: the paths of the ``_t`` column and the pattern its value must match."""
+    read = _READ[kind]
+    out: list[tuple[str, str]] = []
+    for k in read["concepts"]:
+        out += [(f"$.{k}", "OBJECT"), (f"$.{k}.text", "VARCHAR"), (f"$.{k}.coding", "ARRAY")]
+    out += [(f"$.{k}", "VARCHAR") for k in read["dates"]]
+    for k in read["periods"]:
+        out += [(f"$.{k}", "OBJECT"), (f"$.{k}.start", "VARCHAR"), (f"$.{k}.end", "VARCHAR")]
+    out += [(f"$.{k}", "VARCHAR") for k in read["strings"]]
+    return out
+
+
 def _history_columns(h: HistorySelection) -> list[str]:
     """Per line of the type: the JSON type of each element the reader reads (one string), the
     date strings, each CodeableConcept's coding types and system types, the words found, the
@@ -220,18 +234,13 @@ def _history_columns(h: HistorySelection) -> list[str]:
         _prefix(h),
     )
     only = f"CASE WHEN rt = '{kind}' AND ok THEN {{}} END"
-    paths, dates, out = [], [], []
+    out = []
     for k in read["concepts"]:
-        paths += [f"$.{k}", f"$.{k}.text", f"$.{k}.coding"]
         out.append(only.format(f"json_type(j, '$.{k}.coding[*]')") + f" AS {c}_{k}_items")
         out.append(only.format(f"json_type(j, '$.{k}.coding[*].system')") + f" AS {c}_{k}_systems")
-    for k in read["dates"]:
-        paths.append(f"$.{k}")
-        dates.append(f"$.{k}")
-    for k in read["periods"]:
-        paths += [f"$.{k}", f"$.{k}.start", f"$.{k}.end"]
-        dates += [f"$.{k}.start", f"$.{k}.end"]
-    paths += [f"$.{k}" for k in read["strings"]]
+    paths = [path for path, _ in _elements(kind)]
+    dates = [f"$.{k}" for k in read["dates"]]
+    dates += [f"$.{k}.{end}" for k in read["periods"] for end in ("start", "end")]
     out.append(
         only.format(
             f"array_to_string(list_transform(json_type(j, {_sql_list(paths)}), "
@@ -269,13 +278,7 @@ def _history_columns(h: HistorySelection) -> list[str]:
 
 def _history_status(h: HistorySelection, distinct: str) -> str:
     kind, read, c = h.resource_type, _READ[h.resource_type], _prefix(h)
-    shape: list[str] = []
-    for _ in read["concepts"]:
-        shape += ["(NULL|OBJECT)", "(NULL|VARCHAR)", "(NULL|ARRAY)"]
-    shape += ["(NULL|VARCHAR)"] * len(read["dates"])
-    for _ in read["periods"]:
-        shape += ["(NULL|OBJECT)", "(NULL|VARCHAR)", "(NULL|VARCHAR)"]
-    shape += ["(NULL|VARCHAR)"] * len(read["strings"])
+    shape = [f"(NULL|{allowed})" for _, allowed in _elements(kind)]
     codings = " AND ".join(
         f"list_bool_and(list_transform({c}_{k}_items, lambda x: x = 'OBJECT')) IS NOT false "
         f"AND list_bool_and(list_transform({c}_{k}_systems, lambda x: x IN ('VARCHAR', 'NULL'))) "
