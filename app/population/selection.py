@@ -107,8 +107,7 @@ def _words(terms: Iterable[str]) -> str | None:
     or hyphens, not inside a longer word (ASCII word characters: non-ASCII lines are kept)."""
     alternatives = sorted(
         {rf"[{_ASCII_SPACE}\-]+".join(re.escape(w) for w in t.split()) for t in terms},
-        key=len,
-        reverse=True,
+        key=lambda a: (-len(a), a),
     )
     if not alternatives:
         return None
