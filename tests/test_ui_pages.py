@@ -19,6 +19,7 @@ from tests.ui_population_fake import FakeRunService
 
 PATIENT = "b6446621-f1b9-4a74-bd09-7ec2410b27cf"
 TEMPLATES = Path(__file__).resolve().parent.parent / "app" / "ui" / "templates"
+DEMO_PATIENTS = TEMPLATES.parent.parent / "demo" / "patients"
 
 
 @pytest.fixture(scope="module")
@@ -232,6 +233,37 @@ def test_a_bad_upload_is_explained_on_the_form_and_nothing_is_stored(client: Tes
         assert answer.status_code in (400, 422) and words in answer.text
         assert 'value="NCT06801119" checked' in answer.text  # the form keeps what was chosen
     assert _store(client).screenings_for(None, None, 0, 1)[0] == before
+
+
+def test_an_upload_with_too_many_resources_is_refused_before_it_is_parsed(
+    tmp_path: Path,
+) -> None:
+    """The page screens through the same worker jobs as $screen (app/screening/jobs.py): the
+    resources are counted before the upload is parsed, and nothing is stored."""
+    settings = Settings(
+        allow_unauthenticated=True,
+        database_url=f"sqlite:///{tmp_path / 't.db'}",
+        screen_workers=0,
+        max_resources=100,
+    )
+    bundle = orjson.loads((DEMO_PATIENTS / f"{PATIENT}.json").read_bytes())  # 431 resources
+    with TestClient(create_app(settings)) as small:
+        form = {"csrf_token": _token(small), "trial": "NCT06801119", "as_of": "2025-11-01"}
+        answer = small.post(
+            "/ui/screen",
+            data=form,
+            files={"bundle": ("record.json", orjson.dumps(bundle), "application/json")},
+        )
+        assert answer.status_code == 413 and "resources" in answer.text
+        assert _store(small).screenings_for(None, None, 0, 1)[0] == 0
+        bundle["entry"] = bundle["entry"][:50]
+        within = small.post(
+            "/ui/screen",
+            data=form,
+            files={"bundle": ("record.json", orjson.dumps(bundle), "application/json")},
+            follow_redirects=False,
+        )
+        assert within.status_code == 303, within.text
 
 
 def test_history_offers_two_screenings_of_one_trial_to_compare(client: TestClient) -> None:

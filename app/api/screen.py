@@ -1,8 +1,7 @@
 """``$screen``: one patient's record screened against one trial or every trial."""
 
 import asyncio
-import hashlib
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -21,21 +20,16 @@ from app.api.common import (
 )
 from app.api.screen_request import parse_screen_request
 from app.catalog.loader import Catalog
-from app.catalog.trial import LoadedTrial
 from app.core import limits
 from app.core.base_url import public_base
 from app.core.errors import InvalidInput, TrialscreenError
 from app.core.settings import Settings, zone_of
-from app.ehr.record_source import FetchedRecord, ReceivedRecord, RecordSource
-from app.engine import evaluate
-from app.engine.record import PatientRecord
-from app.fhir_io.bundle_reader import read_bundle
-from app.screening.issued import counted, describe
-from app.screening.learned import TrialRef, recognised_refs, trial_of
+from app.ehr.record_source import RecordSource
+from app.screening.jobs import Screened, completed, read_posted, screen_read, screen_received
 from app.screening.pool import ScreenPool, WorkerEnv
 from app.screening.spool import Body, Spool, body_bytes
 from app.store import audit
-from app.store.database import NewScreening, Store
+from app.store.database import Store
 
 router = APIRouter(prefix="/fhir")
 
@@ -80,19 +74,6 @@ SCREEN_OPENAPI: dict[str, Any] = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class _Posted:
-    """What a worker makes of a $screen body: the trials and as-of date asked for, and either
-    the patient id to fetch, the record read (to be completed by the terminology server), or the
-    screenings themselves."""
-
-    trials: list[str]
-    as_of: date
-    patient_id: str | None = None
-    fetched: FetchedRecord | None = None
-    screenings: list[NewScreening] | None = None
-
-
 def screen_posted(
     env: WorkerEnv,
     received: Body,
@@ -101,7 +82,7 @@ def screen_posted(
     now: datetime,
     requested_by: str,
     evaluate_now: bool,
-) -> _Posted:
+) -> Screened:
     """Runs in a screening worker: count the body's resources (413 above the limit, before it
     is parsed), parse it, read the record, and (unless the terminology server must see the
     record first) evaluate it against each trial."""
@@ -113,78 +94,12 @@ def screen_posted(
     if study_id is not None and parsed.studies:
         raise InvalidInput("'study' belongs to the all-trials $screen, not to one study's.")
     names = [study_id] if study_id else list(dict.fromkeys(parsed.studies)) or list(catalog.trials)
-    trials = [trial_named(catalog, name) for name in names]
+    ids = [trial_named(catalog, name).id for name in names]
     as_of = parsed.as_of or today
-    ids = [t.id for t in trials]
     if parsed.bundle is None:
-        return _Posted(ids, as_of, patient_id=parsed.patient_id)
-    # The digest of the bytes as received: what was screened, without serialising it again.
-    record = read_bundle(parsed.bundle, env.observation_codes)
-    fetched = FetchedRecord(record, digest=hashlib.sha256(body).hexdigest())
-    if not evaluate_now:
-        return _Posted(ids, as_of, fetched=fetched)
-    screenings = _evaluated(env, fetched, trials, as_of, now, requested_by)
-    return _Posted(ids, as_of, fetched=_bare(fetched), screenings=screenings)
-
-
-def _bare(fetched: FetchedRecord) -> FetchedRecord:
-    """Only what the service needs back from a worker: the patient, not the whole record."""
-    record = PatientRecord(patient=fetched.record.patient)
-    return replace(fetched, record=record)
-
-
-def _screen_received(
-    env: WorkerEnv,
-    received: ReceivedRecord,
-    trials: list[str],
-    as_of: date,
-    now: datetime,
-    requested_by: str,
-    evaluate_now: bool,
-) -> _Posted:
-    """Runs in a screening worker: a record fetched by patient id read, and (unless the
-    terminology server must see it first) evaluated against each trial."""
-    fetched = received.read()
-    if not evaluate_now:
-        return _Posted(trials, as_of, fetched=fetched)
-    loaded = [env.catalog.trials[t] for t in trials]
-    screenings = _evaluated(env, fetched, loaded, as_of, now, requested_by)
-    return _Posted(trials, as_of, fetched=_bare(fetched), screenings=screenings)
-
-
-def _evaluate_fetched(
-    env: WorkerEnv,
-    fetched: FetchedRecord,
-    trials: list[TrialRef],
-    as_of: date,
-    now: datetime,
-    requested_by: str,
-) -> list[NewScreening]:
-    """Runs in a screening worker: a record already read evaluated against each trial as the
-    terminology server completed it."""
-    loaded = [trial_of(env.catalog, t) for t in trials]
-    return _evaluated(env, fetched, loaded, as_of, now, requested_by)
-
-
-def _evaluated(
-    env: WorkerEnv,
-    fetched: FetchedRecord,
-    trials: list[LoadedTrial],
-    as_of: date,
-    now: datetime,
-    requested_by: str,
-) -> list[NewScreening]:
-    return [
-        describe(
-            evaluate(t, fetched.record, as_of),
-            fetched,
-            env.settings,
-            now,
-            requested_by,
-            counted=False,
-        )
-        for t in trials
-    ]
+        return Screened(ids, as_of, patient_id=parsed.patient_id)
+    fetched = read_posted(env, parsed.bundle, body)
+    return screen_read(env, fetched, ids, as_of, now, requested_by, evaluate_now)
 
 
 async def _screen(
@@ -203,35 +118,27 @@ async def _screen(
         posted = await pool.run(
             screen_posted, body, study_id, today, now, who.client_id, terminology is None
         )
-        as_of = posted.as_of
         if posted.fetched is None:
             assert posted.patient_id is not None  # parse_screen_request: bundle or patient
             patient = f"Patient/{posted.patient_id}"
             confine(who, patient)  # before anything is fetched
             source: RecordSource = request.app.state.record_source
-            received = await source.receive(posted.patient_id, as_of)
+            received = await source.receive(posted.patient_id, posted.as_of)
             posted = await pool.run(
-                _screen_received,
+                screen_received,
                 received,
                 posted.trials,
-                as_of,
+                posted.as_of,
                 now,
                 who.client_id,
                 terminology is None,
             )
-        fetched = posted.fetched
-        assert fetched is not None
-        patient = fetched.record.patient.ref or patient
+        assert posted.fetched is not None
+        patient = posted.fetched.record.patient.ref or patient
         if patient:  # stored and indexed: bounded, no control characters
             limits.text_value(patient, "the Patient's id or fullUrl", limits.MAX_REFERENCE)
         confine(who, patient)
-        screenings = posted.screenings
-        if screenings is None:
-            trials = await recognised_refs(terminology, catalog, posted.trials, fetched.record)
-            screenings = await pool.run(
-                _evaluate_fetched, fetched, trials, as_of, now, who.client_id
-            )
-        counted(screenings)
+        screenings = await completed(pool, catalog, terminology, posted, now, who.client_id)
         for s in screenings:  # kept once, never updated: version 1 for good
             s.guidance["meta"] = {
                 "versionId": "1",

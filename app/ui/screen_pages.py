@@ -90,14 +90,9 @@ async def screen(request: Request, user: User) -> Response:
         )
     if not chosen:
         return _form_page(request, user, 400, "Choose at least one trial.", **values)
-    bundle: Any = None
+    bundle: bytes | None = None
     if isinstance(upload, UploadFile) and upload.filename:
-        try:
-            bundle = orjson.loads(await upload.read())
-        except orjson.JSONDecodeError:
-            return _form_page(
-                request, user, 400, "The file is not JSON: upload a FHIR Bundle (.json).", **values
-            )
+        bundle = await upload.read()  # parsed in a screening worker (screening_run)
     elif not patient_id:
         return _form_page(
             request, user, 400, "Give a patient id or upload a Bundle file.", **values
