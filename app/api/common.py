@@ -18,12 +18,14 @@ FHIR_JSON = "application/fhir+json"
 _ACCEPTED_TYPES = {"application/fhir+json", "application/json"}
 
 
-def get_catalog(request: Request) -> Catalog:
+# Dependencies are ``async def`` although they only read app.state: FastAPI runs a plain ``def``
+# dependency on its thread pool, a thread hop per dependency per request.
+async def get_catalog(request: Request) -> Catalog:
     catalog: Catalog = request.app.state.catalog
     return catalog
 
 
-def settings_of(request: Request) -> Settings:
+async def settings_of(request: Request) -> Settings:
     """The settings the app was created with (create_app puts them in app.state)."""
     settings: Settings = request.app.state.settings
     return settings
