@@ -25,7 +25,7 @@ from app.core.base_url import public_base
 from app.core.errors import InvalidInput, TrialscreenError
 from app.core.settings import Settings, zone_of
 from app.ehr.record_source import RecordSource
-from app.screening.jobs import Screened, completed, read_posted, screen_read, screen_received
+from app.screening.jobs import JobResult, completed, read_posted, screen_received, screen_record
 from app.screening.pool import ScreenPool, WorkerEnv
 from app.screening.spool import Body, Spool, body_bytes
 from app.store import audit
@@ -82,7 +82,7 @@ def screen_posted(
     now: datetime,
     requested_by: str,
     evaluate_now: bool,
-) -> Screened:
+) -> JobResult:
     """Runs in a screening worker: count the body's resources (413 above the limit, before it
     is parsed), parse it, read the record, and (unless the terminology server must see the
     record first) evaluate it against each trial."""
@@ -97,9 +97,9 @@ def screen_posted(
     ids = [trial_named(catalog, name).id for name in names]
     as_of = parsed.as_of or today
     if parsed.bundle is None:
-        return Screened(ids, as_of, patient_id=parsed.patient_id)
+        return JobResult(ids, as_of, patient_id=parsed.patient_id)
     fetched = read_posted(env, parsed.bundle, body)
-    return screen_read(env, fetched, ids, as_of, now, requested_by, evaluate_now)
+    return screen_record(env, fetched, ids, as_of, now, requested_by, evaluate_now)
 
 
 async def _screen(
@@ -247,7 +247,7 @@ def _answer(
                 {
                     "severity": "information",
                     "code": "informational",
-                    "diagnostics": f"Screened and kept as {url}.",
+                    "diagnostics": f"JobResult and kept as {url}.",
                 }
                 for url in reports
             ],

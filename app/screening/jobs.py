@@ -25,7 +25,7 @@ from app.store.database import NewScreening
 
 
 @dataclass(frozen=True, slots=True)
-class Screened:
+class JobResult:
     """What a worker makes of a request: the trials and as-of date asked for, and either the
     patient id to fetch, the record read (to be completed by the terminology server), or the
     screenings themselves."""
@@ -37,7 +37,7 @@ class Screened:
     screenings: list[NewScreening] | None = None
 
 
-def screen_read(
+def screen_record(
     env: WorkerEnv,
     fetched: FetchedRecord,
     trials: list[str],
@@ -45,14 +45,14 @@ def screen_read(
     now: datetime,
     requested_by: str,
     evaluate_now: bool,
-) -> Screened:
+) -> JobResult:
     """In a worker, a record read: evaluated against each trial unless the terminology server
     must see it first (then the record goes back, for :func:`completed`)."""
     if not evaluate_now:
-        return Screened(trials, as_of, fetched=fetched)
+        return JobResult(trials, as_of, fetched=fetched)
     loaded = [env.catalog.trials[t] for t in trials]
     screenings = _evaluated(env, fetched, loaded, as_of, now, requested_by)
-    return Screened(trials, as_of, fetched=_bare(fetched), screenings=screenings)
+    return JobResult(trials, as_of, fetched=_bare(fetched), screenings=screenings)
 
 
 def screen_received(
@@ -63,9 +63,9 @@ def screen_received(
     now: datetime,
     requested_by: str,
     evaluate_now: bool,
-) -> Screened:
+) -> JobResult:
     """Runs in a screening worker: a record fetched by patient id, read and screened."""
-    return screen_read(env, received.read(), trials, as_of, now, requested_by, evaluate_now)
+    return screen_record(env, received.read(), trials, as_of, now, requested_by, evaluate_now)
 
 
 def screen_bundle(
@@ -76,7 +76,7 @@ def screen_bundle(
     now: datetime,
     requested_by: str,
     evaluate_now: bool,
-) -> Screened:
+) -> JobResult:
     """Runs in a screening worker: a Bundle file as uploaded (a page's form), counted (413 above
     the limit, before it is parsed), parsed, read and screened."""
     limits.resource_count(body, env.settings.max_resources)
@@ -84,7 +84,7 @@ def screen_bundle(
         bundle = orjson.loads(body)
     except orjson.JSONDecodeError:
         raise InvalidInput("The file is not JSON: upload a FHIR Bundle (.json).") from None
-    return screen_read(
+    return screen_record(
         env, read_posted(env, bundle, body), trials, as_of, now, requested_by, evaluate_now
     )
 
@@ -114,20 +114,20 @@ async def completed(
     pool: ScreenPool,
     catalog: Catalog,
     terminology: TerminologyServer | None,
-    screened: Screened,
+    result: JobResult,
     now: datetime,
     requested_by: str,
 ) -> list[NewScreening]:
     """The screenings of a record a worker has read: those it made, or, when the terminology
     server had to see the record first, those made now with what it recognised. Counted in
     this process's metrics."""
-    assert screened.fetched is not None
-    screenings = screened.screenings
+    assert result.fetched is not None
+    screenings = result.screenings
     if screenings is None:
-        record = screened.fetched.record
-        trials = await recognised_refs(terminology, catalog, screened.trials, record)
+        record = result.fetched.record
+        trials = await recognised_refs(terminology, catalog, result.trials, record)
         screenings = await pool.run(
-            evaluate_fetched, screened.fetched, trials, screened.as_of, now, requested_by
+            evaluate_fetched, result.fetched, trials, result.as_of, now, requested_by
         )
     counted(screenings)
     return screenings

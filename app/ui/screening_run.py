@@ -42,25 +42,23 @@ async def screen_patient(
     now = datetime.now(UTC)
     who = agent(user)
     if bundle is not None:
-        screened = await pool.run(
+        result = await pool.run(
             screen_bundle, bundle, trial_ids, as_of, now, who, terminology is None
         )
     elif patient_id:
         source: RecordSource = request.app.state.record_source
         received = await source.receive(patient_id, as_of)
-        screened = await pool.run(
+        result = await pool.run(
             screen_received, received, trial_ids, as_of, now, who, terminology is None
         )
     else:
         raise InvalidInput("Give a patient id or a Bundle file.")
-    assert screened.fetched is not None
-    patient = screened.fetched.record.patient.ref or (
-        f"Patient/{patient_id}" if patient_id else None
-    )
+    assert result.fetched is not None
+    patient = result.fetched.record.patient.ref or (f"Patient/{patient_id}" if patient_id else None)
     if patient:
         limits.text_value(patient, "the Patient's id or fullUrl", limits.MAX_REFERENCE)
     catalog: Catalog = request.app.state.catalog
-    screenings = await completed(pool, catalog, terminology, screened, now, who)
+    screenings = await completed(pool, catalog, terminology, result, now, who)
     for s in screenings:  # kept once, never updated: version 1 for good (as $screen does)
         s.guidance["meta"] = {
             "versionId": "1",
