@@ -18,9 +18,14 @@ from tests import postgres
 DEMO_PATIENTS = Path(__file__).resolve().parent.parent / "app" / "demo" / "patients"
 
 
+_WORK = pytest.StashKey[Path]()
+"""The session's throw-away folder (its SQLite file), removed when the session ends."""
+
+
 def pytest_configure(config: pytest.Config) -> None:
     # Every app a test builds keeps its screenings in a throw-away SQLite file, not in var/.
     work = Path(tempfile.mkdtemp(prefix="trialscreen-tests-"))
+    config.stash[_WORK] = work
     os.environ["TRIALSCREEN_DATABASE_URL"] = f"sqlite:///{work / 'trialscreen.db'}"
     # Hundreds of calls from one test client would trip the rate limit; its own tests set it.
     os.environ["TRIALSCREEN_RATE_LIMIT_PER_MINUTE"] = "0"
@@ -28,6 +33,12 @@ def pytest_configure(config: pytest.Config) -> None:
     # Screenings on a thread of the test process, not in worker processes each app would start
     # (tests/test_perf_pool.py runs the process pool itself).
     os.environ["TRIALSCREEN_SCREEN_WORKERS"] = "0"
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    work = config.stash.get(_WORK, None)
+    if work is not None:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
