@@ -657,7 +657,8 @@ def test_prefer_return_on_screen(client: TestClient) -> None:
     outcome = client.post(SCREEN, json=body, headers={"Prefer": "return=OperationOutcome"})
     validate_r4(outcome.json())
     assert outcome.json()["resourceType"] == "OperationOutcome"
-    assert outcome.headers["content-location"] in outcome.json()["issue"][0]["diagnostics"]
+    diagnostics = outcome.json()["issue"][0]["diagnostics"]
+    assert diagnostics == f"Screened and kept as {outcome.headers['content-location']}."
     full = client.post(SCREEN, json=body, headers={"Prefer": "return=representation"})
     assert full.json()["resourceType"] == "GuidanceResponse"
     assert full.headers["content-location"].endswith(full.json()["id"])

@@ -247,7 +247,7 @@ def _answer(
                 {
                     "severity": "information",
                     "code": "informational",
-                    "diagnostics": f"JobResult and kept as {url}.",
+                    "diagnostics": f"Screened and kept as {url}.",
                 }
                 for url in reports
             ],
